@@ -1,0 +1,1 @@
+"""Attribution on top of the engine: the BBp rules and the bias backpropagation."""

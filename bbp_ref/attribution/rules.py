@@ -1,0 +1,162 @@
+"""The attribution rules of SPEC §4.1, written once on top of each affine node's
+forward and vector-Jacobian product.
+
+A rule describes the scores `alpha[p, q]` of a node as a sum of *terms*; a term is a
+map of the node's linear coefficients and one non-negative factor per operand, so its
+contribution is `rows[p] * W_t[p, q] * u_t[q]` with `W_t = term.coefficients(W)`:
+
+* ``abs``:     one term, `|W|` and `|u|` (`|z[p, q]|`);
+* ``signed``:  `max(0, sigma_p z)` split by sign: `W+ u+`, `W- u-` on rows with
+  `sigma_p > 0`, `W+ (-u-)`, `(-W-) u+` on rows with `sigma_p < 0`;
+* ``uniform``: ones for the coefficients and the operands (the node's connectivity),
+  so the denominator counts `|RF(p)|`.
+
+Distributing mass `beta` is then, per term, "forward, divide, vector-Jacobian
+product, multiply" (as in Zennit's LRP rules): the denominator is
+`den = sum_t rows_t * A_t(u_t)`, and operand `q` receives
+`sum_t u_t[q] * A_t^T(rows_t * beta / den)[q]`. No dense `alpha` is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..engine.operator import AffineLocal, Array, CoefficientMap
+from ..errors import InputError, RuleError
+
+
+def _positive(w: Array) -> Array:
+    return np.maximum(w, 0.0)
+
+
+def _negative(w: Array) -> Array:
+    return np.maximum(-w, 0.0)
+
+
+def _connectivity(w: Array) -> Array:
+    return np.ones_like(w, dtype=float)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One summand of a rule's scores: ``coefficients`` maps the node's coefficient
+    arrays (result >= 0), ``operands`` gives one factor (>= 0) per operand, and
+    ``rows`` (optional, 0/1) selects the output elements it applies to."""
+
+    coefficients: CoefficientMap
+    operands: Sequence[Array]
+    rows: Array | None = None
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What a rule sees of an affine node: its name and op, the operand values `u`,
+    the gradient `g` at its output and the bias mass `beta` it hands out."""
+
+    name: str
+    op: str
+    operands: Sequence[Array]
+    gradient: Array
+    mass: Array
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named attribution rule; rows whose scores all vanish go to ``fallback``."""
+
+    name: str
+    terms: Callable[[NodeView], Sequence[Term]]
+    fallback: Rule | None = None
+    builtin: bool = False
+
+
+def _uniform_terms(view: NodeView) -> list[Term]:
+    return [Term(_connectivity, [np.ones((1,) * u.ndim) for u in view.operands])]
+
+
+def _abs_terms(view: NodeView) -> list[Term]:
+    return [Term(np.abs, [np.abs(u) for u in view.operands])]
+
+
+def _signed_terms(view: NodeView) -> list[Term]:
+    sigma = np.sign(view.mass * view.gradient)
+    up, down = (sigma > 0).astype(float), (sigma < 0).astype(float)
+    pos = [np.maximum(u, 0.0) for u in view.operands]
+    neg = [np.maximum(-u, 0.0) for u in view.operands]
+    return [Term(_positive, pos, up), Term(_negative, neg, up),
+            Term(_positive, neg, down), Term(_negative, pos, down)]
+
+
+UNIFORM = Rule("uniform", _uniform_terms, None, builtin=True)
+ABS = Rule("abs", _abs_terms, UNIFORM, builtin=True)
+SIGNED = Rule("signed", _signed_terms, ABS, builtin=True)
+RULES = {rule.name: rule for rule in (ABS, SIGNED, UNIFORM)}
+
+
+def resolve_rule(rule: object) -> Rule:
+    """A `Rule` from a name (``"abs"``, ``"signed"``, ``"uniform"``), a `Rule`, or a
+    callable ``NodeView -> Sequence[Term]`` (its rows without scores fall back to
+    ``uniform``)."""
+    if isinstance(rule, Rule):
+        return rule
+    if isinstance(rule, str):
+        if rule not in RULES:
+            raise InputError(f"unknown rule {rule!r}; choose one of {sorted(RULES)} "
+                             "or pass a callable")
+        return RULES[rule]
+    if callable(rule):
+        return Rule(getattr(rule, "__name__", "custom"), rule, UNIFORM)
+    raise InputError(f"rule must be a name, a Rule or a callable, not {type(rule).__name__}")
+
+
+def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
+    """The bias mass each operand of an affine node receives: `sum_p alpha[p, q] beta[p]`."""
+    terms = rule.terms(view)
+    if not rule.builtin:
+        _check_terms(view, rule, terms)
+    operator = local.operator
+    mapped = [operator.map_coefficients(t.coefficients, cache=rule.builtin) for t in terms]
+    if not rule.builtin and any((c < 0).any() for op in mapped for c in op.coefficients):
+        raise RuleError(f"rule {rule.name!r} maps the coefficients of node {view.name!r} "
+                        "to negative values; scores must be non-negative")
+    shapes = [u.shape for u in local.operands]
+    denominator = None
+    for term, op in zip(terms, mapped):
+        part = op.linear([np.broadcast_to(f, s) for f, s in zip(term.operands, shapes)])
+        if term.rows is not None:
+            part = part * term.rows
+        denominator = part if denominator is None else denominator + part
+    assert denominator is not None
+    empty = denominator == 0
+    ratio = np.where(empty, 0.0, view.mass / np.where(empty, 1.0, denominator))
+    shares = [np.zeros(s) for s in shapes]
+    for term, op in zip(terms, mapped):
+        back = op.vjp(ratio if term.rows is None else ratio * term.rows)
+        for j, (factor, part) in enumerate(zip(term.operands, back)):
+            shares[j] += factor * part
+    pending = empty & (view.mass != 0)
+    if pending.any():
+        if rule.fallback is None:
+            raise RuleError(f"rule {rule.name!r} gives node {view.name!r} ({view.op}) output "
+                            "elements that carry bias mass but have no score")
+        rest = NodeView(view.name, view.op, view.operands, view.gradient,
+                        np.where(pending, view.mass, 0.0))
+        for j, part in enumerate(distribute(local, rest, rule.fallback)):
+            shares[j] += part
+    return shares
+
+
+def _check_terms(view: NodeView, rule: Rule, terms: Sequence[Term]) -> None:
+    if not terms:
+        raise RuleError(f"rule {rule.name!r} returned no terms for node {view.name!r}")
+    for term in terms:
+        if len(term.operands) != len(view.operands):
+            raise RuleError(f"rule {rule.name!r} gives {len(term.operands)} operand factors "
+                            f"for node {view.name!r}, which has {len(view.operands)}")
+        if any((np.asarray(f) < 0).any() for f in term.operands) or (
+                term.rows is not None and (np.asarray(term.rows) < 0).any()):
+            raise RuleError(f"rule {rule.name!r} gives node {view.name!r} a negative "
+                            "operand factor or row weight; scores must be non-negative")

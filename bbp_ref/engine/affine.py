@@ -1,0 +1,202 @@
+"""Affine operators `h = A(u) + b` (SPEC §2), each in operator form with its own
+vector-Jacobian product; no dense matrix is built for any of them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .operator import AffineOperator, Array, reduce_to_shape
+from .windows import Window
+
+
+def _batched(shape: tuple[int, ...], n: int) -> tuple[int, ...]:
+    return (n, *shape)
+
+
+class MatMul(AffineOperator):
+    """`h = u @ W + b` (``side="right"``, Gemm and torch Linear) or `h = W @ u + b`
+    (``side="left"``), NumPy matmul semantics on the per-example tensor."""
+
+    def __init__(self, weight: Array, bias: Array | None, operand_shape: tuple[int, ...],
+                 side: str = "right") -> None:
+        super().__init__()
+        self.weight = weight
+        self.bias = bias
+        self.operand_shape = operand_shape
+        self.side = side
+        self.coefficients = (weight,)
+
+    def linear(self, operands: Sequence[Array]) -> Array:
+        (u,) = operands
+        return u @ self.weight if self.side == "right" else self.weight @ u
+
+    def vjp(self, grad: Array) -> list[Array]:
+        w_t = np.swapaxes(self.weight, -1, -2)
+        g = grad @ w_t if self.side == "right" else w_t @ grad
+        return [reduce_to_shape(g, _batched(self.operand_shape, grad.shape[0]))]
+
+    def with_coefficients(self, coefficients: tuple[Array, ...]) -> MatMul:
+        return MatMul(coefficients[0], None, self.operand_shape, self.side)
+
+
+class Conv(AffineOperator):
+    """N-D grouped convolution `h = W * u + b` (ONNX Conv; cross-correlation), computed
+    as one matrix product per kernel offset."""
+
+    def __init__(self, weight: Array, bias: Array | None, window: Window, groups: int,
+                 in_channels: int) -> None:
+        super().__init__()
+        self.weight = weight
+        self.bias = bias
+        self.window = window
+        self.groups = groups
+        self.in_channels = in_channels
+        self.coefficients = (weight,)
+
+    def _grouped_kernel(self) -> Array:
+        out_channels = self.weight.shape[0]
+        g = self.groups
+        return self.weight.reshape(g, out_channels // g, self.in_channels // g, -1)
+
+    def linear(self, operands: Sequence[Array]) -> Array:
+        (u,) = operands
+        n = u.shape[0]
+        g, out_per_group, in_per_group, _ = (kernel := self._grouped_kernel()).shape
+        out_spatial = self.window.out_spatial
+        positions = n * int(np.prod(out_spatial))
+        # channels first, batch second: each slice reshapes to [G, Cg, N*S] in one copy
+        padded = np.ascontiguousarray(np.moveaxis(self.window.pad(u), 1, 0))
+        out = np.zeros((g, out_per_group, positions))
+        for k, offset in enumerate(self.window.offsets()):
+            window = padded[(slice(None), slice(None)) + self.window.slices(offset)]
+            columns = window.reshape(g, in_per_group, positions)
+            weights = kernel[:, :, :, k]
+            if in_per_group == 1:
+                out += weights * columns
+            else:
+                out += weights @ columns
+        out = out.reshape(g * out_per_group, n, *out_spatial)
+        return np.moveaxis(out, 0, 1)
+
+    def vjp(self, grad: Array) -> list[Array]:
+        n = grad.shape[0]
+        kernel = self._grouped_kernel()
+        g, out_per_group, in_per_group, _ = kernel.shape
+        positions = n * int(np.prod(self.window.out_spatial))
+        grad_columns = np.moveaxis(grad, 1, 0).reshape(g, out_per_group, positions)
+        padded = np.zeros((self.in_channels, n) + self.window.padded_spatial)
+        for k, offset in enumerate(self.window.offsets()):
+            weights_t = np.swapaxes(kernel[:, :, :, k], 1, 2)  # [G, Cg, Og]
+            if in_per_group == 1 and out_per_group == 1:
+                part = weights_t * grad_columns
+            else:
+                part = weights_t @ grad_columns
+            target = padded[(slice(None), slice(None)) + self.window.slices(offset)]
+            target += part.reshape(target.shape)
+        return [np.moveaxis(self.window.crop(padded), 0, 1)]
+
+    def with_coefficients(self, coefficients: tuple[Array, ...]) -> Conv:
+        return Conv(coefficients[0], None, self.window, self.groups, self.in_channels)
+
+
+class Scale(AffineOperator):
+    """Element-wise `h = s * u + b` with constants broadcast against the per-example
+    tensor: BatchNormalization (unfolded), Add/Sub/Mul/Div by a constant."""
+
+    def __init__(self, scale: Array, bias: Array | None, operand_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.scale = scale
+        self.bias = bias
+        self.operand_shape = operand_shape
+        self.coefficients = (scale,)
+
+    def linear(self, operands: Sequence[Array]) -> Array:
+        (u,) = operands
+        return u * self.scale
+
+    def vjp(self, grad: Array) -> list[Array]:
+        shape = _batched(self.operand_shape, grad.shape[0])
+        return [reduce_to_shape(grad * self.scale, shape)]
+
+    def with_coefficients(self, coefficients: tuple[Array, ...]) -> Scale:
+        return Scale(coefficients[0], None, self.operand_shape)
+
+
+class Sum(AffineOperator):
+    """`h = sum_j c_j u_j + b` over several structural tensors, broadcast together
+    (residual Add, Sub, Sum); ``coefficients`` are the scalars `c_j` (+1 or -1)."""
+
+    def __init__(self, signs: Sequence[Array], bias: Array | None,
+                 operand_shapes: Sequence[tuple[int, ...]]) -> None:
+        super().__init__()
+        self.coefficients = tuple(np.asarray(s, dtype=float) for s in signs)
+        self.bias = bias
+        self.operand_shapes = tuple(operand_shapes)
+
+    def linear(self, operands: Sequence[Array]) -> Array:
+        out = operands[0] * self.coefficients[0]
+        for c, u in zip(self.coefficients[1:], operands[1:]):
+            out = out + c * u
+        return out
+
+    def vjp(self, grad: Array) -> list[Array]:
+        n = grad.shape[0]
+        return [reduce_to_shape(grad * c, _batched(shape, n))
+                for c, shape in zip(self.coefficients, self.operand_shapes)]
+
+    def with_coefficients(self, coefficients: tuple[Array, ...]) -> Sum:
+        return Sum(coefficients, None, self.operand_shapes)
+
+
+class AveragePool(AffineOperator):
+    """Window average: window sum times a per-position ``scale`` (1 / divisor)."""
+
+    def __init__(self, window: Window, scale: Array) -> None:
+        super().__init__()
+        self.window = window
+        self.scale = scale
+        self.bias = None
+        self.coefficients = (scale,)
+
+    def linear(self, operands: Sequence[Array]) -> Array:
+        (u,) = operands
+        return self.window.window_sum(u) * self.scale
+
+    def vjp(self, grad: Array) -> list[Array]:
+        return [self.window.window_sum_transpose(grad * self.scale)]
+
+    def with_coefficients(self, coefficients: tuple[Array, ...]) -> AveragePool:
+        return AveragePool(self.window, coefficients[0])
+
+
+class Reduction(AffineOperator):
+    """A scaled sum over per-example ``axes``: GlobalAveragePool and ReduceMean
+    (``scale`` = 1 / number of elements reduced), ReduceSum (``scale`` = 1)."""
+
+    def __init__(self, axes: tuple[int, ...], keepdims: bool, operand_shape: tuple[int, ...],
+                 scale: Array) -> None:
+        super().__init__()
+        self.axes = axes
+        self.keepdims = keepdims
+        self.operand_shape = operand_shape
+        self.scale = scale
+        self.bias = None
+        self.coefficients = (scale,)
+
+    def _batched_axes(self) -> tuple[int, ...]:
+        return tuple(a + 1 for a in self.axes)
+
+    def linear(self, operands: Sequence[Array]) -> Array:
+        (u,) = operands
+        return u.sum(axis=self._batched_axes(), keepdims=self.keepdims) * self.scale
+
+    def vjp(self, grad: Array) -> list[Array]:
+        g = grad * self.scale
+        if not self.keepdims:
+            g = np.expand_dims(g, self._batched_axes())
+        return [np.broadcast_to(g, _batched(self.operand_shape, grad.shape[0])).copy()]
+
+    def with_coefficients(self, coefficients: tuple[Array, ...]) -> Reduction:
+        return Reduction(self.axes, self.keepdims, self.operand_shape, coefficients[0])

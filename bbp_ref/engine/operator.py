@@ -1,0 +1,165 @@
+"""The operator interface every canonical node implements.
+
+An operator computes its node's output from its structural inputs (the *operands*),
+batched along a leading axis. At an input `x` it is frozen into a `LocalMap`, the
+node's local affine form `h = A(u) + b` (SPEC §2): ``apply`` is `A`, ``bias`` is the
+local bias `b_v^x`, ``vjp`` is `A^T`. Gates and routes also ``hand_back`` bias mass
+to their single structural input per output element (SPEC §4). Affine operators
+expose their linear coefficients so that attribution rules can rerun them with
+transformed coefficients (|W|, max(W, 0), a 0/1 connectivity kernel, ...).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import numpy as np
+
+Array = np.ndarray
+CoefficientMap = Callable[[Array], Array]
+
+AFFINE = "affine"
+GATE = "gate"
+ROUTE = "route"
+
+
+class LocalMap(ABC):
+    """A node frozen at one input: `h = apply(u) + bias`."""
+
+    kind: ClassVar[str]
+
+    @property
+    def bias(self) -> Array | None:
+        """The local bias `b_v^x`, broadcastable to the batched output; None means 0."""
+        return None
+
+    @abstractmethod
+    def apply(self, operands: Sequence[Array]) -> Array:
+        """The linear part `A(u)` of the local map."""
+
+    @abstractmethod
+    def vjp(self, grad: Array) -> list[Array]:
+        """`A^T g`: one gradient per operand."""
+
+    def hand_back(self, mass: Array) -> list[Array]:
+        """Gates and routes: each output element hands all of its bias mass to its one
+        structural input element."""
+        raise NotImplementedError(f"{type(self).__name__} distributes mass by a rule")
+
+
+class Operator(ABC):
+    """The computation of one canonical node (batched, float64)."""
+
+    kind: ClassVar[str]
+
+    @property
+    def has_bias(self) -> bool:
+        return False
+
+    @abstractmethod
+    def forward(self, operands: Sequence[Array]) -> Array:
+        """The op's own semantics, as ONNX defines them."""
+
+    @abstractmethod
+    def linearize(self, operands: Sequence[Array]) -> LocalMap:
+        """Freeze the node at these operand values."""
+
+
+class RouteOperator(Operator, LocalMap):
+    """A fixed permutation or selection of elements: it is its own local map."""
+
+    kind = ROUTE
+
+    def linearize(self, operands: Sequence[Array]) -> LocalMap:
+        return self
+
+    def apply(self, operands: Sequence[Array]) -> Array:
+        return self.forward(operands)
+
+    def hand_back(self, mass: Array) -> list[Array]:
+        return self.vjp(mass)
+
+
+class AffineOperator(Operator):
+    """`h = A(u_1, ..., u_k) + b` with `A` linear in its coefficients and operands.
+
+    Subclasses set ``coefficients`` (the arrays `A` is made of, in one fixed order) and
+    ``bias``, and implement ``linear``, ``vjp`` and ``with_coefficients``.
+    """
+
+    kind = AFFINE
+    coefficients: tuple[Array, ...]
+    bias: Array | None
+
+    def __init__(self) -> None:
+        self._mapped: dict[CoefficientMap, AffineOperator] = {}
+
+    @property
+    def has_bias(self) -> bool:
+        return self.bias is not None
+
+    @abstractmethod
+    def linear(self, operands: Sequence[Array]) -> Array:
+        """`A(u)`."""
+
+    @abstractmethod
+    def vjp(self, grad: Array) -> list[Array]:
+        """`A^T g`, one array per operand."""
+
+    @abstractmethod
+    def with_coefficients(self, coefficients: tuple[Array, ...]) -> AffineOperator:
+        """The same operator with other coefficients and no bias."""
+
+    def map_coefficients(self, fn: CoefficientMap, cache: bool = True) -> AffineOperator:
+        """The operator with ``fn`` applied to each coefficient array (kept for reuse
+        with ``cache``, for the fixed maps of the built-in rules)."""
+        mapped = self._mapped.get(fn) if cache else None
+        if mapped is None:
+            mapped = self.with_coefficients(tuple(np.asarray(fn(c)) for c in self.coefficients))
+            if cache:
+                self._mapped[fn] = mapped
+        return mapped
+
+    def forward(self, operands: Sequence[Array]) -> Array:
+        out = self.linear(operands)
+        return out if self.bias is None else out + self.bias
+
+    def linearize(self, operands: Sequence[Array]) -> LocalMap:
+        return AffineLocal(self, operands)
+
+
+class AffineLocal(LocalMap):
+    """An affine node at an input: its operator plus the operand values `u` that the
+    attribution rules need."""
+
+    kind = AFFINE
+
+    def __init__(self, operator: AffineOperator, operands: Sequence[Array]) -> None:
+        self.operator = operator
+        self.operands = tuple(operands)
+
+    @property
+    def bias(self) -> Array | None:
+        return self.operator.bias
+
+    def apply(self, operands: Sequence[Array]) -> Array:
+        return self.operator.linear(operands)
+
+    def vjp(self, grad: Array) -> list[Array]:
+        return self.operator.vjp(grad)
+
+
+def reduce_to_shape(grad: Array, shape: tuple[int, ...]) -> Array:
+    """Sum a batched gradient over the axes along which an operand of batched shape
+    ``shape`` was broadcast (the transpose of NumPy broadcasting)."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra:
+        grad = grad.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad

@@ -1,0 +1,84 @@
+"""The forward trace of a graph at an input, the reverse pass over it, and the two
+linear passes of SPEC §3 that check `W^x x + b^x = f(x)` independently."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graph import Graph, Node
+from .operator import Array, LocalMap
+
+
+@dataclass
+class Trace:
+    """Every node's value `h_v` and local map at a batch of inputs (batch axis 0)."""
+
+    graph: Graph
+    values: dict[str, Array]
+    local: dict[str, LocalMap]
+
+    @property
+    def output(self) -> Array:
+        return self.values[self.graph.output]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.values[self.graph.input].shape[0])
+
+
+def forward(graph: Graph, x: Array, *, linearize: bool = True) -> Trace:
+    """Run the graph's own (nonlinear) forward pass on a float64 batch ``x`` and, with
+    ``linearize``, freeze every node at it."""
+    values: dict[str, Array] = {graph.input: x}
+    local: dict[str, LocalMap] = {}
+    for node in graph:
+        if node.operator is None:
+            continue
+        operands = [values[name] for name in node.inputs]
+        values[node.name] = node.operator.forward(operands)
+        if linearize:
+            local[node.name] = node.operator.linearize(operands)
+    return Trace(graph, values, local)
+
+
+def linear_pass(trace: Trace, x: Array, *, with_bias: bool) -> Array:
+    """Propagate ``x`` through the frozen local maps: with ``with_bias=False`` this is
+    `W^x x`; with ``x = 0`` and ``with_bias=True`` it is `b^x` (every output at once)."""
+    values: dict[str, Array] = {trace.graph.input: x}
+    for node in trace.graph:
+        if node.operator is None:
+            continue
+        local = trace.local[node.name]
+        out = local.apply([values[name] for name in node.inputs])
+        if with_bias and local.bias is not None:
+            out = out + local.bias
+        values[node.name] = out
+    return values[trace.graph.output]
+
+
+def backward(trace: Trace, seed: Array) -> Iterator[tuple[Node, Array]]:
+    """The reverse pass: yields each node with its complete gradient `g_v = do/dh_v`
+    in reverse topological order (the input last), then pulls the gradient back to
+    the node's operands. ``seed`` is `do/dh` at the output node."""
+    grads: dict[str, Array] = {trace.graph.output: seed}
+    for node in reversed(list(trace.graph)):
+        grad = grads.pop(node.name, None)
+        if grad is None:
+            grad = np.zeros((trace.batch_size, *node.shape))
+        yield node, grad
+        if node.operator is None:
+            continue
+        for source, part in zip(node.inputs, trace.local[node.name].vjp(grad)):
+            previous = grads.get(source)
+            grads[source] = part if previous is None else previous + part
+
+
+def input_gradient(trace: Trace, seed: Array) -> Array:
+    """`seed^T W^x`: the gradient of the seeded output at the input."""
+    for node, grad in backward(trace, seed):
+        if node.name == trace.graph.input:
+            return grad
+    raise AssertionError("graph has no input node")

@@ -1,0 +1,144 @@
+"""`explain`: the bias decomposition of one output of a model at an input."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from .attribution.bbp import bias_backpropagation
+from .attribution.rules import resolve_rule
+from .checks.onnxruntime_check import check_output
+from .checks.residuals import Checks, relative_residual
+from .engine.trace import linear_pass
+from .errors import InputError
+from .model import Model, load
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The decomposition `f_t(x) = sum_q W^x[t, q] x[q] + b^x` and its bias attribution.
+
+    For a batch every field has a leading batch axis; for one example it has none.
+    ``output``: `f_t(x)`; ``target``: `t`, an index into the flattened output of one
+    example; ``gradient``: `W^x[t]`, shaped like `x`; ``bias``: `b^x`;
+    ``bias_attribution``: `B(x)`, shaped like `x`, summing to the injected biases;
+    ``rule``: the rule's name; ``layer_bias``: each node with a local bias mapped to
+    its contribution `sum_p e_v[p]` to `b^x`; ``layers``: the nodes whose biases were
+    attributed; ``logits``: the whole explained output `f(x)`; ``stripped``: the final
+    ops cut off before explaining (e.g. a Softmax); ``checks``: the residuals and the
+    onnxruntime comparison.
+    """
+
+    output: np.ndarray
+    target: np.ndarray
+    gradient: np.ndarray
+    bias: np.ndarray
+    bias_attribution: np.ndarray
+    rule: str
+    layer_bias: Mapping[str, np.ndarray]
+    layers: tuple[str, ...]
+    logits: np.ndarray
+    stripped: tuple[str, ...]
+    checks: Checks
+
+
+def explain(model: object, x: object, target: object = None, rule: object = "abs",
+            layers: object = None, check: bool = True) -> Explanation:
+    """Explain output ``target`` of ``model`` at ``x`` by BBp (SPEC §4).
+
+    ``model``: a path, bytes, ``onnx.ModelProto`` or `Model`; ``x``: one example
+    shaped like the model input without its batch axis, or a batch; ``target``: an
+    index into one example's flattened output (default: its argmax), or one per
+    example; ``rule``: ``"abs"``, ``"signed"``, ``"uniform"`` or a callable (see
+    `bbp_ref.rules`); ``layers``: node names whose biases are attributed (None: all);
+    ``check``: compare the output with onnxruntime as well.
+    """
+    loaded: Model = load(model)
+    batch, single = loaded.prepare(x)
+    chosen_rule = resolve_rule(rule)
+    trace = loaded.trace(batch)
+    logits = trace.output
+    n = batch.shape[0]
+    flat = logits.reshape(n, -1)
+    targets = _targets(target, flat, single)
+    selected = _layers(loaded, trace.graph, layers)
+
+    seed = np.zeros_like(flat)
+    seed[np.arange(n), targets] = 1.0
+    result = bias_backpropagation(trace, seed.reshape(logits.shape), chosen_rule, selected)
+    output = flat[np.arange(n), targets]
+
+    gradient_x_input = (result.gradient * batch).reshape(n, -1)
+    bias = sum(result.layer_bias.values(), np.zeros(n))
+    injected = sum((result.layer_bias[name] for name in result.injected), np.zeros(n))
+    bias_magnitude = result.bias_magnitude
+    checks = Checks(
+        decomposition=relative_residual(gradient_x_input.sum(axis=1) + bias, output,
+                                        np.abs(gradient_x_input).sum(axis=1) + bias_magnitude),
+        completeness=relative_residual(result.bias_attribution.reshape(n, -1).sum(axis=1),
+                                       injected, bias_magnitude),
+        linear_passes=_linear_pass_residual(trace, batch, logits),
+        onnxruntime=check_output(loaded, batch, logits) if check else None,
+    )
+    layer_names = result.injected
+    explanation = Explanation(
+        output=output, target=targets, gradient=result.gradient, bias=bias,
+        bias_attribution=result.bias_attribution, rule=chosen_rule.name,
+        layer_bias=dict(result.layer_bias), layers=layer_names, logits=logits,
+        stripped=loaded.stripped, checks=checks)
+    return _unbatched(explanation) if single else explanation
+
+
+def _targets(target: object, flat: np.ndarray, single: bool) -> np.ndarray:
+    n, size = flat.shape
+    if target is None:
+        return flat.argmax(axis=1)
+    array = np.asarray(target)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise InputError(f"target must be an integer index, got {target!r}")
+    if array.ndim == 0:
+        array = np.full(n, int(array))
+    elif array.shape != (n,) or single:
+        raise InputError(f"target must be one index or one per example ({n}), got shape "
+                         f"{list(array.shape)}")
+    if (array < 0).any() or (array >= size).any():
+        raise InputError(f"target {array.tolist()} is out of range for an output of "
+                         f"{size} elements")
+    return array.astype(np.int64)
+
+
+def _layers(model: Model, graph: object, layers: object) -> set[str] | None:
+    if layers is None:
+        return None
+    if isinstance(layers, str):
+        layers = [layers]
+    chosen = set()
+    for name in layers:  # type: ignore[attr-defined]
+        canonical = graph.resolve(name)  # type: ignore[attr-defined]
+        if canonical is None or not graph[canonical].has_bias:  # type: ignore[index]
+            available = [n.name for n in graph if n.has_bias]  # type: ignore[attr-defined]
+            raise InputError(f"layer {name!r} is not a node with a bias; choose from "
+                             f"{available}")
+        chosen.add(canonical)
+    return chosen
+
+
+def _linear_pass_residual(trace: object, batch: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    n = batch.shape[0]
+    weights_times_x = linear_pass(trace, batch, with_bias=False).reshape(n, -1)  # type: ignore[arg-type]
+    bias = linear_pass(trace, np.zeros_like(batch), with_bias=True).reshape(n, -1)  # type: ignore[arg-type]
+    magnitude = np.abs(weights_times_x) + np.abs(bias)
+    residual = relative_residual(weights_times_x + bias, logits.reshape(n, -1), magnitude)
+    return residual.max(axis=1)
+
+
+def _unbatched(e: Explanation) -> Explanation:
+    return Explanation(
+        output=e.output[0], target=e.target[0], gradient=e.gradient[0], bias=e.bias[0],
+        bias_attribution=e.bias_attribution[0], rule=e.rule,
+        layer_bias={k: v[0] for k, v in e.layer_bias.items()}, layers=e.layers,
+        logits=e.logits[0], stripped=e.stripped,
+        checks=Checks(e.checks.decomposition[0], e.checks.completeness[0],
+                      e.checks.linear_passes[0], e.checks.onnxruntime))

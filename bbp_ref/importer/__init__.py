@@ -1,0 +1,1 @@
+"""ONNX importer: reads a model and builds the canonical piecewise-linear graph."""

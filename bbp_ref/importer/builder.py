@@ -1,0 +1,143 @@
+"""The generic walk over an ONNX graph that builds the canonical graph.
+
+It knows nothing of individual ops: each node is either folded to a constant (all
+its inputs are constants; `onnx.reference` evaluates it) or handed to the handler
+registered for its op type (`handlers/`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from ..engine.operator import Operator
+from ..errors import ModelLoadError, UnsupportedOpError
+from ..graph import Graph, Node
+from . import handlers  # noqa: F401 - registers the handlers
+from .canonicalize import canonicalize
+from .context import NodeContext, find_handler, supported_ops
+from .signature import Signature
+from .values import Const, PendingPad, Value, Var
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+class GraphBuilder:
+    """Holds the canonical nodes made so far and the value of every ONNX tensor."""
+
+    def __init__(self, model: onnx.ModelProto, signature: Signature,
+                 example_shape: tuple[int, ...]) -> None:
+        self.model = model
+        self.signature = signature
+        self.nodes: dict[str, Node] = {}
+        self.env: dict[str, Value] = {}
+        self.needed = _needed_nodes(model.graph, signature.explained)
+        self.used = {name for index in self.needed
+                     for name in model.graph.node[index].input} | {signature.explained}
+        input_node = Node(signature.input_name, "Input", None, (), example_shape,
+                          signature.input_name)
+        self.nodes[input_node.name] = input_node
+        self.env[signature.input_name] = Var(input_node.name, example_shape)
+
+    def is_used(self, tensor: str) -> bool:
+        return tensor in self.used
+
+    def add_node(self, ctx: NodeContext, operator: Operator, inputs: Sequence[Var],
+                 shape: tuple[int, ...]) -> Var:
+        name = self._unique(ctx.name)
+        self.nodes[name] = Node(name, ctx.op_type, operator, tuple(v.node for v in inputs),
+                                shape, ctx.node.output[0])
+        return Var(name, shape)
+
+    def _unique(self, name: str) -> str:
+        candidate, k = name, 1
+        while candidate in self.nodes:
+            k += 1
+            candidate = f"{name}_{k}"
+        return candidate
+
+    def build(self) -> Graph:
+        for initializer in self.model.graph.initializer:
+            self.env[initializer.name] = Const(numpy_helper.to_array(initializer))
+        for index, node in enumerate(self.model.graph.node):
+            if index in self.needed:
+                self._visit(node, node.name or f"{node.op_type}_{index}")
+        explained = self.env.get(self.signature.explained)
+        if isinstance(explained, PendingPad):
+            raise UnsupportedOpError("Pad", explained.node_name,
+                                     "a Pad is only supported directly before a Conv")
+        if not isinstance(explained, Var):
+            raise ModelLoadError(
+                f"output {self.signature.explained!r} does not depend on the model input")
+        graph = Graph(self.nodes, self.signature.input_name, explained.node,
+                      self.signature.stripped)
+        return canonicalize(graph)
+
+    def _visit(self, node: onnx.NodeProto, name: str) -> None:
+        if node.domain not in DEFAULT_DOMAINS:
+            raise UnsupportedOpError(node.op_type, name,
+                                     f"ops of domain {node.domain!r} are not supported")
+        inputs: list[Value | None] = []
+        for tensor in node.input:
+            if not tensor:
+                inputs.append(None)
+            elif tensor in self.env:
+                inputs.append(self.env[tensor])
+            else:
+                raise ModelLoadError(f"node {name!r} ({node.op_type}) reads tensor "
+                                     f"{tensor!r}, which no node or initializer produces")
+        if all(v is None or isinstance(v, Const) for v in inputs):
+            outputs: Sequence[Value] = self._fold(node, name, inputs)
+        else:
+            handle = find_handler(node.op_type, self.signature.opset)
+            if handle is None:
+                raise UnsupportedOpError(
+                    node.op_type, name,
+                    "it is not piecewise linear or not supported (supported: "
+                    + ", ".join(supported_ops()) + ")")
+            ctx = NodeContext(node, name, self.signature.opset, inputs, self)
+            outputs = handle(ctx)
+        for index, tensor in enumerate(node.output):
+            if not tensor or not self.is_used(tensor):
+                continue
+            if index >= len(outputs):
+                raise UnsupportedOpError(node.op_type, name,
+                                         f"its output {index} ({tensor!r}) is not supported")
+            self.env[tensor] = outputs[index]
+
+    def _fold(self, node: onnx.NodeProto, name: str,
+              inputs: list[Value | None]) -> list[Value]:
+        feeds = {tensor: value.value for tensor, value in zip(node.input, inputs)
+                 if isinstance(value, Const)}
+        try:
+            evaluator = ReferenceEvaluator(node, opsets={"": self.signature.opset})
+            results = evaluator.run(None, feeds)
+        except Exception as exc:  # noqa: BLE001 - the evaluator raises anything
+            raise UnsupportedOpError(node.op_type, name,
+                                     f"it could not be evaluated on its constant inputs: "
+                                     f"{exc}") from exc
+        return [Const(np.asarray(r)) for r in results]
+
+
+def _needed_nodes(graph: onnx.GraphProto, explained: str) -> set[int]:
+    """Indices of the nodes the explained tensor depends on."""
+    producers = {name: index for index, node in enumerate(graph.node)
+                 for name in node.output if name}
+    needed: set[int] = set()
+    stack = [explained]
+    while stack:
+        index = producers.get(stack.pop())
+        if index is None or index in needed:
+            continue
+        needed.add(index)
+        stack.extend(t for t in graph.node[index].input if t)
+    return needed
+
+
+def build_graph(model: onnx.ModelProto, signature: Signature,
+                example_shape: tuple[int, ...]) -> Graph:
+    """The canonical graph of ``model`` for inputs of per-example ``example_shape``."""
+    return GraphBuilder(model, signature, example_shape).build()

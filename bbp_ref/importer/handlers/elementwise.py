@@ -1,0 +1,140 @@
+"""Element-wise affine ops: Add/Sub/Mul/Div with a constant, Add/Sub/Sum of data
+tensors (residual connections), Neg, and BatchNormalization (inference)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ...engine.affine import Scale, Sum
+from ..context import NodeContext, batched_constant, handler
+from ..values import Const, Value, Var
+
+
+def _legacy_aligned(ctx: NodeContext, value: np.ndarray, rank: int) -> np.ndarray:
+    """Opset < 7 broadcasting: with ``broadcast=1`` and ``axis``, B aligns at ``axis``."""
+    axis = ctx.attr("axis")
+    if ctx.opset >= 7 or not ctx.attr("broadcast", 0) or axis is None:
+        return value
+    axis = axis % rank
+    return value.reshape(value.shape + (1,) * (rank - axis - value.ndim))
+
+
+def _constant_operand(ctx: NodeContext, index: int, data: Var) -> np.ndarray:
+    value = _legacy_aligned(ctx, ctx.float_const(index, f"input {index}"), data.rank)
+    return batched_constant(ctx, value, data.rank, f"input {index}")
+
+
+def _scale(ctx: NodeContext, data: Var, scale: np.ndarray,
+           bias: np.ndarray | None) -> list[Var]:
+    shape = np.broadcast_shapes(data.shape, scale.shape[1:],
+                                () if bias is None else bias.shape[1:])
+    if len(shape) != len(data.shape):
+        raise ctx.error("the constant operand would add axes before the batch axis")
+    return [ctx.add(Scale(scale, bias, data.shape), [data], tuple(shape))]
+
+
+def _sum(ctx: NodeContext, terms: Sequence[tuple[float, Value | None]]) -> list[Var]:
+    """`sum_j sign_j * input_j` over data tensors and constants."""
+    data = [(sign, v) for sign, v in terms if isinstance(v, Var)]
+    rank = max(v.rank for _, v in data)
+    bias = None
+    for sign, value in terms:
+        if isinstance(value, Const):
+            c = sign * batched_constant(ctx, np.asarray(value.value, np.float64), rank,
+                                        "a constant operand")
+            bias = c if bias is None else bias + c
+        elif not isinstance(value, Var):
+            raise ctx.error("every operand must be a tensor")
+    if len(data) == 1:
+        sign, var = data[0]
+        if var.rank != rank:
+            raise ctx.error("a constant operand of higher rank than the data is not supported")
+        return _scale(ctx, var, np.full((1,) * var.rank, sign), bias)
+    if any(v.rank != rank for _, v in data):
+        raise ctx.error("data operands of different ranks would broadcast along the "
+                        "batch axis")
+    shapes = [v.shape for _, v in data]
+    shape = np.broadcast_shapes(*shapes, *(() if bias is None else (bias.shape[1:],)))
+    operator = Sum([np.asarray(sign) for sign, _ in data], bias, shapes)
+    return [ctx.add(operator, [v for _, v in data], tuple(shape))]
+
+
+@handler("Add")
+def add(ctx: NodeContext) -> list[Var]:
+    a, b = ctx.inputs[0], ctx.inputs[1]
+    if isinstance(a, Var) and isinstance(b, Const):
+        return _scale(ctx, a, np.ones((1,) * a.rank), _constant_operand(ctx, 1, a))
+    if isinstance(b, Var) and isinstance(a, Const):
+        return _scale(ctx, b, np.ones((1,) * b.rank), _constant_operand(ctx, 0, b))
+    return _sum(ctx, [(1.0, ctx.var(0)), (1.0, ctx.var(1))])
+
+
+@handler("Sub")
+def sub(ctx: NodeContext) -> list[Var]:
+    a, b = ctx.inputs[0], ctx.inputs[1]
+    if isinstance(a, Var) and isinstance(b, Const):
+        return _scale(ctx, a, np.ones((1,) * a.rank), -_constant_operand(ctx, 1, a))
+    if isinstance(b, Var) and isinstance(a, Const):
+        return _scale(ctx, b, -np.ones((1,) * b.rank), _constant_operand(ctx, 0, b))
+    return _sum(ctx, [(1.0, ctx.var(0)), (-1.0, ctx.var(1))])
+
+
+@handler("Sum")
+def sum_(ctx: NodeContext) -> list[Var]:
+    return _sum(ctx, [(1.0, v) for v in ctx.inputs])
+
+
+@handler("Mul")
+def mul(ctx: NodeContext) -> list[Var]:
+    a, b = ctx.inputs[0], ctx.inputs[1]
+    if isinstance(a, Var) and isinstance(b, Var):
+        raise ctx.error("both inputs depend on the model input; a product of two data "
+                        "tensors is not piecewise linear")
+    if isinstance(a, Var):
+        return _scale(ctx, a, _constant_operand(ctx, 1, a), None)
+    data = ctx.var(1)
+    return _scale(ctx, data, _constant_operand(ctx, 0, data), None)
+
+
+@handler("Div")
+def div(ctx: NodeContext) -> list[Var]:
+    if isinstance(ctx.inputs[1], Var):
+        raise ctx.error("dividing by a tensor that depends on the model input is not "
+                        "piecewise linear")
+    data = ctx.var(0)
+    divisor = _constant_operand(ctx, 1, data)
+    if (divisor == 0).any():
+        raise ctx.error("division by zero")
+    return _scale(ctx, data, 1.0 / divisor, None)
+
+
+@handler("Neg")
+def neg(ctx: NodeContext) -> list[Var]:
+    data = ctx.var(0)
+    return _scale(ctx, data, -np.ones((1,) * data.rank), None)
+
+
+@handler("BatchNormalization")
+def batch_normalization(ctx: NodeContext) -> list[Var]:
+    """Inference-mode BN: `s = gamma / sqrt(var + eps)`, `h = s * u + (beta - s * mean)`
+    along the channel axis (per element with ``spatial=0``, opsets < 9)."""
+    data = ctx.var(0, "X")
+    if ctx.attr("training_mode", 0) or any(ctx.output_used(i) for i in range(1, 5)):
+        raise ctx.error("training mode (running statistics outputs) is not supported")
+    gamma, beta, mean, var = (ctx.float_const(i, what) for i, what in
+                              enumerate(("scale", "B", "input_mean", "input_var"), start=1))
+    epsilon = float(ctx.attr("epsilon", 1e-5))
+    if (var + epsilon <= 0).any():
+        raise ctx.error("input_var + epsilon must be positive")
+    s = gamma / np.sqrt(var + epsilon)
+    shift = beta - s * mean
+    if ctx.opset < 9 and not ctx.attr("spatial", 1):
+        shape = (1, *s.shape)
+    else:
+        if s.ndim != 1 or s.shape[0] != data.shape[0]:
+            raise ctx.error(f"statistics of shape {list(s.shape)} do not match "
+                            f"{data.shape[0]} channels")
+        shape = (1, -1) + (1,) * (len(data.shape) - 1)
+    return _scale(ctx, data, s.reshape(shape), shift.reshape(shape))

@@ -1,0 +1,61 @@
+"""Gemm and MatMul with a constant weight: affine `MatMul` nodes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...engine.affine import MatMul
+from ..context import NodeContext, batched_constant, handler
+from ..values import Const, Var
+
+
+@handler("Gemm")
+def gemm(ctx: NodeContext) -> list[Var]:
+    """`Y = alpha * A' B' + beta * C` with A the data ([N, K]) and B constant."""
+    if isinstance(ctx.inputs[1], Var):
+        raise ctx.error("input B depends on the model input; only A may (a product of "
+                        "two data tensors is not piecewise linear)")
+    if ctx.attr("transA", 0):
+        raise ctx.error("transA=1 on the data input would move the batch axis")
+    data = ctx.var(0, "A")
+    if len(data.shape) != 1:
+        raise ctx.error(f"input A must be 2-D, got per-example shape {list(data.shape)}")
+    b = ctx.float_const(1, "B")
+    if b.ndim != 2:
+        raise ctx.error(f"input B must be 2-D, got shape {list(b.shape)}")
+    weight = ctx.attr("alpha", 1.0) * (b.T if ctx.attr("transB", 0) else b)
+    if weight.shape[0] != data.shape[0]:
+        raise ctx.error(f"A has {data.shape[0]} columns but B' has {weight.shape[0]} rows")
+    bias = None
+    if ctx.has_input(2):
+        c = batched_constant(ctx, ctx.float_const(2, "C"), 2, "C")
+        bias = np.broadcast_to(ctx.attr("beta", 1.0) * c, (1, weight.shape[1])).copy()
+    return [ctx.add(MatMul(weight, bias, data.shape), [data], (weight.shape[1],))]
+
+
+@handler("MatMul")
+def matmul(ctx: NodeContext) -> list[Var]:
+    """`data @ W` or `W @ data` with a constant `W` (NumPy matmul semantics)."""
+    left, right = ctx.inputs[0], ctx.inputs[1]
+    if isinstance(left, Var) and isinstance(right, Var):
+        raise ctx.error("both inputs depend on the model input; a product of two data "
+                        "tensors is not piecewise linear")
+    if isinstance(left, Var):
+        data, side, weight = left, "right", ctx.float_const(1, "B")
+    else:
+        data, side, weight = ctx.var(1, "B"), "left", ctx.float_const(0, "A")
+        if not isinstance(left, Const):
+            raise ctx.error("input A must be a constant")
+    if weight.ndim < 2:
+        raise ctx.error(f"the constant operand must be at least 2-D, got {list(weight.shape)}")
+    if side == "left" and len(data.shape) < 2:
+        raise ctx.error("a constant left operand needs a data operand of rank >= 3")
+    if weight.ndim > data.rank or (weight.ndim == data.rank and weight.shape[0] != 1):
+        raise ctx.error(f"the constant operand of shape {list(weight.shape)} would broadcast "
+                        "along the batch axis")
+    example = np.empty((1, *data.shape))
+    try:
+        shape = (example @ weight if side == "right" else weight @ example).shape[1:]
+    except ValueError as exc:
+        raise ctx.error(f"shapes do not match: {exc}") from exc
+    return [ctx.add(MatMul(weight, None, data.shape, side), [data], shape)]

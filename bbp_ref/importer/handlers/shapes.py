@@ -1,0 +1,208 @@
+"""Routes (Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Concat, Slice), the ops
+that pass a tensor through unchanged (Identity, Dropout, float Cast), and Shape/Size
+of a data tensor, which are constants."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from ...engine.routes import Concat, Reshape, Slice, Transpose
+from ..context import NodeContext, handler, normalize_axis, per_example_axis
+from ..values import Const, Value, Var
+
+
+def _reshaped(ctx: NodeContext, data: Var, shape: tuple[int, ...]) -> list[Var]:
+    shape = tuple(int(n) for n in shape)
+    if shape == data.shape:
+        return [data]
+    return [ctx.add(Reshape(data.shape, shape), [data], shape)]
+
+
+@handler("Identity")
+def identity(ctx: NodeContext) -> list[Value]:
+    return [ctx.var(0)]
+
+
+@handler("Dropout")
+def dropout(ctx: NodeContext) -> list[Value]:
+    if ctx.opset >= 12 and ctx.has_input(2) and bool(np.asarray(ctx.const(2, "training_mode"))):
+        raise ctx.error("training_mode=True is not supported (inference only)")
+    if ctx.opset < 7 and not ctx.attr("is_test", 0):
+        raise ctx.error("is_test=0 (training mode) is not supported")
+    if ctx.output_used(1):
+        raise ctx.error("the mask output is not supported")
+    return [ctx.var(0)]
+
+
+def _float_cast(ctx: NodeContext, elem_type: int) -> list[Value]:
+    dtype = helper.tensor_dtype_to_np_dtype(elem_type)
+    if not np.issubdtype(dtype, np.floating):
+        raise ctx.error(f"casting a data tensor to {dtype} is not piecewise linear")
+    return [ctx.var(0)]
+
+
+@handler("Cast")
+def cast(ctx: NodeContext) -> list[Value]:
+    return _float_cast(ctx, int(ctx.attr("to")))
+
+
+@handler("CastLike")
+def cast_like(ctx: NodeContext) -> list[Value]:
+    like = ctx.inputs[1]
+    dtype = like.value.dtype if isinstance(like, Const) else np.dtype(np.float32)
+    return _float_cast(ctx, helper.np_dtype_to_tensor_dtype(dtype))
+
+
+@handler("Flatten")
+def flatten(ctx: NodeContext) -> list[Var]:
+    data = ctx.var(0)
+    axis = int(ctx.attr("axis", 1))
+    axis = axis + data.rank if axis < 0 else axis
+    if not 0 <= axis <= data.rank:
+        raise ctx.error(f"axis {axis} is out of range for a tensor of rank {data.rank}")
+    if axis == 0 or int(np.prod(data.shape[: axis - 1])) != 1:
+        raise ctx.error(f"Flatten with axis={axis} merges the batch axis with others")
+    return _reshaped(ctx, data, (int(np.prod(data.shape[axis - 1:])),))
+
+
+@handler("Reshape", since=5)
+def reshape(ctx: NodeContext) -> list[Var]:
+    data = ctx.var(0)
+    target = [int(n) for n in np.asarray(ctx.const(1, "shape")).ravel()]
+    full = (1, *data.shape)  # batch axis taken as 1, as shape subgraphs were folded
+    if not ctx.attr("allowzero", 0):
+        target = [full[i] if n == 0 and i < len(full) else n for i, n in enumerate(target)]
+    known = int(np.prod([n for n in target if n != -1]))
+    if target.count(-1) > 1 or any(n < -1 for n in target):
+        raise ctx.error(f"invalid target shape {target}")
+    if -1 in target:
+        if known == 0 or int(np.prod(full)) % known:
+            raise ctx.error(f"cannot reshape {list(full)} to {target}")
+        target[target.index(-1)] = int(np.prod(full)) // known
+    if not target or target[0] != 1 or int(np.prod(target)) != int(np.prod(full)):
+        raise ctx.error(f"reshaping per-example shape {list(data.shape)} to {target} "
+                        "does not keep the batch axis first")
+    return _reshaped(ctx, data, tuple(target[1:]))
+
+
+@handler("Transpose")
+def transpose(ctx: NodeContext) -> list[Var]:
+    data = ctx.var(0)
+    perm = ctx.attr("perm")
+    perm = list(range(data.rank))[::-1] if perm is None else [int(p) for p in perm]
+    if sorted(perm) != list(range(data.rank)):
+        raise ctx.error(f"perm {perm} is not a permutation of {data.rank} axes")
+    if perm[0] != 0:
+        raise ctx.error(f"perm {perm} moves the batch axis")
+    example_perm = tuple(p - 1 for p in perm[1:])
+    if example_perm == tuple(range(len(example_perm))):
+        return [data]
+    shape = tuple(data.shape[p] for p in example_perm)
+    return [ctx.add(Transpose(example_perm), [data], shape)]
+
+
+def _axes(ctx: NodeContext, since_input: int) -> list[int] | None:
+    if ctx.opset >= since_input:
+        value = ctx.optional_const(1, "axes")
+    else:
+        value = ctx.attr("axes")
+    return None if value is None else [int(a) for a in np.asarray(value).ravel()]
+
+
+@handler("Squeeze")
+def squeeze(ctx: NodeContext) -> list[Var]:
+    data = ctx.var(0)
+    axes = _axes(ctx, 13)
+    if axes is None:
+        drop = {a for a, n in enumerate(data.shape) if n == 1}
+    else:
+        drop = {per_example_axis(ctx, a, data.rank) for a in axes}
+        if any(data.shape[a] != 1 for a in drop):
+            raise ctx.error(f"cannot squeeze axes {axes} of shape {[1, *data.shape]}")
+    return _reshaped(ctx, data, tuple(n for a, n in enumerate(data.shape) if a not in drop))
+
+
+@handler("Unsqueeze")
+def unsqueeze(ctx: NodeContext) -> list[Var]:
+    data = ctx.var(0)
+    axes = _axes(ctx, 13)
+    if not axes:
+        raise ctx.error("axes are required")
+    rank = data.rank + len(axes)
+    inserted = {per_example_axis(ctx, a, rank) for a in axes}
+    dims = iter(data.shape)
+    shape = tuple(1 if a in inserted else next(dims) for a in range(rank - 1))
+    return _reshaped(ctx, data, shape)
+
+
+@handler("Concat")
+def concat(ctx: NodeContext) -> list[Var]:
+    if any(isinstance(v, Const) for v in ctx.inputs):
+        raise ctx.error("concatenating a constant with data tensors is not supported")
+    parts = [ctx.var(i) for i in range(len(ctx.inputs))]
+    rank = parts[0].rank
+    if any(p.rank != rank for p in parts):
+        raise ctx.error("inputs have different ranks")
+    axis = per_example_axis(ctx, int(ctx.attr("axis", 1)), rank)
+    rest = {p.shape[:axis] + p.shape[axis + 1:] for p in parts}
+    if len(rest) != 1:
+        raise ctx.error(f"shapes {[list(p.shape) for p in parts]} differ off the Concat axis")
+    if len(parts) == 1:
+        return [parts[0]]
+    sizes = [p.shape[axis] for p in parts]
+    shape = parts[0].shape[:axis] + (sum(sizes),) + parts[0].shape[axis + 1:]
+    return [ctx.add(Concat(axis, sizes), parts, shape)]
+
+
+def _slice_arguments(ctx: NodeContext) -> tuple[list[int], list[int], list[int] | None,
+                                                 list[int] | None]:
+    def ints(value: object) -> list[int]:
+        return [int(v) for v in np.asarray(value).ravel()]
+
+    if ctx.opset < 10:
+        axes = ctx.attr("axes")
+        return ctx.attr("starts"), ctx.attr("ends"), axes, None
+    axes = ctx.optional_const(3, "axes")
+    steps = ctx.optional_const(4, "steps")
+    return (ints(ctx.const(1, "starts")), ints(ctx.const(2, "ends")),
+            None if axes is None else ints(axes), None if steps is None else ints(steps))
+
+
+@handler("Slice")
+def slice_(ctx: NodeContext) -> list[Var]:
+    data = ctx.var(0)
+    starts, ends, axes, steps = _slice_arguments(ctx)
+    axes = list(range(len(starts))) if axes is None else list(axes)
+    steps = [1] * len(starts) if steps is None else list(steps)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise ctx.error("starts, ends, axes and steps must have the same length")
+    index = [slice(None)] * len(data.shape)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if step == 0:
+            raise ctx.error("steps must be non-zero")
+        axis = normalize_axis(ctx, int(axis), data.rank)
+        if axis == 0:
+            if step == 1 and start == 0 and end >= 1:
+                continue  # the whole batch: declared batch sizes are taken as 1
+            raise ctx.error("slicing the batch axis is not supported")
+        index[axis - 1] = slice(int(start), int(end), int(step))
+    shape = np.empty(data.shape, dtype=np.bool_)[tuple(index)].shape
+    if any(n == 0 for n in shape):
+        raise ctx.error("the slice is empty")
+    if shape == data.shape and all(s == slice(None) or s.step == 1 for s in index):
+        return [data]
+    return [ctx.add(Slice(data.shape, tuple(index)), [data], shape)]
+
+
+@handler("Shape")
+def shape_(ctx: NodeContext) -> list[Const]:
+    data = ctx.var(0)
+    dims = np.array([1, *data.shape], dtype=np.int64)
+    start, end = int(ctx.attr("start", 0)), ctx.attr("end")
+    return [Const(dims[start:None if end is None else int(end)])]
+
+
+@handler("Size")
+def size(ctx: NodeContext) -> list[Const]:
+    return [Const(np.array(int(np.prod(ctx.var(0).shape)), dtype=np.int64))]

@@ -1,0 +1,40 @@
+"""Reading the window attributes shared by Conv, MaxPool and AveragePool."""
+
+from __future__ import annotations
+
+from ...engine.windows import Window, auto_pads
+from ..context import NodeContext
+
+
+def read_window(ctx: NodeContext, in_spatial: tuple[int, ...], kernel: tuple[int, ...],
+                extra_pads: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+                ceil_mode: bool = False) -> Window:
+    dims = len(kernel)
+    strides = tuple(ctx.attr("strides", [1] * dims))
+    dilations = tuple(ctx.attr("dilations", [1] * dims))
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if len(strides) != dims or len(dilations) != dims:
+        raise ctx.error("strides and dilations must have one entry per spatial axis")
+    if any(s < 1 for s in strides) or any(d < 1 for d in dilations):
+        raise ctx.error("strides and dilations must be positive")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER", "VALID"):
+        pairs = [auto_pads(auto_pad, n, k, s, d)
+                 for n, k, s, d in zip(in_spatial, kernel, strides, dilations)]
+        begin = tuple(p[0] for p in pairs)
+        end = tuple(p[1] for p in pairs)
+    elif auto_pad in ("NOTSET", ""):
+        pads = tuple(ctx.attr("pads", [0] * (2 * dims)))
+        if len(pads) != 2 * dims or any(p < 0 for p in pads):
+            raise ctx.error(f"pads {list(pads)} must be {2 * dims} non-negative numbers")
+        begin, end = pads[:dims], pads[dims:]
+    else:
+        raise ctx.error(f"unknown auto_pad {auto_pad!r}")
+    if extra_pads is not None:
+        begin = tuple(a + b for a, b in zip(begin, extra_pads[0]))
+        end = tuple(a + b for a, b in zip(end, extra_pads[1]))
+    window = Window(tuple(in_spatial), tuple(kernel), strides, dilations, tuple(begin),
+                    tuple(end), ceil_mode)
+    if any(n <= 0 for n in window.out_spatial):
+        raise ctx.error(f"the window {list(kernel)} does not fit the input "
+                        f"{list(in_spatial)} with these pads")
+    return window

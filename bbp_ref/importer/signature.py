@@ -1,0 +1,88 @@
+"""The model's interface: which graph input is the data, which output is explained,
+and which final Softmax/LogSoftmax ops are stripped (SPEC §2, output head)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..errors import InputError, ModelLoadError
+from .loading import default_opset
+
+HEAD_OPS = ("Softmax", "LogSoftmax")
+_PASS_THROUGH = ("Identity",)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """``input_dims``: the declared ONNX input shape, None for symbolic dims (axis 0
+    is the batch axis); ``output``: the graph output chosen; ``explained``: the
+    tensor explained (the output with any final Softmax/LogSoftmax stripped);
+    ``stripped``: descriptions of the stripped ops, outermost first."""
+
+    input_name: str
+    input_dims: tuple[int | None, ...]
+    input_dtype: np.dtype
+    output: str
+    explained: str
+    stripped: tuple[str, ...]
+    opset: int
+
+    @property
+    def example_dims(self) -> tuple[int | None, ...]:
+        return self.input_dims[1:]
+
+
+def read_signature(model: onnx.ModelProto, output: str | None = None) -> Signature:
+    graph = model.graph
+    constants = {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}
+    data_inputs = [i for i in graph.input if i.name not in constants]
+    if len(data_inputs) != 1:
+        names = [i.name for i in data_inputs]
+        raise ModelLoadError(
+            f"bbp_ref explains models with exactly one data input; this one has "
+            f"{len(data_inputs)}: {names}")
+    data = data_inputs[0]
+    tensor_type = data.type.tensor_type
+    if not data.type.HasField("tensor_type") or not tensor_type.HasField("shape"):
+        raise ModelLoadError(f"input {data.name!r} must be a tensor with a known rank")
+    dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+    if not np.issubdtype(dtype, np.floating):
+        raise ModelLoadError(f"input {data.name!r} has element type {dtype}; a float "
+                             "input is needed")
+    dims = tuple(d.dim_value if d.HasField("dim_value") else None
+                 for d in tensor_type.shape.dim)
+    if not dims:
+        raise ModelLoadError(f"input {data.name!r} is a scalar; its axis 0 must be the batch")
+    chosen = _choose_output(graph, output)
+    explained, stripped = _strip_head(graph, chosen)
+    return Signature(data.name, dims, np.dtype(dtype), chosen, explained, stripped,
+                     default_opset(model))
+
+
+def _choose_output(graph: onnx.GraphProto, output: str | None) -> str:
+    names = [o.name for o in graph.output]
+    if output is not None:
+        if output not in names:
+            raise InputError(f"output {output!r} is not an output of the model; it has {names}")
+        return output
+    for o in graph.output:
+        elem = o.type.tensor_type.elem_type
+        if elem and np.issubdtype(helper.tensor_dtype_to_np_dtype(elem), np.floating):
+            return o.name
+    raise ModelLoadError(f"the model has no float output to explain (outputs: {names})")
+
+
+def _strip_head(graph: onnx.GraphProto, output: str) -> tuple[str, tuple[str, ...]]:
+    producers = {name: node for node in graph.node for name in node.output}
+    stripped = []
+    tensor = output
+    while tensor in producers and producers[tensor].op_type in HEAD_OPS + _PASS_THROUGH:
+        node = producers[tensor]
+        if node.op_type in HEAD_OPS:
+            stripped.append(f"{node.op_type} (node {node.name!r})")
+        tensor = node.input[0]
+    return tensor, tuple(stripped)

@@ -1,0 +1,145 @@
+"""`Model`: an imported ONNX model, ready to run in float64 on the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .engine.trace import Trace, forward, input_gradient
+from .errors import InputError
+from .graph import Graph
+from .importer.builder import build_graph
+from .importer.loading import read_model
+from .importer.signature import Signature, read_signature
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a user sees of a canonical node."""
+
+    name: str
+    kind: str
+    op: str
+    shape: tuple[int, ...]
+
+
+class Model:
+    """An ONNX model imported into the canonical piecewise-linear graph.
+
+    The graph depends on the per-example input shape; models whose non-batch input
+    dims are all fixed are imported at once (so unsupported ops fail at load time),
+    others on the first input of each shape.
+    """
+
+    def __init__(self, proto: onnx.ModelProto, output: str | None = None,
+                 source: str | None = None) -> None:
+        self.proto = proto
+        self.source = source
+        self.signature: Signature = read_signature(proto, output)
+        self._graphs: dict[tuple[int, ...], Graph] = {}
+        dims = self.signature.example_dims
+        if all(d is not None for d in dims):
+            self.graph_for(tuple(int(d) for d in dims))  # type: ignore[arg-type]
+
+    # -- structure ---------------------------------------------------------------
+    def graph_for(self, example_shape: tuple[int, ...]) -> Graph:
+        graph = self._graphs.get(example_shape)
+        if graph is None:
+            graph = build_graph(self.proto, self.signature, example_shape)
+            self._graphs[example_shape] = graph
+        return graph
+
+    @property
+    def graph(self) -> Graph:
+        """The canonical graph (of the first input shape seen, for dynamic models)."""
+        if not self._graphs:
+            raise InputError("the model's input shape is dynamic; call forward or explain "
+                             "first, or use graph_for(shape)")
+        return next(iter(self._graphs.values()))
+
+    @property
+    def nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(n.name, n.kind, n.op, n.shape) for n in self.graph]
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        """Per-example input shape (None for a dynamic dim)."""
+        return self.signature.example_dims
+
+    @property
+    def stripped(self) -> tuple[str, ...]:
+        return self.signature.stripped
+
+    def __repr__(self) -> str:
+        name = self.source or "<in memory>"
+        return f"Model({name!r}, input_shape={self.input_shape}, nodes={len(self.graph)})"
+
+    # -- computation -------------------------------------------------------------
+    def prepare(self, x: object) -> tuple[np.ndarray, bool]:
+        """``x`` as a float64 batch, and whether it was a single example."""
+        try:
+            array = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"input is not an array: {exc}") from exc
+        if not np.issubdtype(array.dtype, np.floating):
+            raise InputError(f"input must be a float array, got dtype {array.dtype}")
+        dims = self.signature.example_dims
+        if array.ndim == len(dims):
+            single, batch = True, array[None]
+        elif array.ndim == len(dims) + 1:
+            single, batch = False, array
+        else:
+            raise InputError(f"input of shape {list(array.shape)} does not match the model "
+                             f"input {['N', *self._dim_names()]} (one example or a batch)")
+        for axis, (n, d) in enumerate(zip(batch.shape[1:], dims)):
+            if d is not None and n != d:
+                raise InputError(f"input of shape {list(array.shape)} does not match the "
+                                 f"model input {['N', *self._dim_names()]} at axis "
+                                 f"{axis + (0 if single else 1)}")
+        if batch.shape[0] == 0:
+            raise InputError("the batch is empty")
+        batch = batch.astype(np.float64)
+        if not np.isfinite(batch).all():
+            raise InputError("input contains NaN or infinite values")
+        return batch, single
+
+    def _dim_names(self) -> list[object]:
+        return [d if d is not None else "?" for d in self.signature.example_dims]
+
+    def trace(self, batch: np.ndarray, linearize: bool = True) -> Trace:
+        """The engine's forward trace of a prepared float64 batch."""
+        return forward(self.graph_for(tuple(batch.shape[1:])), batch, linearize=linearize)
+
+    def forward(self, x: object) -> np.ndarray:
+        """The float64 output `f(x)` (the logits, if a final Softmax was stripped)."""
+        batch, single = self.prepare(x)
+        out = self.trace(batch, linearize=False).output
+        return out[0] if single else out
+
+    def jacobian(self, x: object) -> np.ndarray:
+        """`W^x` for every output: shape ``[*output_shape, *input_shape]`` for one
+        example, with a leading batch axis for a batch."""
+        batch, single = self.prepare(x)
+        trace = self.trace(batch)
+        out_shape = trace.output.shape[1:]
+        size = int(np.prod(out_shape))
+        rows = []
+        for k in range(size):
+            seed = np.zeros((batch.shape[0], size))
+            seed[:, k] = 1.0
+            rows.append(input_gradient(trace, seed.reshape(trace.output.shape)))
+        jac = np.stack(rows, axis=1).reshape(batch.shape[0], *out_shape, *batch.shape[1:])
+        return jac[0] if single else jac
+
+
+def load(model: object, output: str | None = None) -> Model:
+    """Import an ONNX model (a path, bytes, an ``onnx.ModelProto``, or a `Model`,
+    returned as is). ``output`` names the graph output to explain (default: the
+    first float output)."""
+    if isinstance(model, Model):
+        return model
+    source = str(Path(model)) if isinstance(model, (str, Path)) else None
+    return Model(read_model(model), output, source)
