@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from ..engine.operator import Operator
-from ..errors import ModelLoadError, UnsupportedOpError
+from ..errors import BBpError, ModelLoadError, UnsupportedOpError
 from ..graph import Graph, Node
 from . import handlers  # noqa: F401 - registers the handlers
 from .canonicalize import canonicalize
@@ -61,7 +61,12 @@ class GraphBuilder:
 
     def build(self) -> Graph:
         for initializer in self.model.graph.initializer:
-            self.env[initializer.name] = Const(numpy_helper.to_array(initializer))
+            try:
+                value = numpy_helper.to_array(initializer)
+            except Exception as exc:  # noqa: BLE001 - numpy/onnx raise many types here
+                raise ModelLoadError(f"initializer {initializer.name!r} cannot be decoded: "
+                                     f"{exc}") from exc
+            self.env[initializer.name] = Const(value)
         for index, node in enumerate(self.model.graph.node):
             if index in self.needed:
                 self._visit(node, node.name or f"{node.op_type}_{index}")
@@ -99,7 +104,16 @@ class GraphBuilder:
                     "it is not piecewise linear or not supported (supported: "
                     + ", ".join(supported_ops()) + ")")
             ctx = NodeContext(node, name, self.signature.opset, inputs, self)
-            outputs = handle(ctx)
+            try:
+                outputs = handle(ctx)
+            except BBpError:
+                raise
+            except (ArithmeticError, IndexError, KeyError, TypeError, ValueError) as exc:
+                # a malformed node (attributes or constant inputs of the wrong shape or
+                # type) that the handler did not check for: still name the node
+                raise UnsupportedOpError(node.op_type, name,
+                                         f"its attributes or constant inputs are invalid "
+                                         f"({type(exc).__name__}: {exc})") from exc
         for index, tensor in enumerate(node.output):
             if not tensor or not self.is_used(tensor):
                 continue

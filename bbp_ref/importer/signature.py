@@ -49,10 +49,10 @@ def read_signature(model: onnx.ModelProto, output: str | None = None) -> Signatu
     tensor_type = data.type.tensor_type
     if not data.type.HasField("tensor_type") or not tensor_type.HasField("shape"):
         raise ModelLoadError(f"input {data.name!r} must be a tensor with a known rank")
-    dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-    if not np.issubdtype(dtype, np.floating):
-        raise ModelLoadError(f"input {data.name!r} has element type {dtype}; a float "
-                             "input is needed")
+    dtype = _np_dtype(tensor_type.elem_type)
+    if dtype is None or not np.issubdtype(dtype, np.floating):
+        raise ModelLoadError(f"input {data.name!r} has element type "
+                             f"{dtype or tensor_type.elem_type}; a float input is needed")
     dims = tuple(d.dim_value if d.HasField("dim_value") else None
                  for d in tensor_type.shape.dim)
     if not dims:
@@ -70,10 +70,18 @@ def _choose_output(graph: onnx.GraphProto, output: str | None) -> str:
             raise InputError(f"output {output!r} is not an output of the model; it has {names}")
         return output
     for o in graph.output:
-        elem = o.type.tensor_type.elem_type
-        if elem and np.issubdtype(helper.tensor_dtype_to_np_dtype(elem), np.floating):
+        dtype = _np_dtype(o.type.tensor_type.elem_type)
+        if dtype is not None and np.issubdtype(dtype, np.floating):
             return o.name
     raise ModelLoadError(f"the model has no float output to explain (outputs: {names})")
+
+
+def _np_dtype(elem_type: int) -> np.dtype | None:
+    """The numpy dtype of an ONNX element type; None for UNDEFINED or an unknown code."""
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)) if elem_type else None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _strip_head(graph: onnx.GraphProto, output: str) -> tuple[str, tuple[str, ...]]:

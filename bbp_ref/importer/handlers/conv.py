@@ -24,7 +24,7 @@ def conv(ctx: NodeContext) -> list[Var]:
     weight = ctx.float_const(1, "W")
     groups = int(ctx.attr("group", 1))
     channels, spatial = source.shape[0], source.shape[1:]
-    if weight.ndim != len(source.shape) or weight.shape[1] * groups != channels \
+    if weight.ndim != source.rank or weight.shape[1] * groups != channels \
             or weight.shape[0] % groups:
         raise ctx.error(f"weight of shape {list(weight.shape)} with group={groups} does not "
                         f"fit an input with {channels} channels and {len(spatial)} spatial axes")

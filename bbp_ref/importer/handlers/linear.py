@@ -50,7 +50,8 @@ def matmul(ctx: NodeContext) -> list[Var]:
         raise ctx.error(f"the constant operand must be at least 2-D, got {list(weight.shape)}")
     if side == "left" and len(data.shape) < 2:
         raise ctx.error("a constant left operand needs a data operand of rank >= 3")
-    if weight.ndim > data.rank or (weight.ndim == data.rank and weight.shape[0] != 1):
+    if weight.ndim > max(data.rank, 2) or (weight.ndim == data.rank >= 3
+                                           and weight.shape[0] != 1):
         raise ctx.error(f"the constant operand of shape {list(weight.shape)} would broadcast "
                         "along the batch axis")
     example = np.empty((1, *data.shape))

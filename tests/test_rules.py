@@ -1,0 +1,93 @@
+"""The three BBp rules on a two-layer network small enough to compute by hand.
+
+Network: h = W1 x + b1, a = relu(h), y = W2 a + b2 with
+W1 = [[2, 1], [-1, 1]], b1 = [1, -1], W2 = [[1, -2]], x = [1, -1].
+Then h = [2, -3], a = [2, 0], W^x = [2, 1], W^x x = 1 and b^x = 1 + b2.
+"""
+
+import numpy as np
+import pytest
+
+import bbp_ref
+from builders import model, node
+
+W1 = np.array([[2.0, 1.0], [-1.0, 1.0]], dtype=np.float32)
+B1 = np.array([1.0, -1.0], dtype=np.float32)
+W2 = np.array([[1.0, -2.0]], dtype=np.float32)
+X = np.array([1.0, -1.0], dtype=np.float32)
+
+
+def two_layer(b2: float):
+    return model(
+        [node("Gemm", ["x", "W1", "b1"], "h", name="fc1", transB=1),
+         node("Relu", ["h"], "a", name="relu"),
+         node("Gemm", ["a", "W2", "b2"], "y", name="fc2", transB=1)],
+        ["N", 2], {"W1": W1, "b1": B1, "W2": W2, "b2": np.array([b2], np.float32)})
+
+
+# Hand computation with b2 = 0.5 (b^x = 1.5):
+#  abs:     fc2 hands 0.5 to a = [2, 0] by |z| = [2, 0] -> h gets [0.5, 0]; fc1 adds
+#           e = g * b1 = [1, 0] -> beta = [1.5, 0]; row 0 has z = [2, -1], |z| shares
+#           [2/3, 1/3] -> B = [1.0, 0.5].
+#  signed:  row 0 has sigma = sign(1.5 * 1) = +1, max(0, z) = [2, 0] -> B = [1.5, 0].
+#  uniform: fc2 hands [0.25, 0.25]; beta_h = [1.25, 0.25]; halves -> B = [0.75, 0.75].
+HAND = {"abs": [1.0, 0.5], "signed": [1.5, 0.0], "uniform": [0.75, 0.75]}
+
+
+@pytest.mark.parametrize("rule", sorted(HAND))
+def test_two_layer_by_hand(rule):
+    e = bbp_ref.explain(two_layer(0.5), X, target=0, rule=rule)
+    assert e.output == pytest.approx(2.5, abs=1e-12)
+    np.testing.assert_allclose(e.gradient, [2.0, 1.0], atol=1e-12)
+    assert e.bias == pytest.approx(1.5, abs=1e-12)
+    np.testing.assert_allclose(e.bias_attribution, HAND[rule], atol=1e-12)
+    assert e.layer_bias["fc2"] == pytest.approx(0.5, abs=1e-12)
+    assert e.layer_bias["fc1"] == pytest.approx(1.0, abs=1e-12)
+    assert e.rule == rule
+
+
+def test_signed_falls_back_to_abs_where_no_input_pushes_with_the_mass():
+    # b2 = -0.5: fc2's mass is negative while g = 1, so sigma = -1, and max(0, -z)
+    # with z = [2, 0] is all zero: the row falls back to abs -> a gets [-0.5, 0].
+    # beta_h = [-0.5 + 1, 0] = [0.5, 0]; sigma = +1 on row 0 -> B = [0.5, 0].
+    e = bbp_ref.explain(two_layer(-0.5), X, target=0, rule="signed")
+    np.testing.assert_allclose(e.bias_attribution, [0.5, 0.0], atol=1e-12)
+    assert e.bias == pytest.approx(0.5, abs=1e-12)
+
+
+def test_per_layer_attribution_by_hand():
+    # Only fc2's bias: 0.5 reaches h = [0.5, 0]; |z| shares [2/3, 1/3] -> [1/3, 1/6].
+    e = bbp_ref.explain(two_layer(0.5), X, target=0, rule="abs", layers=["fc2"])
+    np.testing.assert_allclose(e.bias_attribution, [1 / 3, 1 / 6], atol=1e-12)
+    assert e.layers == ("fc2",)
+    assert e.bias == pytest.approx(1.5, abs=1e-12)  # b^x itself is unchanged
+    assert e.checks.passed
+
+
+@pytest.mark.parametrize("rule", ["abs", "uniform"])
+def test_linear_rules_add_up_over_layers(rule):
+    m = two_layer(0.5)
+    whole = bbp_ref.explain(m, X, rule=rule).bias_attribution
+    parts = sum(bbp_ref.explain(m, X, rule=rule, layers=[name]).bias_attribution
+                for name in ("fc1", "fc2"))
+    np.testing.assert_allclose(parts, whole, atol=1e-12)
+
+
+def test_signed_rule_is_not_linear_in_the_injected_biases():
+    m = two_layer(-0.5)
+    whole = bbp_ref.explain(m, X, rule="signed").bias_attribution
+    parts = sum(bbp_ref.explain(m, X, rule="signed", layers=[name]).bias_attribution
+                for name in ("fc1", "fc2"))
+    assert not np.allclose(parts, whole)
+    np.testing.assert_allclose(parts.sum(), whole.sum(), atol=1e-12)
+
+
+def test_custom_rule_callable_matches_the_builtin_abs_rule():
+    def my_abs(view):
+        return [bbp_ref.Term(np.abs, [np.abs(u) for u in view.operands])]
+
+    m = two_layer(0.5)
+    custom = bbp_ref.explain(m, X, rule=my_abs)
+    builtin = bbp_ref.explain(m, X, rule="abs")
+    np.testing.assert_allclose(custom.bias_attribution, builtin.bias_attribution, atol=1e-15)
+    assert custom.rule == "my_abs"
