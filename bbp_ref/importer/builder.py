@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from ..engine.operator import Operator
@@ -127,13 +127,25 @@ class GraphBuilder:
         feeds = {tensor: value.value for tensor, value in zip(node.input, inputs)
                  if isinstance(value, Const)}
         try:
-            evaluator = ReferenceEvaluator(node, opsets={"": self.signature.opset})
+            evaluator = ReferenceEvaluator(_single_node_model(node, feeds, self.model))
             results = evaluator.run(None, feeds)
         except Exception as exc:  # noqa: BLE001 - the evaluator raises anything
             raise UnsupportedOpError(node.op_type, name,
                                      f"it could not be evaluated on its constant inputs: "
                                      f"{exc}") from exc
         return [Const(np.asarray(r)) for r in results]
+
+
+def _single_node_model(node: onnx.NodeProto, feeds: dict[str, np.ndarray],
+                       model: onnx.ModelProto) -> onnx.ModelProto:
+    """``node`` alone in a model of ``model``'s opsets, so that `onnx.reference` runs
+    the op version the model was written for."""
+    inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype),
+                                            list(v.shape)) for name, v in feeds.items()]
+    outputs = [helper.make_value_info(name, onnx.TypeProto()) for name in node.output if name]
+    graph = helper.make_graph([node], "fold", inputs, outputs)
+    return helper.make_model(graph, opset_imports=list(model.opset_import),
+                             ir_version=model.ir_version)
 
 
 def _needed_nodes(graph: onnx.GraphProto, explained: str) -> set[int]:

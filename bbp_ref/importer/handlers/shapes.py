@@ -49,7 +49,11 @@ def cast(ctx: NodeContext) -> list[Value]:
 
 @handler("CastLike")
 def cast_like(ctx: NodeContext) -> list[Value]:
-    like = ctx.inputs[1]
+    """A cast to the type of another tensor; casting a constant to the type of a data
+    tensor (as unoptimised dynamo exports do for a zero bias) stays a constant."""
+    source, like = ctx.inputs[0], ctx.inputs[1]
+    if isinstance(source, Const):
+        return [Const(np.asarray(source.value, dtype=np.float64))]
     dtype = like.value.dtype if isinstance(like, Const) else np.dtype(np.float32)
     return _float_cast(ctx, helper.np_dtype_to_tensor_dtype(dtype))
 
