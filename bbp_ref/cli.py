@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -22,8 +23,20 @@ from .explain import Explanation, explain
 from .model import load
 
 
+class _UsageError(Exception):
+    """A command-line usage error, reported like every other error (one line, code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr, without the usage block
+    (its subcommand parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bbp-ref", description="Bias Backpropagation (BBp) for ONNX models.")
     commands = parser.add_subparsers(dest="command", required=True)
     ex = commands.add_parser("explain", help="explain one output of a model at an input")
@@ -74,7 +87,7 @@ def _save(path: str, e: Explanation) -> None:
               "bias_attribution": e.bias_attribution, "logits": e.logits}
     arrays.update({f"layer_bias/{name}": v for name, v in e.layer_bias.items()})
     try:
-        np.savez(path, **arrays)
+        np.savez(path, **arrays)  # type: ignore[arg-type]
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc}") from exc
 
@@ -97,16 +110,21 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if e.checks.passed else 1
 
 
+def _fail(message: str) -> int:
+    print(f"bbp-ref: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
-        return _run(args)
-    except BBpError as exc:
-        print(f"bbp-ref: error: {exc}", file=sys.stderr)
-        return 2
+        return _run(_parser().parse_args(argv))
+    except (BBpError, _UsageError) as exc:
+        return _fail(str(exc))
     except KeyboardInterrupt:
         print("bbp-ref: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug, but the CLI never shows a traceback
+        return _fail(f"internal error ({type(exc).__name__}: {exc}); please report it")
 
 
 if __name__ == "__main__":

@@ -114,8 +114,11 @@ def _layers(model: Model, graph: object, layers: object) -> set[str] | None:
         return None
     if isinstance(layers, str):
         layers = [layers]
+    if not isinstance(layers, (list, tuple, set, frozenset)) or not all(
+            isinstance(name, str) for name in layers):
+        raise InputError(f"layers must be a node name or a list of node names, got {layers!r}")
     chosen = set()
-    for name in layers:  # type: ignore[attr-defined]
+    for name in layers:
         canonical = graph.resolve(name)  # type: ignore[attr-defined]
         if canonical is None or not graph[canonical].has_bias:  # type: ignore[index]
             available = [n.name for n in graph if n.has_bias]  # type: ignore[attr-defined]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from builders import f32, node
 from builders import model as _model
 

@@ -53,7 +53,7 @@ def test_exporters_agree_on_the_same_weights():
     for path in TORCH:
         groups[path.name.split(".")[0]].append(path)
     assert len(groups) >= 8
-    for name, paths in groups.items():
+    for paths in groups.values():
         x = _input(paths[0])
         first = {r: bbp_ref.explain(paths[0], x, rule=r, check=False) for r in RULES}
         for other in paths[1:]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from architectures import ARCHITECTURES
+from builders import reference_float64, run_onnxruntime
 
 import bbp_ref
-from architectures import ARCHITECTURES
 from bbp_ref.engine.gates import ElementwiseLocal, MaxPoolLocal
-from builders import reference_float64, run_onnxruntime
 
 RULES = ("abs", "signed", "uniform")
 TOL = 1e-10

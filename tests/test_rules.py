@@ -7,9 +7,9 @@ Then h = [2, -3], a = [2, 0], W^x = [2, 1], W^x x = 1 and b^x = 1 + b2.
 
 import numpy as np
 import pytest
+from builders import model, node
 
 import bbp_ref
-from builders import model, node
 
 W1 = np.array([[2.0, 1.0], [-1.0, 1.0]], dtype=np.float32)
 B1 = np.array([1.0, -1.0], dtype=np.float32)

@@ -148,10 +148,10 @@ class MaxPool(Operator):
         offsets = np.array(list(window.offsets()), dtype=np.int64)  # [K, dims]
         flat = np.zeros(which.shape, dtype=np.int64)
         for axis, size in enumerate(window.in_spatial):
-            position = np.arange(window.out_spatial[axis]) * window.strides[axis]
-            position = position.reshape([-1 if a == axis else 1
-                                         for a in range(len(window.in_spatial))])
-            coordinate = (position + offsets[which, axis] * window.dilations[axis]
+            start = np.arange(window.out_spatial[axis]) * window.strides[axis]
+            start = np.reshape(start, [-1 if a == axis else 1
+                                       for a in range(len(window.in_spatial))])
+            coordinate = (start + offsets[which, axis] * window.dilations[axis]
                           - window.pads_begin[axis])
             flat = flat * size + coordinate
         return MaxPoolLocal(flat, u.shape)

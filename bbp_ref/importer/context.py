@@ -114,8 +114,8 @@ def batched_constant(ctx: NodeContext, value: np.ndarray, rank: int, what: str) 
     if value.ndim > rank:
         raise ctx.error(f"{what} of shape {list(value.shape)} has more axes than the data "
                         "tensor; broadcasting it would add axes before the batch axis")
-    value = value.reshape((1,) * (rank - value.ndim) + value.shape)
-    if value.shape[0] != 1:
+    value = np.reshape(value, (1,) * (rank - value.ndim) + tuple(value.shape))
+    if np.shape(value)[0] != 1:
         raise ctx.error(f"{what} of shape {list(value.shape)} varies along the batch axis")
     return value
 

@@ -63,6 +63,8 @@ def _parse(data: bytes, what: str) -> onnx.ModelProto:
 
 
 def _read_path(path: Path) -> onnx.ModelProto:
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a directory, not an ONNX model file")
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
     try:
@@ -88,9 +90,12 @@ def _has_external_data(model: onnx.ModelProto) -> bool:
 
 
 def _check_location(tensor: onnx.TensorProto, folder: Path) -> None:
-    info = external_data_helper.ExternalDataInfo(tensor)
-    location = info.location
-    target = (folder / location).resolve()
+    try:
+        location = external_data_helper.ExternalDataInfo(tensor).location
+        target = (folder / location).resolve()
+    except (ValueError, OSError) as exc:  # a bad offset/length, a NUL in the location
+        raise ModelLoadError(f"initializer {tensor.name!r} has an invalid external data "
+                             f"entry: {exc}") from exc
     if os.path.isabs(location) or not target.is_relative_to(folder):
         raise ModelLoadError(
             f"initializer {tensor.name!r} refers to external data {location!r} outside "
