@@ -570,3 +570,14 @@ def test_good_layers() -> None:
     e = bbp_ref.explain(mlp(), X, layers="fc2", check=False)
     assert e.layers == ("fc2",)
     np.testing.assert_allclose(e.bias_attribution.sum(), e.layer_bias["fc2"], rtol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_weights_are_refused_at_load(bad: float) -> None:
+    proto = mlp()
+    weights = onnx.numpy_helper.to_array(proto.graph.initializer[0]).copy()
+    weights.flat[3] = bad
+    proto.graph.initializer[0].CopyFrom(
+        onnx.numpy_helper.from_array(weights, proto.graph.initializer[0].name))
+    with pytest.raises(ModelLoadError, match="NaN or infinite"):
+        bbp_ref.load(proto)

@@ -47,6 +47,7 @@ class GraphBuilder:
 
     def add_node(self, ctx: NodeContext, operator: Operator, inputs: Sequence[Var],
                  shape: tuple[int, ...]) -> Var:
+        _check_finite(ctx, operator)
         name = self._unique(ctx.name)
         self.nodes[name] = Node(name, ctx.op_type, operator, tuple(v.node for v in inputs),
                                 shape, ctx.node.output[0])
@@ -134,6 +135,16 @@ class GraphBuilder:
                                      f"it could not be evaluated on its constant inputs: "
                                      f"{exc}") from exc
         return [Const(np.asarray(r)) for r in results]
+
+
+def _check_finite(ctx: NodeContext, operator: Operator) -> None:
+    """Weights, biases and slopes must be finite (a Clip bound may be infinite)."""
+    arrays = list(getattr(operator, "coefficients", ()))
+    arrays += [a for a in (getattr(operator, "bias", None),
+                           getattr(operator, "negative_slope", None)) if a is not None]
+    if any(not np.isfinite(a).all() for a in arrays):
+        raise ModelLoadError(f"node {ctx.name!r} ({ctx.op_type}) has NaN or infinite "
+                             "weights, biases or slopes")
 
 
 def _single_node_model(node: onnx.NodeProto, feeds: dict[str, np.ndarray],

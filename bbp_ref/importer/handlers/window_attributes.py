@@ -18,6 +18,9 @@ def read_window(ctx: NodeContext, in_spatial: tuple[int, ...], kernel: tuple[int
     if any(s < 1 for s in strides) or any(d < 1 for d in dilations):
         raise ctx.error("strides and dilations must be positive")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER", "VALID"):
+        # VALID: only windows inside the input, whatever ceil_mode says (ONNX spec;
+        # onnxruntime adds a window reaching past the end under ceil_mode)
+        ceil_mode = ceil_mode and auto_pad != "VALID"
         pairs = [auto_pads(auto_pad, n, k, s, d)
                  for n, k, s, d in zip(in_spatial, kernel, strides, dilations)]
         begin = tuple(p[0] for p in pairs)
