@@ -42,10 +42,11 @@ KINK_MARGIN = 0.05
 class Case:
     """A model, its input batch, and how to check it.
 
-    ``reference``: an equivalent model that onnxruntime and onnx.reference run, when they
-    cannot run ``proto`` itself (default: ``proto``); ``ort_runs_proto``: onnxruntime runs
-    ``proto`` (so ``explain(check=True)`` can compare with it); ``fd``: compare the
-    Jacobian with finite differences (off where the input sits on a kink, e.g. ties)."""
+    ``reference``: an equivalent model, compared in onnxruntime too and used for the
+    finite differences, where onnxruntime or onnx.reference cannot run ``proto`` itself;
+    ``ort_runs_proto``: onnxruntime runs ``proto`` (then ``explain(check=True)`` compares
+    with it); ``fd``: compare the Jacobian with finite differences (off where the input
+    sits on a kink, e.g. ties in a max)."""
 
     proto: onnx.ModelProto
     x: np.ndarray
@@ -151,9 +152,10 @@ def verify(case: Case) -> tuple[bbp_ref.Model, list]:
     reference = case.reference or case.proto
     m = bbp_ref.load(case.proto)
     out = m.forward(case.x)
-    assert_forward_close(out, ort_output(reference, case.x))
-    if case.reference is not None and case.ort_runs_proto:
+    if case.ort_runs_proto:
         assert_forward_close(out, ort_output(case.proto, case.x))
+    if case.reference is not None:
+        assert_forward_close(out, ort_output(case.reference, case.x))
     explanations = check_decomposition(m, case.x, check=case.ort_runs_proto)
     jacobian = m.jacobian(case.x)
     n = case.x.shape[0]
@@ -295,8 +297,8 @@ CONV_CASES = [
           "2d-same-upper"),
     param(dict(spatial=(7, 6), kernel=(4, 3), auto_pad="SAME_LOWER", strides=[2, 1]),
           "2d-same-lower"),
-    param(dict(spatial=(7, 6), kernel=(2, 2), auto_pad="SAME_LOWER", dilations=[2, 1]),
-          "2d-same-lower-dilation"),
+    param(dict(spatial=(7, 6), kernel=(2, 2), auto_pad="SAME_LOWER", strides=[3, 2]),
+          "2d-same-lower-stride3"),
     param(dict(spatial=(7, 6), kernel=(3, 3), auto_pad="VALID", strides=[2, 2]), "2d-valid"),
     param(dict(spatial=(7, 6), kernel=(1, 1), out=5), "2d-1x1"),
     param(dict(spatial=(5, 4, 6), kernel=(3, 2, 3)), "3d"),
@@ -307,25 +309,25 @@ CONV_CASES = [
 ]
 
 
-def conv_model(rng: np.random.Generator, cfg: dict, input_name: str = "x",
-               output: str = "y", **model_kwargs: object) -> onnx.ModelProto:
+def conv_node(rng: np.random.Generator, cfg: dict) -> tuple[onnx.NodeProto, dict, int]:
+    """The Conv node of a CONV_CASES entry, its initializers and its input channels."""
     channels = 4 if len(cfg["spatial"]) == 2 else 2
     groups = cfg.get("groups", 1)
     out = cfg.get("out", 3)
     inits = {"w": f32(rng, out, channels // groups, *cfg["kernel"])}
-    inputs = [input_name, "w"]
+    inputs = ["x", "w"]
     if cfg.get("bias", True):
         inits["b"] = f32(rng, out)
         inputs.append("b")
     attrs = {k: cfg[k] for k in ("strides", "pads", "dilations", "auto_pad") if k in cfg}
     if groups != 1:
         attrs["group"] = groups
-    return node("Conv", inputs, output, **attrs), inits, channels
+    return node("Conv", inputs, **attrs), inits, channels
 
 
 @pytest.mark.parametrize("cfg", CONV_CASES)
 def test_conv(rng, cfg):
-    conv, inits, channels = conv_model(rng, cfg)
+    conv, inits, channels = conv_node(rng, cfg)
     proto = model([conv], dyn(channels, *cfg["spatial"]), inits)
     n = 2 if len(cfg["spatial"]) == 3 else 3
     m, _ = verify(Case(proto, batch(rng, channels, *cfg["spatial"], n=n)))
@@ -392,6 +394,13 @@ def bn_node(opset: int, data: str, output: str = "y", **attrs: object) -> onnx.N
                 **attrs)
 
 
+def bn_reference_note() -> None:
+    """onnx.reference runs BatchNormalization-6 (is_test=1) into a TypeError and
+    BatchNormalization-9 in training mode (its momentum default makes it use the batch
+    statistics), so models of opsets < 14 are differentiated through an equivalent
+    BatchNormalization-14 model; onnxruntime has no BatchNormalization-6."""
+
+
 def legacy(nodes: list, shape: list, inits: dict, opset: int) -> onnx.ModelProto:
     return model(nodes, shape, inits, opset=opset, initializers_as_inputs=opset < 9)
 
@@ -403,9 +412,8 @@ def test_batchnorm_after_conv_folds(rng, opset):
     nodes = [node("Conv", ["x", "w", "b"], "h", pads=[1, 1, 1, 1]), bn_node(opset, "h", **extra)]
     proto = legacy(nodes, dyn(2, 5, 4), inits, opset)
     reference = None
-    if opset < 7:  # onnxruntime implements BatchNormalization from opset 7 on
-        modern = [nodes[0], bn_node(9, "h")]
-        reference = model(modern, dyn(2, 5, 4), inits, opset=9)
+    if opset < 14:
+        reference = model([nodes[0], bn_node(14, "h")], dyn(2, 5, 4), inits, opset=14)
     m, _ = verify(Case(proto, batch(rng, 2, 5, 4), reference, ort_runs_proto=opset >= 7))
     assert op_list(m) == ["Conv+BatchNormalization"]
     assert [n.kind for n in m.nodes] == ["input", "affine"]
@@ -433,8 +441,8 @@ def test_batchnorm_after_relu(rng, cfg):
                   "c": (inits["bb"] - s * inits["m"]).astype(np.float32)}
         reference = model([node("Relu", ["x"], "r"), node("Mul", ["r", "k"], "t"),
                            node("Add", ["t", "c"])], dyn(*shape), consts)
-    elif opset < 7:
-        reference = model([nodes[0], bn_node(9, "r")], dyn(*shape), inits, opset=9)
+    elif opset < 14:
+        reference = model([nodes[0], bn_node(14, "r")], dyn(*shape), inits, opset=14)
     m, _ = verify(Case(proto, away_from(batch(rng, *shape)), reference,
                        ort_runs_proto=opset >= 7))
     assert op_list(m) == ["Relu", "BatchNormalization"]
@@ -444,10 +452,11 @@ def test_batchnorm_after_relu(rng, cfg):
 def gate_head(rng: np.random.Generator, gate: list, inits: dict, shape: tuple[int, ...],
               opset: int = 13, reference_gate: list | None = None,
               reference_opset: int = 13, reference_inits: dict | None = None) -> Case:
-    """x -> gate -> Flatten -> Gemm, so every gate element feeds the explained output."""
+    """x -> gate -> Flatten -> MatMul, so every gate element feeds the explained output
+    (MatMul, not Gemm: onnxruntime runs MatMul-1 in opset-6 models)."""
     size = int(np.prod(shape))
-    head_inits = {"wh": f32(rng, size, 3), "bh": f32(rng, 3)}
-    head = [node("Flatten", ["g"], "f"), node("Gemm", ["f", "wh", "bh"])]
+    head_inits = {"wh": f32(rng, size, 3)}
+    head = [node("Flatten", ["g"], "f"), node("MatMul", ["f", "wh"])]
     proto = legacy([*gate, *head], dyn(*shape), {**inits, **head_inits}, opset)
     reference = None
     if reference_gate is not None:
@@ -526,7 +535,7 @@ def test_clip(rng, cfg):
     if high is not None:
         assert (case.x > high).any(axis=(1, 2, 3)).all()
     m, explanations = verify(case)
-    assert op_list(m) == ["Clip", "Gemm"]
+    assert op_list(m) == ["Clip", "Flatten", "MatMul"]
     clip = m.nodes[1].name
     for e in explanations:
         assert (e.layer_bias[clip] != 0).all()  # saturated elements carry the bound as bias
@@ -554,10 +563,12 @@ POOL_CASES = [
           "2d-asym-pads-ceil"),
     param(dict(spatial=(7, 6), kernel=[2, 2], dilations=[2, 2], pads=[1, 1, 0, 0]),
           "2d-dilation"),
-    param(dict(spatial=(7, 6), kernel=[3, 2], auto_pad="SAME_UPPER", strides=[2, 2]),
+    param(dict(spatial=(7, 6), kernel=[2, 3], auto_pad="SAME_UPPER", strides=[2, 2]),
           "2d-same-upper"),
-    param(dict(spatial=(7, 6), kernel=[3, 2], auto_pad="SAME_LOWER", strides=[2, 2]),
+    param(dict(spatial=(7, 6), kernel=[2, 3], auto_pad="SAME_LOWER", strides=[2, 2]),
           "2d-same-lower"),
+    param(dict(spatial=(7, 6), kernel=[3, 3], auto_pad="VALID", strides=[2, 2], ceil_mode=1),
+          "2d-valid-ceil"),
     param(dict(spatial=(5, 4, 5), kernel=[2, 2, 3], strides=[2, 1, 2]), "3d"),
     param(dict(spatial=(5, 4, 5), kernel=[2, 2, 2], strides=[2, 2, 2], pads=[1, 0, 0, 0, 1, 1],
                ceil_mode=1), "3d-pads-ceil"),
@@ -577,6 +588,42 @@ def pool_opset(cfg: dict) -> int:
     return 12 if "dilations" in cfg or cfg.get("ceil_mode") else 11
 
 
+def explicit_pads(cfg: dict) -> dict:
+    """``cfg`` with auto_pad replaced by the pads it stands for (ONNX: SAME_* gives an
+    output of ceil(n / s), the odd padding at the end for UPPER, the start for LOWER;
+    VALID has no padding and only windows inside the input, whatever ceil_mode says)."""
+    if cfg.get("auto_pad") == "VALID":
+        return {k: v for k, v in cfg.items() if k not in ("auto_pad", "ceil_mode")}
+    if not cfg.get("auto_pad", "NOTSET").startswith("SAME"):
+        return cfg
+    dims = len(cfg["spatial"])
+    strides = cfg.get("strides", [1] * dims)
+    dilations = cfg.get("dilations", [1] * dims)
+    begin, end = [], []
+    for n, k, s, d in zip(cfg["spatial"], cfg["kernel"], strides, dilations):
+        total = max(0, (-(-n // s) - 1) * s + d * (k - 1) + 1 - n)
+        small, large = total // 2, total - total // 2
+        begin.append(small if cfg["auto_pad"] == "SAME_UPPER" else large)
+        end.append(large if cfg["auto_pad"] == "SAME_UPPER" else small)
+    explicit = {k: v for k, v in cfg.items() if k != "auto_pad"}
+    explicit["pads"] = begin + end
+    return explicit
+
+
+def pool_case(op: str, cfg: dict, x: np.ndarray, fd: bool = True) -> Case:
+    """A pooling model; with auto_pad also an equivalent model with explicit pads
+    (onnx.reference gets SAME_LOWER's MaxPool output shape wrong). With VALID and
+    ceil_mode, onnxruntime adds a window that reaches past the input, against the ONNX
+    spec; bbp_ref follows the spec, so onnxruntime only runs the explicit model."""
+    shape = dyn(*x.shape[1:])
+    proto = model([pool_node(op, cfg)], shape, {}, opset=pool_opset(cfg))
+    reference = None
+    if "auto_pad" in cfg:
+        reference = model([pool_node(op, explicit_pads(cfg))], shape, {}, opset=pool_opset(cfg))
+    ort_runs_proto = not (cfg.get("auto_pad") == "VALID" and cfg.get("ceil_mode"))
+    return Case(proto, x, reference, ort_runs_proto, fd=fd)
+
+
 def expected_argmax(x: np.ndarray, cfg: dict, out_spatial: tuple[int, ...]) -> np.ndarray:
     """The flat spatial index of each window's maximum, ties to the lowest index (brute
     force over the windows): shape [N, C, *out]."""
@@ -584,11 +631,7 @@ def expected_argmax(x: np.ndarray, cfg: dict, out_spatial: tuple[int, ...]) -> n
     dims = len(spatial)
     strides = cfg.get("strides", [1] * dims)
     dilations = cfg.get("dilations", [1] * dims)
-    begin = list(cfg.get("pads", [0] * (2 * dims))[:dims])
-    if cfg.get("auto_pad", "NOTSET").startswith("SAME"):
-        for axis, (n, k, s, d) in enumerate(zip(spatial, cfg["kernel"], strides, dilations)):
-            total = max(0, (-(-n // s) - 1) * s + d * (k - 1) + 1 - n)
-            begin[axis] = total // 2 if cfg["auto_pad"] == "SAME_UPPER" else total - total // 2
+    begin = explicit_pads(cfg).get("pads", [0] * (2 * dims))[:dims]
     flat = x.reshape(*x.shape[:2], -1)
     result = np.zeros(x.shape[:2] + tuple(out_spatial), dtype=np.int64)
     for position in itertools.product(*(range(o) for o in out_spatial)):
@@ -608,7 +651,7 @@ def check_argmax_gradient(m: bbp_ref.Model, x: np.ndarray, cfg: dict) -> None:
     """Each output's Jacobian row is one-hot at the expected arg-max of its window."""
     jacobian = m.jacobian(x)
     n, c = x.shape[:2]
-    out_spatial = jacobian.shape[3:jacobian.ndim - x.ndim + 1]
+    out_spatial = jacobian.shape[2:x.ndim]
     out_size = int(np.prod(out_spatial))
     source = expected_argmax(x, cfg, out_spatial).reshape(n, c, out_size)
     expected = np.zeros((n, c, out_size, c, int(np.prod(x.shape[2:]))))
@@ -620,13 +663,10 @@ def check_argmax_gradient(m: bbp_ref.Model, x: np.ndarray, cfg: dict) -> None:
 @pytest.mark.parametrize("ties", [False, True], ids=["random", "ties"])
 @pytest.mark.parametrize("cfg", POOL_CASES)
 def test_maxpool(rng, cfg, ties):
-    channels = 3 if len(cfg["spatial"]) < 3 else 2
-    proto = model([pool_node("MaxPool", cfg)], dyn(channels, *cfg["spatial"]), {},
-                  opset=pool_opset(cfg))
-    shape = (channels, *cfg["spatial"])
+    shape = (3 if len(cfg["spatial"]) < 3 else 2, *cfg["spatial"])
     x = (rng.integers(-2, 2, (3, *shape)).astype(np.float32) if ties
          else batch(rng, *shape))
-    m, _ = verify(Case(proto, x, fd=not ties))
+    m, _ = verify(pool_case("MaxPool", cfg, x, fd=not ties))
     assert op_list(m) == ["MaxPool"]
     check_argmax_gradient(m, x, cfg)
 
@@ -635,9 +675,12 @@ def test_maxpool(rng, cfg, ties):
 @pytest.mark.parametrize("spatial", [(7,), (4, 5), (3, 2, 4)], ids=["1d", "2d", "3d"])
 def test_global_maxpool(rng, spatial, ties):
     proto = model([node("GlobalMaxPool", ["x"])], dyn(3, *spatial), {})
+    # onnx.reference's GlobalMaxPool reduces the wrong axes unless there are 2 spatial axes
+    axes = list(range(2, 2 + len(spatial)))
+    reference = model([node("ReduceMax", ["x"], axes=axes, keepdims=1)], dyn(3, *spatial), {})
     x = (rng.integers(-1, 2, (3, 3, *spatial)).astype(np.float32) if ties
          else batch(rng, 3, *spatial))
-    m, _ = verify(Case(proto, x, fd=not ties))
+    m, _ = verify(Case(proto, x, reference, fd=not ties))
     check_argmax_gradient(m, x, dict(kernel=list(spatial)))
 
 
@@ -670,10 +713,14 @@ AVERAGE_CASES = [
           "2d-pads-ceil"),
     param(dict(spatial=(7, 6), kernel=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1,
                count_include_pad=1), "2d-pads-ceil-count-pad"),
-    param(dict(spatial=(7, 6), kernel=[3, 2], auto_pad="SAME_UPPER", strides=[2, 2]),
+    param(dict(spatial=(7, 6), kernel=[2, 3], auto_pad="SAME_UPPER", strides=[2, 2]),
           "2d-same-upper"),
-    param(dict(spatial=(7, 6), kernel=[3, 2], auto_pad="SAME_LOWER", strides=[2, 2],
+    param(dict(spatial=(7, 6), kernel=[2, 3], auto_pad="SAME_LOWER", strides=[2, 2],
                count_include_pad=1), "2d-same-lower-count-pad"),
+    param(dict(spatial=(7, 6), kernel=[2, 3], auto_pad="SAME_LOWER", strides=[2, 2]),
+          "2d-same-lower"),
+    param(dict(spatial=(7, 6), kernel=[3, 3], auto_pad="VALID", strides=[2, 2], ceil_mode=1),
+          "2d-valid-ceil"),
     param(dict(spatial=(5, 4, 5), kernel=[2, 2, 3], strides=[2, 1, 2], pads=[1, 0, 1, 0, 1, 1]),
           "3d-pads"),
     param(dict(spatial=(5, 4, 5), kernel=[2, 2, 3], strides=[2, 1, 2], pads=[1, 0, 1, 0, 1, 1],
@@ -683,10 +730,8 @@ AVERAGE_CASES = [
 
 @pytest.mark.parametrize("cfg", AVERAGE_CASES)
 def test_average_pool(rng, cfg):
-    channels = 3 if len(cfg["spatial"]) < 3 else 2
-    proto = model([pool_node("AveragePool", cfg)], dyn(channels, *cfg["spatial"]), {},
-                  opset=pool_opset(cfg))
-    m, _ = verify(Case(proto, batch(rng, channels, *cfg["spatial"])))
+    x = batch(rng, 3 if len(cfg["spatial"]) < 3 else 2, *cfg["spatial"])
+    m, _ = verify(pool_case("AveragePool", cfg, x))
     assert op_list(m) == ["AveragePool"]
 
 
@@ -818,7 +863,7 @@ def test_data_operands(rng, cfg):
     nodes, inits = branches(rng)
     inits["k"] = f32(rng, 3, 4, 5)
     nodes += [node("GlobalAveragePool", ["r"], "gap"),
-              node("ReduceSum", ["a"], "row", axes=[1, 2], keepdims=1)]
+              node("ReduceMean", ["a"], "row", axes=[1, 2], keepdims=1)]
     proto = model([*nodes, node(cfg["op"], cfg["inputs"])], dyn(3, 4, 5), inits,
                   opset=cfg.get("opset", 13))
     verify(Case(proto, away_from(batch(rng, 3, 4, 5))))
@@ -852,7 +897,7 @@ def test_concat(rng, cfg):
     param(dict(shape=(3, 4, 5), axis=None), "default-axis"),
     param(dict(shape=(1, 4, 5), axis=2), "axis2-leading-1"),
     param(dict(shape=(1, 1, 5), axis=3), "axis3-leading-1"),
-    param(dict(shape=(1, 4, 5), axis=-1), "axis-negative"),
+    param(dict(shape=(1, 1, 5), axis=-1), "axis-negative"),
     param(dict(shape=(1, 4, 5), axis=2, opset=9), "axis2-opset9"),
 ])
 def test_flatten(rng, cfg):
@@ -922,7 +967,7 @@ def test_squeeze_unsqueeze(rng, cfg):
     param(dict(op="Dropout", opset=12, ratio=True, training=True), "Dropout-opset12-inputs"),
     param(dict(op="Dropout", opset=13), "Dropout-opset13"),
     param(dict(op="Cast", attrs=dict(to=TensorProto.FLOAT)), "Cast-float"),
-    param(dict(op="Cast", opset=6, attrs=dict(to=TensorProto.FLOAT)), "Cast-float-opset6"),
+    param(dict(op="Dropout", opset=6, attrs=dict(is_test=1, ratio=0.3)), "Dropout-opset6"),
 ])
 def test_pass_through(rng, cfg):
     opset = cfg.get("opset", 13)
@@ -935,20 +980,24 @@ def test_pass_through(rng, cfg):
         inputs.append("training")
     outputs = ["y", "mask"] if cfg.get("mask") else "y"
     nodes = [node("Add", ["x", "c"], "a"), node(cfg["op"], inputs, outputs, **cfg.get("attrs", {}))]
-    proto = legacy(nodes, dyn(3, 4), {"c": f32(rng, 3, 1), **inits}, opset)
-    m, _ = verify(Case(proto, batch(rng, 3, 4)))
+    bias = {"c": f32(rng, 3, 1)}
+    proto = legacy(nodes, dyn(3, 4), {**bias, **inits}, opset)
+    reference = None
+    if opset < 7:  # onnxruntime runs neither Add-6 nor Dropout-6
+        reference = model([nodes[0], node("Identity", ["a"])], dyn(3, 4), bias, opset=7)
+    m, _ = verify(Case(proto, batch(rng, 3, 4), reference, ort_runs_proto=opset >= 7))
     assert op_list(m) == ["Add"]
 
 
 SLICE_CASES = [
     param(dict(opset=9, starts=[1], ends=[3], axes=[1]), "opset9-axes"),
-    param(dict(opset=9, starts=[0, 1, 1], ends=[2, 100, -1]), "opset9-no-axes"),
+    param(dict(opset=9, starts=[0, 1, 1], ends=[1000, 100, -1]), "opset9-no-axes"),
     param(dict(opset=9, starts=[-3], ends=[-1], axes=[-1]), "opset9-negative"),
     param(dict(opset=10, starts=[0], ends=[5], axes=[3], steps=[2]), "opset10-steps"),
     param(dict(opset=10, starts=[-1], ends=[-100], axes=[3], steps=[-1]), "opset10-reverse"),
     param(dict(opset=11, starts=[3, 2], ends=[0, 0], axes=[-1, 2], steps=[-2, -1]),
           "opset11-negative-steps"),
-    param(dict(opset=13, starts=[1, 0], ends=[3, 4]), "opset13-no-axes"),
+    param(dict(opset=13, starts=[0, 1], ends=[2**62, 3]), "opset13-no-axes"),
     param(dict(opset=13, starts=[0, 1], ends=[1000, 2**62], axes=[0, 1], steps=[1, 1]),
           "opset13-whole-batch"),
     param(dict(opset=13, starts=[2**62], ends=[-2**62], axes=[2], steps=[-3]),
@@ -992,7 +1041,7 @@ def test_output_head(rng, cfg):
     else:
         nodes.append(node(cfg["op"], ["z"], **attrs))
     proto = model(nodes, dyn(6), inits, opset=cfg["opset"])
-    proto.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    proto.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 5]))
     x = batch(rng, 6)
     reference = ort_outputs(proto, x)
     m = bbp_ref.load(proto)
@@ -1001,6 +1050,7 @@ def test_output_head(rng, cfg):
     for e in check_decomposition(m, x, check=True):
         assert e.stripped == m.stripped
         assert_forward_close(e.logits, reference["z"])
-    logits_model = model(nodes[:3], dyn(6), inits, opset=cfg["opset"])
-    expected = finite_difference_jacobian(logits_model, away_from(x))
-    np.testing.assert_allclose(m.jacobian(away_from(x)), expected, rtol=0, atol=1e-6)
+    logits_model = model([*nodes[:3], node("Identity", ["z"])], dyn(6), inits,
+                         opset=cfg["opset"])
+    expected = finite_difference_jacobian(logits_model, x)
+    np.testing.assert_allclose(m.jacobian(x), expected, rtol=0, atol=FD_TOL * 10)

@@ -37,7 +37,8 @@ def _negative(w: Array) -> Array:
 
 
 def _connectivity(w: Array) -> Array:
-    return np.ones_like(w, dtype=float)
+    """Ones in the shape of ``w``, as a read-only view that takes no memory."""
+    return np.broadcast_to(np.ones((), dtype=float), np.shape(w))
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
     if not rule.builtin:
         _check_terms(view, rule, terms)
     operator = local.operator
-    mapped = [operator.map_coefficients(t.coefficients, cache=rule.builtin) for t in terms]
+    mapped = [operator.map_coefficients(t.coefficients) for t in terms]
     if not rule.builtin and any((c < 0).any() for op in mapped for c in op.coefficients):
         raise RuleError(f"rule {rule.name!r} maps the coefficients of node {view.name!r} "
                         "to negative values; scores must be non-negative")

@@ -21,7 +21,6 @@ class MatMul(AffineOperator):
 
     def __init__(self, weight: Array, bias: Array | None, operand_shape: tuple[int, ...],
                  side: str = "right") -> None:
-        super().__init__()
         self.weight = weight
         self.bias = bias
         self.operand_shape = operand_shape
@@ -47,7 +46,6 @@ class Conv(AffineOperator):
 
     def __init__(self, weight: Array, bias: Array | None, window: Window, groups: int,
                  in_channels: int) -> None:
-        super().__init__()
         self.weight = weight
         self.bias = bias
         self.window = window
@@ -106,7 +104,6 @@ class Scale(AffineOperator):
     tensor: BatchNormalization (unfolded), Add/Sub/Mul/Div by a constant."""
 
     def __init__(self, scale: Array, bias: Array | None, operand_shape: tuple[int, ...]) -> None:
-        super().__init__()
         self.scale = scale
         self.bias = bias
         self.operand_shape = operand_shape
@@ -130,7 +127,6 @@ class Sum(AffineOperator):
 
     def __init__(self, signs: Sequence[Array], bias: Array | None,
                  operand_shapes: Sequence[tuple[int, ...]]) -> None:
-        super().__init__()
         self.coefficients = tuple(np.asarray(s, dtype=float) for s in signs)
         self.bias = bias
         self.operand_shapes = tuple(operand_shapes)
@@ -154,7 +150,6 @@ class AveragePool(AffineOperator):
     """Window average: window sum times a per-position ``scale`` (1 / divisor)."""
 
     def __init__(self, window: Window, scale: Array) -> None:
-        super().__init__()
         self.window = window
         self.scale = scale
         self.bias = None
@@ -177,7 +172,6 @@ class Reduction(AffineOperator):
 
     def __init__(self, axes: tuple[int, ...], keepdims: bool, operand_shape: tuple[int, ...],
                  scale: Array) -> None:
-        super().__init__()
         self.axes = axes
         self.keepdims = keepdims
         self.operand_shape = operand_shape

@@ -93,9 +93,6 @@ class AffineOperator(Operator):
     coefficients: tuple[Array, ...]
     bias: Array | None
 
-    def __init__(self) -> None:
-        self._mapped: dict[CoefficientMap, AffineOperator] = {}
-
     @property
     def has_bias(self) -> bool:
         return self.bias is not None
@@ -112,15 +109,10 @@ class AffineOperator(Operator):
     def with_coefficients(self, coefficients: tuple[Array, ...]) -> AffineOperator:
         """The same operator with other coefficients and no bias."""
 
-    def map_coefficients(self, fn: CoefficientMap, cache: bool = True) -> AffineOperator:
-        """The operator with ``fn`` applied to each coefficient array (kept for reuse
-        with ``cache``, for the fixed maps of the built-in rules)."""
-        mapped = self._mapped.get(fn) if cache else None
-        if mapped is None:
-            mapped = self.with_coefficients(tuple(np.asarray(fn(c)) for c in self.coefficients))
-            if cache:
-                self._mapped[fn] = mapped
-        return mapped
+    def map_coefficients(self, fn: CoefficientMap) -> AffineOperator:
+        """The operator with ``fn`` applied to each coefficient array. Not cached: a
+        mapped copy of a large layer lives only while its node hands out mass."""
+        return self.with_coefficients(tuple(np.asarray(fn(c)) for c in self.coefficients))
 
     def forward(self, operands: Sequence[Array]) -> Array:
         out = self.linear(operands)
