@@ -581,3 +581,17 @@ def test_non_finite_weights_are_refused_at_load(bad: float) -> None:
         onnx.numpy_helper.from_array(weights, proto.graph.initializer[0].name))
     with pytest.raises(ModelLoadError, match="NaN or infinite"):
         bbp_ref.load(proto)
+
+
+def test_slicing_part_of_the_batch_is_refused() -> None:
+    sliced = model([node("Slice", ["x", "starts", "ends", "axes"], "y", name="batch_slice")],
+                   ["N", 4], {"starts": np.array([0]), "ends": np.array([2]),
+                              "axes": np.array([0])})
+    with pytest.raises(UnsupportedOpError, match="batch_slice"):
+        bbp_ref.load(sliced)
+    whole = model([node("Slice", ["x", "starts", "ends", "axes"], "s", name="whole"),
+                   node("Relu", ["s"], "y", name="relu")],
+                  ["N", 4], {"starts": np.array([0]), "ends": np.array([2**63 - 1]),
+                             "axes": np.array([0])})
+    x = np.arange(12, dtype=np.float32).reshape(3, 4) - 5
+    np.testing.assert_array_equal(bbp_ref.load(whole).forward(x), np.maximum(x, 0))

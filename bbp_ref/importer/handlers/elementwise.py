@@ -32,6 +32,8 @@ def _scale(ctx: NodeContext, data: Var, scale: np.ndarray,
                                 () if bias is None else bias.shape[1:])
     if len(shape) != len(data.shape):
         raise ctx.error("the constant operand would add axes before the batch axis")
+    if shape != data.shape:  # a constant broadcasts the data up: `A` maps onto the output
+        scale = np.broadcast_to(scale, (1, *shape))
     return [ctx.add(Scale(scale, bias, data.shape), [data], tuple(shape))]
 
 
@@ -57,7 +59,10 @@ def _sum(ctx: NodeContext, terms: Sequence[tuple[float, Value | None]]) -> list[
                         "batch axis")
     shapes = [v.shape for _, v in data]
     shape = np.broadcast_shapes(*shapes, *(() if bias is None else (bias.shape[1:],)))
-    operator = Sum([np.asarray(sign) for sign, _ in data], bias, shapes)
+    signs = [np.asarray(sign) for sign, _ in data]
+    if shape != np.broadcast_shapes(*shapes):  # the constant broadcasts the data up
+        signs[0] = np.broadcast_to(signs[0], (1, *shape))
+    operator = Sum(signs, bias, shapes)
     return [ctx.add(operator, [v for _, v in data], tuple(shape))]
 
 

@@ -173,6 +173,10 @@ def _slice_arguments(ctx: NodeContext) -> tuple[list[int], list[int], list[int] 
             None if axes is None else ints(axes), None if steps is None else ints(steps))
 
 
+# An end at least this large means "to the end" (exporters write INT32_MAX or INT64_MAX).
+_TO_THE_END = 2**31 - 1
+
+
 @handler("Slice")
 def slice_(ctx: NodeContext) -> list[Var]:
     data = ctx.var(0)
@@ -187,9 +191,10 @@ def slice_(ctx: NodeContext) -> list[Var]:
             raise ctx.error("steps must be non-zero")
         axis = normalize_axis(ctx, int(axis), data.rank)
         if axis == 0:
-            if step == 1 and start == 0 and end >= 1:
-                continue  # the whole batch: declared batch sizes are taken as 1
-            raise ctx.error("slicing the batch axis is not supported")
+            if step == 1 and start == 0 and end >= _TO_THE_END:
+                continue  # the whole batch, whatever its size
+            raise ctx.error("slicing the batch axis is not supported (only the whole batch, "
+                            f"start 0 and end >= {_TO_THE_END})")
         index[axis - 1] = slice(int(start), int(end), int(step))
     shape = np.empty(data.shape, dtype=np.bool_)[tuple(index)].shape
     if any(n == 0 for n in shape):

@@ -17,12 +17,15 @@ def read_window(ctx: NodeContext, in_spatial: tuple[int, ...], kernel: tuple[int
         raise ctx.error("strides and dilations must have one entry per spatial axis")
     if any(s < 1 for s in strides) or any(d < 1 for d in dilations):
         raise ctx.error("strides and dilations must be positive")
+    extra_begin, extra_end = extra_pads or ((0,) * dims, (0,) * dims)
     if auto_pad in ("SAME_UPPER", "SAME_LOWER", "VALID"):
         # VALID: only windows inside the input, whatever ceil_mode says (ONNX spec;
         # onnxruntime adds a window reaching past the end under ceil_mode)
         ceil_mode = ceil_mode and auto_pad != "VALID"
+        # the op sees the input after a folded Pad: its auto pads follow the padded size
+        padded = [n + b + e for n, b, e in zip(in_spatial, extra_begin, extra_end)]
         pairs = [auto_pads(auto_pad, n, k, s, d)
-                 for n, k, s, d in zip(in_spatial, kernel, strides, dilations)]
+                 for n, k, s, d in zip(padded, kernel, strides, dilations)]
         begin = tuple(p[0] for p in pairs)
         end = tuple(p[1] for p in pairs)
     elif auto_pad in ("NOTSET", ""):
@@ -32,9 +35,8 @@ def read_window(ctx: NodeContext, in_spatial: tuple[int, ...], kernel: tuple[int
         begin, end = pads[:dims], pads[dims:]
     else:
         raise ctx.error(f"unknown auto_pad {auto_pad!r}")
-    if extra_pads is not None:
-        begin = tuple(a + b for a, b in zip(begin, extra_pads[0]))
-        end = tuple(a + b for a, b in zip(end, extra_pads[1]))
+    begin = tuple(a + b for a, b in zip(begin, extra_begin))
+    end = tuple(a + b for a, b in zip(end, extra_end))
     window = Window(tuple(in_spatial), tuple(kernel), strides, dilations, tuple(begin),
                     tuple(end), ceil_mode)
     if any(n <= 0 for n in window.out_spatial):
