@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -40,6 +41,7 @@ class Model:
         self.source = source
         self.signature: Signature = read_signature(proto, output)
         self._graphs: dict[tuple[int, ...], Graph] = {}
+        self.sessions: dict[tuple[str, ...], Any] = {}  # onnxruntime, by extra outputs
         dims = self.signature.example_dims
         if all(d is not None for d in dims):
             self.graph_for(tuple(int(d) for d in dims))  # type: ignore[arg-type]

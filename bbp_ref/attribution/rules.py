@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine.operator import AffineLocal, Array, CoefficientMap
+from ..engine.operator import AffineLocal, AffineOperator, Array, CoefficientMap
 from ..errors import InputError, RuleError
 
 
@@ -119,7 +119,11 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
     if not rule.builtin:
         _check_terms(view, rule, terms)
     operator = local.operator
-    mapped = [operator.map_coefficients(t.coefficients) for t in terms]
+    by_map: dict[CoefficientMap, AffineOperator] = {}
+    for term in terms:
+        if term.coefficients not in by_map:
+            by_map[term.coefficients] = operator.map_coefficients(term.coefficients)
+    mapped = [by_map[t.coefficients] for t in terms]
     if not rule.builtin and any((c < 0).any() for op in mapped for c in op.coefficients):
         raise RuleError(f"rule {rule.name!r} maps the coefficients of node {view.name!r} "
                         "to negative values; scores must be non-negative")

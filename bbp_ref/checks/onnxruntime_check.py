@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -47,6 +48,23 @@ def compare(tensor: str, engine: np.ndarray, reference: np.ndarray,
 def run_onnxruntime(model: Model, batch: np.ndarray, tensors: Sequence[str]) -> list[np.ndarray]:
     """The values onnxruntime computes for ``tensors`` (any tensor names of the graph)
     on a float64 ``batch`` cast to the model's input type."""
+    session = model.sessions.get(tuple(tensors))
+    if session is None:
+        session = model.sessions[tuple(tensors)] = _session(model, tensors)
+    signature = model.signature
+    x = batch.astype(signature.input_dtype)
+    declared = signature.input_dims[0]
+    chunk = declared if declared is not None else len(x)
+    results: list[list[np.ndarray]] = [[] for _ in tensors]
+    for start in range(0, len(x), chunk):
+        values = session.run(list(tensors), {signature.input_name: x[start:start + chunk]})
+        for store, value in zip(results, values):
+            store.append(np.asarray(value))
+    return [np.concatenate(parts) for parts in results]
+
+
+def _session(model: Model, tensors: Sequence[str]) -> Any:
+    """An onnxruntime session of the model with ``tensors`` added as outputs."""
     import onnxruntime as ort
 
     proto = onnx.ModelProto()
@@ -59,20 +77,10 @@ def run_onnxruntime(model: Model, batch: np.ndarray, tensors: Sequence[str]) -> 
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        session = ort.InferenceSession(proto.SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(proto.SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
         raise BBpError(f"onnxruntime cannot load the model: {exc}") from exc
-    signature = model.signature
-    x = batch.astype(signature.input_dtype)
-    declared = signature.input_dims[0]
-    chunk = declared if declared is not None else len(x)
-    results: list[list[np.ndarray]] = [[] for _ in tensors]
-    for start in range(0, len(x), chunk):
-        values = session.run(list(tensors), {signature.input_name: x[start:start + chunk]})
-        for store, value in zip(results, values):
-            store.append(np.asarray(value))
-    return [np.concatenate(parts) for parts in results]
 
 
 def check_output(model: Model, batch: np.ndarray, logits: np.ndarray) -> Comparison:
