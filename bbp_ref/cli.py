@@ -1,21 +1,28 @@
 """The ``bbp-ref`` command.
 
-``bbp-ref explain [MODEL INPUT.npy] [--target K] [--rule R] [--layers ...] [--out F]``
-explains one output and prints a summary; with no MODEL it runs on the embedded
-default digits model and its sample input. Errors exit with code 2 and one line on
-stderr.
+- ``bbp-ref explain [MODEL INPUT.npy] [--target K] [--rule R] [--layers ...] [--out F]``
+  explains one output and prints a summary; with no MODEL it runs on the embedded default
+  digits model and its sample input. Exit code 1 if a check fails.
+- ``bbp-ref nodes [MODEL]`` lists the canonical nodes.
+- ``bbp-ref verify MODEL INPUT.npy CANDIDATE.npz`` compares another implementation's
+  arrays with bbp_ref's (exit code 1 on a mismatch).
+- ``bbp-ref golden OUT_DIR MODEL INPUT.npy [MODEL INPUT.npy ...]`` writes golden vectors.
+
+Errors exit with code 2 and one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
 
+from . import oracle
 from .attribution.rules import RULES
 from .defaults import default_input, default_model_path
 from .errors import BBpError, InputError
@@ -50,6 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     nodes = commands.add_parser("nodes", help="list a model's canonical nodes")
     nodes.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
+    verify = commands.add_parser("verify", help="check another implementation's arrays")
+    verify.add_argument("model", help="ONNX model")
+    verify.add_argument("input", help=".npy file: one example or a batch")
+    verify.add_argument("candidate", help=".npz file: field name -> array (see docs/oracle.md)")
+    verify.add_argument("--target", type=int, help="output index (default: the candidate's "
+                        "'target' field, else the argmax)")
+    verify.add_argument("--rtol", type=float, default=oracle.RTOL)
+    verify.add_argument("--atol", type=float, default=oracle.ATOL)
+    gold = commands.add_parser("golden", help="write golden vectors for models and inputs")
+    gold.add_argument("out", help="output folder")
+    gold.add_argument("pairs", nargs="+", metavar="MODEL INPUT",
+                      help="ONNX model and .npy input, repeated")
     return parser
 
 
@@ -92,12 +111,57 @@ def _save(path: str, e: Explanation) -> None:
         raise InputError(f"cannot write {path}: {exc}") from exc
 
 
+def _read_candidate(path: str) -> dict[str, np.ndarray]:
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"candidate file not found: {path}")
+    try:
+        archive = np.load(file, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise InputError(f"{path} is not an .npz archive of named arrays")
+        with archive:
+            return {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"cannot read {path} as an .npz of arrays (pickles are refused): "
+                         f"{exc}") from exc
+
+
 def _run(args: argparse.Namespace) -> int:
+    commands = {"explain": _explain, "nodes": _nodes, "verify": _verify, "golden": _golden}
+    return commands[args.command](args)
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    for node in load(args.model or str(default_model_path())).nodes:
+        print(f"{node.name:40s} {node.kind:7s} {node.op:30s} {list(node.shape)}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    report = oracle.compare(args.model, _read_input(args.input), _read_candidate(args.candidate),
+                            target=args.target, rtol=args.rtol, atol=args.atol)
+    print(report)
+    return 0 if report.passed else 1
+
+
+def _golden(args: argparse.Namespace) -> int:
+    if len(args.pairs) % 2:
+        raise InputError("golden takes MODEL INPUT pairs")
+    cases = []
+    for model, data in zip(args.pairs[::2], args.pairs[1::2]):
+        if not Path(model).is_file():
+            raise InputError(f"model file not found: {model}")
+        cases.append(oracle.GoldenCase(Path(model).stem, Path(model), _read_input(data)))
+    names = [c.name for c in cases]
+    if len(set(names)) != len(names):
+        raise InputError(f"model names must differ: {names}")
+    manifest = oracle.golden(cases, args.out)
+    print(f"wrote {len(cases)} golden case(s) and {manifest}")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
     source = args.model or str(default_model_path())
-    if args.command == "nodes":
-        for node in load(source).nodes:
-            print(f"{node.name:40s} {node.kind:7s} {node.op:30s} {list(node.shape)}")
-        return 0
     if args.model is not None and args.input is None:
         raise InputError("give an INPUT.npy file after the model")
     x = default_input() if args.model is None else _read_input(args.input)

@@ -1,0 +1,262 @@
+"""bbp_ref as a correctness oracle: compare another implementation's arrays with the
+exact float64 ones (`compare`), and write golden vectors that an implementation in any
+language can test itself against without bbp_ref installed (`golden`).
+
+Field names: ``input`` (checked against the given input), ``output``, ``logits``, ``target``, ``gradient``, ``gradient_x_input``,
+``jacobian``, ``bias``, ``bias_attribution/<rule>`` (``abs``, ``signed``, ``uniform``),
+``layer_bias/<node>``, ``integrated_gradients`` (exact, zero baseline) and ``deeplift``
+(zero baseline). Arrays follow `explain`'s conventions: one example in, no batch axis;
+a batch in, a leading batch axis.
+
+Default tolerances suit a float32 candidate. An element passes when
+``|candidate - reference| <= rtol * |reference| + atol * max|reference|``: float32 has a
+relative rounding error of 6e-8 per operation, and a gradient or attribution sums
+thousands of products through a dozen layers, so relative errors of 1e-6 to 1e-5 are
+normal; ``rtol = 1e-4`` leaves a margin of ten. Elements much smaller than the field's
+largest (sums that nearly cancel) carry the absolute error of the large terms they
+were summed from, hence the absolute part scaled by the field's magnitude,
+``atol = 1e-5``. A float64 candidate should pass with both a million times smaller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..attribution.rules import RULES
+from ..errors import InputError
+from ..explain import Explanation, explain
+from ..model import Model, load
+
+RTOL = 1e-4
+ATOL = 1e-5
+STANDARD_FIELDS = ("output", "logits", "target", "gradient", "gradient_x_input", "bias",
+                   *(f"bias_attribution/{rule}" for rule in RULES))
+
+
+@dataclass(frozen=True)
+class FieldResult:
+    """One field's comparison: largest absolute and relative error, the index of the
+    worst element (the one furthest beyond its tolerance), and the verdict."""
+
+    field: str
+    max_abs_error: float
+    max_rel_error: float
+    worst_index: tuple[int, ...] | None
+    passed: bool
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    """The comparison of every candidate field with bbp_ref's reference."""
+
+    results: tuple[FieldResult, ...]
+    rtol: float
+    atol: float
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    def __getitem__(self, field: str) -> FieldResult:
+        for result in self.results:
+            if result.field == field:
+                return result
+        raise KeyError(field)
+
+    def __str__(self) -> str:
+        header = ("field", "max abs err", "max rel err", "worst index", "result")
+        rows = [header] + [
+            (r.field, f"{r.max_abs_error:.3g}", f"{r.max_rel_error:.3g}",
+             "-" if r.worst_index is None else str(list(r.worst_index)),
+             ("pass" if r.passed else "FAIL") + (f" ({r.note})" if r.note else ""))
+            for r in self.results]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                 for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines.append(f"{verdict}: {sum(r.passed for r in self.results)} of "
+                     f"{len(self.results)} fields within rtol={self.rtol:g}, "
+                     f"atol={self.atol:g} (x the field's largest magnitude)")
+        return "\n".join(lines)
+
+
+def compare_arrays(field: str, candidate: object, reference: np.ndarray,
+                   rtol: float = RTOL, atol: float = ATOL) -> FieldResult:
+    """Compare one candidate array with the reference (see the module docstring)."""
+    try:
+        values = np.asarray(candidate, dtype=np.float64)
+    except (TypeError, ValueError):
+        return FieldResult(field, np.inf, np.inf, None, False, "not a numeric array")
+    reference = np.asarray(reference, dtype=np.float64)
+    if values.shape != reference.shape:
+        return FieldResult(field, np.inf, np.inf, None, False,
+                           f"shape {list(values.shape)} != {list(reference.shape)}")
+    if values.size == 0:
+        return FieldResult(field, 0.0, 0.0, None, True)
+    error = np.abs(values - reference)
+    error = np.where(np.isnan(values), np.inf, error)
+    magnitude = np.abs(reference)
+    allowed = rtol * magnitude + atol * float(magnitude.max())
+    relative = error / np.where(magnitude > 0, magnitude, 1.0)
+    excess = np.where(allowed > 0, error / np.where(allowed > 0, allowed, 1.0),
+                      np.where(error > 0, np.inf, 0.0))
+    worst = None if not error.any() else tuple(
+        int(i) for i in np.unravel_index(int(np.argmax(excess)), excess.shape))
+    return FieldResult(field, float(error.max()), float(relative.max()), worst,
+                       bool((error <= allowed).all()))
+
+
+class _Reference:
+    """Computes reference fields lazily, one `explain` per rule."""
+
+    def __init__(self, model: Model, x: np.ndarray, target: object) -> None:
+        self.model, self.x, self.target = model, x, target
+        self._explained: dict[str, Explanation] = {}
+
+    def explanation(self, rule: str = "abs") -> Explanation:
+        if rule not in self._explained:
+            self._explained[rule] = explain(self.model, self.x, target=self.target, rule=rule,
+                                            check=False)
+        return self._explained[rule]
+
+    def field(self, name: str) -> np.ndarray:
+        simple: dict[str, Callable[[], np.ndarray]] = {
+            "input": lambda: self.x,
+            "output": lambda: self.explanation().output,
+            "logits": lambda: self.explanation().logits,
+            "target": lambda: self.explanation().target,
+            "gradient": lambda: self.explanation().gradient,
+            "gradient_x_input": lambda: self.explanation().gradient * self.x,
+            "bias": lambda: self.explanation().bias,
+            "jacobian": lambda: self.model.jacobian(self.x),
+            "integrated_gradients": self._integrated_gradients,
+            "deeplift": self._deeplift,
+        }
+        if name in simple:
+            return np.asarray(simple[name]())
+        family, _, member = name.partition("/")
+        if family == "bias_attribution" and member in RULES:
+            return self.explanation(member).bias_attribution
+        if family == "layer_bias" and member:
+            layer_bias = self.explanation().layer_bias
+            resolved = self.model.graph_for(self._example_shape()).resolve(member)
+            if resolved is not None and resolved in layer_bias:
+                return np.asarray(layer_bias[resolved])
+            raise InputError(f"field {name!r}: no node {member!r} with a bias; choose from "
+                             f"{sorted(layer_bias)}")
+        raise InputError(f"unknown field {name!r}; known fields: {', '.join(known_fields())}")
+
+    def _example_shape(self) -> tuple[int, ...]:
+        batch, _ = self.model.prepare(self.x)
+        return tuple(batch.shape[1:])
+
+    def _integrated_gradients(self) -> np.ndarray:
+        from ..attribution.integrated_gradients import integrated_gradients
+
+        return np.asarray(integrated_gradients(self.model, self.x, target=self.target,
+                                               method="exact").attribution)
+
+    def _deeplift(self) -> np.ndarray:
+        from ..attribution.baselines import deeplift
+
+        return np.asarray(deeplift(self.model, self.x, target=self.target).attribution)
+
+
+def known_fields() -> list[str]:
+    return ["input", *STANDARD_FIELDS, "jacobian", "layer_bias/<node>", "integrated_gradients",
+            "deeplift"]
+
+
+def compare(model: object, x: object, candidate: Mapping[str, object], target: object = None,
+            rtol: float = RTOL, atol: float = ATOL) -> Report:
+    """Compare ``candidate`` (field name -> array from another implementation) with
+    bbp_ref's exact values for ``model`` at ``x``. The target is ``target``, else the
+    candidate's own ``target`` field, else the argmax of each example's output."""
+    loaded = load(model)
+    x_array = np.asarray(x)
+    if target is None and "target" in candidate:
+        target = np.asarray(candidate["target"]).astype(np.int64)
+    reference = _Reference(loaded, x_array, target)
+    results = [compare_arrays(name, value, reference.field(name), rtol, atol)
+               for name, value in candidate.items()]
+    if not results:
+        raise InputError("the candidate has no fields to compare")
+    return Report(tuple(results), rtol, atol)
+
+
+# -- golden vectors ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GoldenCase:
+    """One model and input of a golden set; ``model`` is a path."""
+
+    name: str
+    model: Path
+    x: np.ndarray
+
+
+def golden_fields(model: object, x: np.ndarray, fields: Sequence[str] = STANDARD_FIELDS,
+                  target: object = None) -> dict[str, np.ndarray]:
+    reference = _Reference(load(model), x, target)
+    return {name: reference.field(name) for name in fields}
+
+
+def golden(cases: Sequence[GoldenCase], out_dir: str | Path,
+           fields: Sequence[str] = STANDARD_FIELDS) -> Path:
+    """Write golden vectors: ``<name>.npz`` per case (``input`` and every field) and
+    ``manifest.json`` (versions, fields, tolerances, model checksums). The files are
+    byte-for-byte reproducible on one machine. Returns the manifest's path."""
+    import onnx
+
+    from .. import __version__
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for case in cases:
+        arrays = {"input": np.asarray(case.x), **golden_fields(case.model, case.x, fields)}
+        _write_npz(out / f"{case.name}.npz", arrays)
+        entries.append({
+            "name": case.name,
+            "model": case.model.name,
+            "model_sha256": hashlib.sha256(case.model.read_bytes()).hexdigest(),
+            "file": f"{case.name}.npz",
+            "input_shape": list(np.shape(case.x)),
+            "targets": np.atleast_1d(arrays["target"]).tolist(),
+        })
+    manifest = {
+        "bbp_ref": __version__, "onnx": onnx.__version__, "numpy": np.__version__,
+        "fields": list(fields), "rules": list(RULES),
+        "tolerances": {"rtol": RTOL, "atol": ATOL,
+                       "meaning": "|candidate - reference| <= rtol * |reference| + "
+                                  "atol * max|reference| (per field), for float32 candidates"},
+        "conventions": "arrays of a batch input have a leading batch axis; targets index "
+                       "each example's flattened output; the explained output is the logits "
+                       "(a final Softmax/LogSoftmax is stripped)",
+        "cases": entries,
+    }
+    path = out / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """An .npz (readable by numpy.load) with fixed timestamps, so the bytes depend
+    on the arrays only."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, buffer.getvalue())
