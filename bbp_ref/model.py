@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .engine.trace import Trace, forward, input_gradient
+from .engine.trace import Trace, forward, input_gradient, linear_pass
 from .errors import InputError
 from .graph import Graph
 from .importer.builder import build_graph
@@ -120,6 +120,15 @@ class Model:
         batch, single = self.prepare(x)
         out = self.trace(batch, linearize=False).output
         return out[0] if single else out
+
+    def decompose(self, x: object) -> tuple[np.ndarray, np.ndarray]:
+        """`(W^x x, b^x)` for every output at once (shaped like `forward(x)`), from the two
+        linear passes of SPEC §3; their sum is `f(x)` up to rounding."""
+        batch, single = self.prepare(x)
+        trace = self.trace(batch)
+        weights_times_x = linear_pass(trace, batch, with_bias=False)
+        bias = linear_pass(trace, np.zeros_like(batch), with_bias=True)
+        return (weights_times_x[0], bias[0]) if single else (weights_times_x, bias)
 
     def jacobian(self, x: object) -> np.ndarray:
         """`W^x` for every output: shape ``[*output_shape, *input_shape]`` for one

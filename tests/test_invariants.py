@@ -203,3 +203,21 @@ def test_saturated_clip_contributes_a_local_bias():
     proto, x = setup("saturated_clip")
     e = bbp_ref.explain(proto, x, check=False)
     assert np.any(e.layer_bias["hardtanh"] != 0) and np.any(e.layer_bias["clip01"] != 0)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_decompose_gives_both_parts_for_every_output(name):
+    proto, x = setup(name)
+    model = bbp_ref.load(proto)
+    weights_times_x, bias = model.decompose(x)
+    logits = model.forward(x)
+    n = len(x)
+    jac = model.jacobian(x).reshape(n, logits[0].size, -1)
+    expected_wx = np.einsum("nkq,nq->nk", jac, x.reshape(n, -1).astype(np.float64))
+    np.testing.assert_allclose(weights_times_x.reshape(n, -1), expected_wx, rtol=1e-10,
+                               atol=1e-12 * np.abs(expected_wx).max())
+    for k in range(logits[0].size):
+        e = bbp_ref.explain(model, x, target=k, check=False)
+        np.testing.assert_allclose(bias.reshape(n, -1)[:, k], e.bias, rtol=1e-10, atol=1e-12)
+    single_wx, single_b = model.decompose(x[0])
+    np.testing.assert_allclose(single_wx + single_b, logits[0], rtol=1e-12, atol=1e-12)
