@@ -11,8 +11,9 @@ from .attribution.bbp import bias_backpropagation
 from .attribution.rules import resolve_rule
 from .checks.onnxruntime_check import check_output
 from .checks.residuals import Checks, relative_residual
-from .engine.trace import linear_pass
+from .engine.trace import Trace, linear_pass
 from .errors import InputError
+from .graph import Graph
 from .model import Model, load
 
 
@@ -63,7 +64,7 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
     n = batch.shape[0]
     flat = logits.reshape(n, -1)
     targets = _targets(target, flat, single)
-    selected = _layers(loaded, trace.graph, layers)
+    selected = _layers(trace.graph, layers)
 
     seed = np.zeros_like(flat)
     seed[np.arange(n), targets] = 1.0
@@ -109,7 +110,7 @@ def _targets(target: object, flat: np.ndarray, single: bool) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def _layers(model: Model, graph: object, layers: object) -> set[str] | None:
+def _layers(graph: Graph, layers: object) -> set[str] | None:
     if layers is None:
         return None
     if isinstance(layers, str):
@@ -119,19 +120,19 @@ def _layers(model: Model, graph: object, layers: object) -> set[str] | None:
         raise InputError(f"layers must be a node name or a list of node names, got {layers!r}")
     chosen = set()
     for name in layers:
-        canonical = graph.resolve(name)  # type: ignore[attr-defined]
-        if canonical is None or not graph[canonical].has_bias:  # type: ignore[index]
-            available = [n.name for n in graph if n.has_bias]  # type: ignore[attr-defined]
+        canonical = graph.resolve(name)
+        if canonical is None or not graph[canonical].has_bias:
+            available = [n.name for n in graph if n.has_bias]
             raise InputError(f"layer {name!r} is not a node with a bias; choose from "
                              f"{available}")
         chosen.add(canonical)
     return chosen
 
 
-def _linear_pass_residual(trace: object, batch: np.ndarray, logits: np.ndarray) -> np.ndarray:
+def _linear_pass_residual(trace: Trace, batch: np.ndarray, logits: np.ndarray) -> np.ndarray:
     n = batch.shape[0]
-    weights_times_x = linear_pass(trace, batch, with_bias=False).reshape(n, -1)  # type: ignore[arg-type]
-    bias = linear_pass(trace, np.zeros_like(batch), with_bias=True).reshape(n, -1)  # type: ignore[arg-type]
+    weights_times_x = linear_pass(trace, batch, with_bias=False).reshape(n, -1)
+    bias = linear_pass(trace, np.zeros_like(batch), with_bias=True).reshape(n, -1)
     magnitude = np.abs(weights_times_x) + np.abs(bias)
     residual = relative_residual(weights_times_x + bias, logits.reshape(n, -1), magnitude)
     return residual.max(axis=1)
