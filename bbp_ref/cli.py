@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="attribute only the biases of these nodes")
     ex.add_argument("--out", help="save the arrays to this .npz file")
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    ex.add_argument("--plot", metavar="OUT.png",
+                    help="draw the attribution grid (needs matplotlib: the 'plot' extra)")
+    ex.add_argument("--plot-layers", metavar="OUT.png",
+                    help="draw the per-layer bias attribution (needs matplotlib)")
+    ex.add_argument("--labels", type=int, nargs="+", metavar="K",
+                    help="true classes of the examples, shown in the plots")
     nodes = commands.add_parser("nodes", help="list a model's canonical nodes")
     nodes.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
     verify = commands.add_parser("verify", help="check another implementation's arrays")
@@ -65,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
                         "'target' field, else the argmax)")
     verify.add_argument("--rtol", type=float, default=oracle.RTOL)
     verify.add_argument("--atol", type=float, default=oracle.ATOL)
+    rep = commands.add_parser("reproduce", help="the paper's table and figures on digits "
+                              "(docs/reproduction.md; needs the 'experiments' extra)")
+    rep.add_argument("--models", default="models/digits", help="folder of the digits models")
+    rep.add_argument("--images", default="docs/images", help="folder for the figures")
+    rep.add_argument("--no-figures", action="store_true", help="only the table")
     gold = commands.add_parser("golden", help="write golden vectors for models and inputs")
     gold.add_argument("out", help="output folder")
     gold.add_argument("pairs", nargs="+", metavar="MODEL INPUT",
@@ -127,7 +138,8 @@ def _read_candidate(path: str) -> dict[str, np.ndarray]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    commands = {"explain": _explain, "nodes": _nodes, "verify": _verify, "golden": _golden}
+    commands = {"explain": _explain, "nodes": _nodes, "verify": _verify, "golden": _golden,
+                "reproduce": _reproduce}
     return commands[args.command](args)
 
 
@@ -160,6 +172,13 @@ def _golden(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from .experiments import reproduce
+
+    argv = ["--models", args.models, "--images", args.images]
+    return reproduce.main(argv + (["--no-figures"] if args.no_figures else []))
+
+
 def _explain(args: argparse.Namespace) -> int:
     source = args.model or str(default_model_path())
     if args.model is not None and args.input is None:
@@ -171,6 +190,18 @@ def _explain(args: argparse.Namespace) -> int:
     if args.out:
         _save(args.out, e)
         print(f"saved        {args.out}")
+    if args.plot or args.plot_layers:
+        from . import plot
+
+        if args.plot:
+            written = plot.explain_plot(source, x, args.plot, labels=args.labels,
+                                        target=args.target, rule=args.rule, layers=args.layers,
+                                        layers_out_path=args.plot_layers)
+        else:
+            figure = plot.layer_figure(load(source), x, labels=args.labels, target=args.target,
+                                       rule=args.rule, layers=args.layers)
+            written = [plot.save(figure, args.plot_layers)]
+        print(f"plotted      {', '.join(str(p) for p in written)}")
     return 0 if e.checks.passed else 1
 
 
