@@ -77,6 +77,6 @@ def _check_conservation(name: str, rule: Rule, beta: Array, shares: list[Array])
     given = beta.reshape(n, -1).sum(axis=1)
     handed = sum(s.reshape(n, -1).sum(axis=1) for s in shares)
     scale = np.abs(beta).reshape(n, -1).sum(axis=1)
-    if (np.abs(handed - given) > CONSERVATION_RTOL * scale + 1e-300).any():
+    if not (np.abs(handed - given) <= CONSERVATION_RTOL * scale + 1e-300).all():  # NaN fails
         raise RuleError(f"rule {rule.name!r} does not conserve bias mass at node {name!r}: "
                         f"it received {given.tolist()} and handed on {handed.tolist()}")

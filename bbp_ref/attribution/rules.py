@@ -128,19 +128,22 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
         raise RuleError(f"rule {rule.name!r} maps the coefficients of node {view.name!r} "
                         "to negative values; scores must be non-negative")
     shapes = [u.shape for u in local.operands]
+    factors = _rescaled([[np.broadcast_to(f, s) for f, s in zip(t.operands, shapes)]
+                         for t in terms])
     denominator = None
-    for term, op in zip(terms, mapped):
-        part = op.linear([np.broadcast_to(f, s) for f, s in zip(term.operands, shapes)])
+    for term, op, operands in zip(terms, mapped, factors):
+        part = op.linear(operands)
         if term.rows is not None:
             part = part * term.rows
         denominator = part if denominator is None else denominator + part
     assert denominator is not None
-    empty = denominator == 0
+    # a row whose scores vanish, or are too small to divide by (subnormal), has none
+    empty = denominator < np.finfo(float).tiny
     ratio = np.where(empty, 0.0, view.mass / np.where(empty, 1.0, denominator))
     shares = [np.zeros(s) for s in shapes]
-    for term, op in zip(terms, mapped):
+    for term, op, operands in zip(terms, mapped, factors):
         back = op.vjp(ratio if term.rows is None else ratio * term.rows)
-        for j, (factor, part) in enumerate(zip(term.operands, back)):
+        for j, (factor, part) in enumerate(zip(operands, back)):
             shares[j] += factor * part
     pending = empty & (view.mass != 0)
     if pending.any():
@@ -152,6 +155,20 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
         for j, part in enumerate(distribute(local, rest, rule.fallback)):
             shares[j] += part
     return shares
+
+
+def _rescaled(factors: list[list[Array]]) -> list[list[Array]]:
+    """The operand factors of all terms times one power of two per example, bringing the
+    largest to [0.5, 1). `alpha` does not change (numerator and denominator scale
+    alike, exactly), but tiny inputs no longer make the denominator subnormal."""
+    n = factors[0][0].shape[0]
+    largest = np.zeros(n)
+    for term in factors:
+        for f in term:
+            largest = np.maximum(largest, np.abs(f).reshape(f.shape[0], -1).max(axis=1))
+    _, exponent = np.frexp(largest)
+    scale = np.ldexp(1.0, -exponent)
+    return [[f * scale.reshape(-1, *([1] * (f.ndim - 1))) for f in term] for term in factors]
 
 
 def _check_terms(view: NodeView, rule: Rule, terms: Sequence[Term]) -> None:

@@ -57,9 +57,16 @@ def run_onnxruntime(model: Model, batch: np.ndarray, tensors: Sequence[str]) -> 
     chunk = declared if declared is not None else len(x)
     results: list[list[np.ndarray]] = [[] for _ in tensors]
     for start in range(0, len(x), chunk):
-        values = session.run(list(tensors), {signature.input_name: x[start:start + chunk]})
+        part = x[start:start + chunk]
+        count = len(part)
+        if count < chunk:  # a model declared for a fixed batch size: pad the last chunk
+            part = np.concatenate([part, np.repeat(part[-1:], chunk - count, axis=0)])
+        try:
+            values = session.run(list(tensors), {signature.input_name: part})
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+            raise BBpError(f"onnxruntime cannot run the model: {exc}") from exc
         for store, value in zip(results, values):
-            store.append(np.asarray(value))
+            store.append(np.asarray(value)[:count])
     return [np.concatenate(parts) for parts in results]
 
 
