@@ -3,7 +3,8 @@ exact float64 ones (`compare`), and write golden vectors that an implementation 
 language can test itself against without bbp_ref installed (`golden`).
 
 Field names: ``input`` (checked against the given input), ``output``, ``logits``,
-``target``, ``gradient``, ``gradient_x_input``, ``jacobian``, ``bias``, ``bias_attribution/<rule>`` (``abs``, ``signed``, ``uniform``),
+``target``, ``gradient``, ``gradient_x_input``, ``jacobian``, ``bias``,
+``bias_attribution/<rule>`` (``abs``, ``signed``, ``uniform``),
 ``layer_bias/<node>``, ``integrated_gradients`` (exact, zero baseline) and ``deeplift``
 (zero baseline). Arrays follow `explain`'s conventions: one example in, no batch axis;
 a batch in, a leading batch axis.

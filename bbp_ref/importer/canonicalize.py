@@ -46,6 +46,10 @@ def _fold(producer: object, scale: Scale, shape: tuple[int, ...]) -> AffineOpera
     """The producer with ``scale`` folded in, or None where the scale does not act
     along the producer's output-feature axis alone."""
     factor = scale.scale
+    if not factor.all():
+        # a zero scale would zero the producer's row: its scores vanish and the rule falls
+        # back, where unfolded the row's mass is split by |W u| (SPEC §5.4)
+        return None
     if isinstance(producer, Conv):
         feature_axis = 1
     elif isinstance(producer, MatMul) and producer.side == "right":

@@ -63,24 +63,24 @@ EXPECTED_REJECTIONS: dict[str, tuple[str, str]] = {
     "test_ConstantPad2d": (
         "only a constant-zero Pad before a Conv",
         "Pad with value 2 (not 0): the padding would carry a bias with no input to hand "
-        "it to (math.md §2.6)"),
+        "it to (math.md §2.7)"),
     "test_ReflectionPad2d": (
         "only a constant-zero Pad before a Conv",
-        "Pad mode 'reflect' is not a zero Pad (math.md §2.6)"),
+        "Pad mode 'reflect' is not a zero Pad (math.md §2.7)"),
     "test_ReplicationPad2d": (
         "only a constant-zero Pad before a Conv",
-        "Pad mode 'edge' is not a zero Pad (math.md §2.6)"),
+        "Pad mode 'edge' is not a zero Pad (math.md §2.7)"),
     "test_ZeroPad2d": (
         "a Pad is only supported directly before a Conv",
         "a non-zero Pad that no Conv absorbs: zero padding elements would be outputs "
-        "with no structural input (math.md §2.6)"),
+        "with no structural input (math.md §2.7)"),
     "test_operator_pad": (
         "only a constant-zero Pad before a Conv",
-        "Pad mode 'reflect' (math.md §2.6)"),
+        "Pad mode 'reflect' (math.md §2.7)"),
     "test_operator_index": (
         "slicing the batch axis is not supported",
         "x[0]: a Slice of the batch axis (then a Squeeze of it) mixes examples "
-        "(math.md §2.3)"),
+        "(math.md §2.4)"),
 }
 
 

@@ -54,7 +54,7 @@ def matmul(ctx: NodeContext) -> list[Var]:
                                            and weight.shape[0] != 1):
         raise ctx.error(f"the constant operand of shape {list(weight.shape)} would broadcast "
                         "along the batch axis")
-    example = np.empty((1, *data.shape))
+    example = np.zeros((1, *data.shape))
     try:
         shape = (example @ weight if side == "right" else weight @ example).shape[1:]
     except ValueError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ...engine.windows import Window, auto_pads
 from ..context import NodeContext
 
@@ -42,4 +44,7 @@ def read_window(ctx: NodeContext, in_spatial: tuple[int, ...], kernel: tuple[int
     if any(n <= 0 for n in window.out_spatial):
         raise ctx.error(f"the window {list(kernel)} does not fit the input "
                         f"{list(in_spatial)} with these pads")
+    if not window.window_sum(np.ones(window.in_spatial)).all():
+        raise ctx.error("some output windows lie entirely in the padding: those outputs "
+                        "read no input, so their bias mass could not be attributed")
     return window

@@ -1,0 +1,85 @@
+"""Prove the test suite can fail: plant each bug of issue 3's list by hand, run the
+suite, record which tests catch it, revert. `python tools/plant_bugs.py [pytest args]`
+prints the table that docs/testing.md shows (about a minute per bug).
+
+Every bug is a one-line source edit, applied to the working tree and always reverted
+(even on Ctrl-C)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    path: str
+    old: str
+    new: str
+
+
+BUGS = [
+    Bug("LeakyRelu slope sign flipped", "bbp_ref/importer/handlers/activations.py",
+        'PiecewiseLinear(float(ctx.attr("alpha", 0.01)))',
+        'PiecewiseLinear(-float(ctx.attr("alpha", 0.01)))'),
+    Bug("MaxPool ties sent to the last index", "bbp_ref/engine/gates.py",
+        "better = values > best", "better = values >= best"),
+    Bug("BatchNorm epsilon ignored", "bbp_ref/importer/handlers/elementwise.py",
+        "s = gamma / np.sqrt(var + epsilon)", "s = gamma / np.sqrt(var)"),
+    Bug("signed rule's fallback dropped (its empty rows lose their mass)",
+        "bbp_ref/attribution/rules.py",
+        "pending = empty & (view.mass != 0)",
+        "pending = empty & (view.mass != 0) & (rule.name != 'signed')"),
+    Bug("Conv vector-Jacobian product off by one in padding", "bbp_ref/engine/affine.py",
+        "return [np.moveaxis(self.window.crop(padded), 0, 1)]",
+        "return [np.moveaxis(padded[(slice(None), slice(None)) + tuple(slice(b + 1, b + 1 + n) "
+        "if b else slice(0, n) for b, n in zip(self.window.pads_begin, "
+        "self.window.in_spatial))], 0, 1)]"),
+    Bug("final Softmax not stripped", "bbp_ref/importer/signature.py",
+        "while tensor in producers and producers[tensor].op_type in HEAD_OPS + _PASS_THROUGH:",
+        "while tensor in producers and producers[tensor].op_type in _PASS_THROUGH:"),
+    Bug("a bias added twice in a residual Add", "bbp_ref/engine/affine.py",
+        "            out = out + c * u\n        return out",
+        "            out = out + c * u\n        return out if self.bias is None else "
+        "out + self.bias"),
+]
+
+
+def run(bug: Bug, pytest_args: list[str]) -> tuple[list[str], float]:
+    path = ROOT / bug.path
+    original = path.read_text()
+    if original.count(bug.old) != 1:
+        raise SystemExit(f"{bug.name}: the line to change is not found once in {bug.path}")
+    path.write_text(original.replace(bug.old, bug.new))
+    start = time.perf_counter()
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "--tb=no",
+                                 "-p", "no:cacheprovider", *pytest_args],
+                                cwd=ROOT, capture_output=True, text=True)
+    finally:
+        path.write_text(original)
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, flags=re.MULTILINE)
+    return failed, time.perf_counter() - start
+
+
+def main() -> None:
+    pytest_args = sys.argv[1:]
+    print("| planted bug | failing tests | examples |")
+    print("| --- | --- | --- |")
+    for bug in BUGS:
+        failed, seconds = run(bug, pytest_args)
+        files = sorted({f.split("::")[0] for f in failed})
+        examples = ", ".join(f"`{f.split('::', 1)[1]}`" for f in failed[:3])
+        print(f"| {bug.name} | {len(failed)} in {', '.join(files) or 'NONE'} | {examples} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
