@@ -6,6 +6,9 @@ computes `W^x`, `b^x` and the bias attribution `B(x)` with
 `sum_q (W^x[t, q] x[q] + B(x)[q]) = f_t(x)` in float64 (see docs/math.md).
 """
 
+from . import oracle
+from .attribution.baselines import Attribution, deeplift, gradient, gradient_x_input
+from .attribution.integrated_gradients import integrated_gradients
 from .attribution.rules import NodeView, Rule, Term
 from .checks.onnxruntime_check import first_divergence
 from .errors import BBpError, InputError, ModelLoadError, RuleError, UnsupportedOpError
@@ -15,7 +18,8 @@ from .model import Model, NodeInfo, load
 __version__ = "0.1.0"
 
 __all__ = [
-    "BBpError", "Explanation", "InputError", "Model", "ModelLoadError", "NodeInfo",
-    "NodeView", "Rule", "RuleError", "Term", "UnsupportedOpError", "explain",
-    "first_divergence", "load",
+    "Attribution", "BBpError", "Explanation", "InputError", "Model", "ModelLoadError",
+    "NodeInfo", "NodeView", "Rule", "RuleError", "Term", "UnsupportedOpError", "deeplift",
+    "explain", "first_divergence", "gradient", "gradient_x_input", "integrated_gradients",
+    "load", "oracle",
 ]

@@ -9,6 +9,7 @@ import numpy as np
 
 from .attribution.bbp import bias_backpropagation
 from .attribution.rules import resolve_rule
+from .attribution.targets import resolve_targets
 from .checks.onnxruntime_check import check_output
 from .checks.residuals import Checks, relative_residual
 from .engine.trace import Trace, linear_pass
@@ -63,7 +64,7 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
     logits = trace.output
     n = batch.shape[0]
     flat = logits.reshape(n, -1)
-    targets = _targets(target, flat, single)
+    targets = resolve_targets(target, flat, single)
     selected = _layers(trace.graph, layers)
 
     seed = np.zeros_like(flat)
@@ -90,24 +91,6 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
         layer_bias=dict(result.layer_bias), layers=layer_names, logits=logits,
         stripped=loaded.stripped, checks=checks)
     return _unbatched(explanation) if single else explanation
-
-
-def _targets(target: object, flat: np.ndarray, single: bool) -> np.ndarray:
-    n, size = flat.shape
-    if target is None:
-        return flat.argmax(axis=1)
-    array = np.asarray(target)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise InputError(f"target must be an integer index, got {target!r}")
-    if array.ndim == 0:
-        array = np.full(n, int(array))
-    elif array.shape != (n,) or single:
-        raise InputError(f"target must be one index or one per example ({n}), got shape "
-                         f"{list(array.shape)}")
-    if (array < 0).any() or (array >= size).any():
-        raise InputError(f"target {array.tolist()} is out of range for an output of "
-                         f"{size} elements")
-    return array.astype(np.int64)
 
 
 def _layers(graph: Graph, layers: object) -> set[str] | None:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..attribution.baselines import deeplift
+from ..attribution.integrated_gradients import integrated_gradients
 from ..attribution.rules import RULES
 from ..errors import InputError
 from ..explain import Explanation, explain
@@ -162,14 +164,10 @@ class _Reference:
         return tuple(batch.shape[1:])
 
     def _integrated_gradients(self) -> np.ndarray:
-        from ..attribution.integrated_gradients import integrated_gradients
-
         return np.asarray(integrated_gradients(self.model, self.x, target=self.target,
                                                method="exact").attribution)
 
     def _deeplift(self) -> np.ndarray:
-        from ..attribution.baselines import deeplift
-
         return np.asarray(deeplift(self.model, self.x, target=self.target).attribution)
 
 

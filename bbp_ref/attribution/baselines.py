@@ -1,0 +1,268 @@
+"""Baseline attributions on the same exact float64 engine: the gradient, gradient x input
+and DeepLIFT (Rescale rule); the `Attribution` result and what the methods share.
+
+Every function takes ``model`` (anything `load` takes), ``x`` (one example or a batch)
+and ``target`` with `explain`'s conventions (an index into one example's flattened
+output, default its argmax, or one index per example) and returns an `Attribution`:
+batched fields for a batch, unbatched for one example, attributions shaped like ``x``.
+Integrated gradients is in `integrated_gradients`.
+
+DeepLIFT with the Rescale rule (Shrikumar et al. 2017), as Captum's ``DeepLift`` computes
+it (``multiply_by_inputs=True``, ``eps=1e-10``) but for the departures listed below: the
+attribution is `(x - b) * m`, where `m` is the reverse pass of the target through the
+graph with every gate's derivative replaced by a *multiplier* (affine nodes and routes keep
+their linear maps):
+
+* element-wise gates (Relu, LeakyRelu, PRelu, Clip): `m = (h(x) - h(b)) / (u(x) - u(b))`
+  where `|u(x) - u(b)| >= eps`, else the gate's ordinary derivative at `x` (the engine's
+  one-sided convention, which is autograd's). Captum hooks only ``nn.ReLU``,
+  ``nn.LeakyReLU`` (and smooth activations); it back-propagates the plain gradient
+  through ``nn.PReLU`` and ``nn.Hardtanh``, which breaks summation-to-delta there. We
+  apply the Rescale rule to every element-wise gate, so the property holds for all.
+* MaxPool / GlobalMaxPool (Captum's ``maxpool`` rule): with `y = maxpool(u(x))`,
+  `y' = maxpool(u(b))` and `M = max(y, y')`, output `p` with incoming multiplier `g[p]`
+  sends `g[p] (M[p] - y'[p])` to the arg-max of its window at `x` and `g[p] (y[p] - M[p])`
+  to the arg-max at `b` (these two sum to `g[p] (y[p] - y'[p])`); each input element's
+  total is divided by its `u(x) - u(b)`. Where `|u(x) - u(b)| < eps` the ordinary
+  gradient (routing `g` to the arg-max at `x`) is used instead. The numerator can be
+  non-zero only where `u(x) != u(b)`, so summation-to-delta holds.
+
+Where Captum 0.9 departs from its own rules (so agreement is tested only on models
+without these cases): (1) a hooked module whose output feeds another hooked module (a
+ReLU directly followed by a MaxPool) receives the plain gradient of the second instead
+of its multipliers (captum#1104): summation-to-delta fails; (2) with overlapping pooling
+windows ``max_unpool`` keeps one of several shares routed to the same input, where we
+add them; (3) the MaxPool fallback uses the batch's first example's gradient
+(``grad_input[0]``, captum#1276), where we use each example's own.
+
+Summation-to-delta: `sum_q attribution[q] = f_t(x) - f_t(b)` up to rounding (and up to
+`eps` times a multiplier where an `|u(x) - u(b)|` is below `eps` but not 0);
+``Attribution.delta`` is Captum's convergence delta `sum attribution - (f_t(x) - f_t(b))`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..engine.gates import ElementwiseLocal, MaxPool, MaxPoolLocal, PiecewiseLinear
+from ..engine.operator import GATE, Array, LocalMap
+from ..engine.trace import Trace, forward, input_gradient
+from ..errors import InputError
+from ..graph import Graph
+from ..model import Model, load
+from .targets import resolve_targets
+
+DEEPLIFT_EPS = 1e-10  # Captum's default: |u(x) - u(b)| below this uses the gradient
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """An attribution of output ``target`` of the model at ``x`` (float64).
+
+    For a batch every array field has a leading batch axis; for one example it has none.
+    ``attribution``: shaped like `x`; ``method``: ``"gradient"``, ``"gradient_x_input"``,
+    ``"integrated_gradients"`` or ``"deeplift"``; ``target``: `t`, an index into the
+    flattened output of one example; ``output``: `f_t(x)`; ``baseline_output``: `f_t(b)`
+    (None without a baseline); ``delta``: `sum attribution - (f_t(x) - f_t(b))`, Captum's
+    convergence delta (None without a baseline); ``logits``: the whole explained output
+    `f(x)`; ``stripped``: the final ops cut off (e.g. a Softmax); ``integration``: for
+    integrated gradients, ``"exact"`` or the quadrature rule; ``n_steps``: the number of
+    quadrature points (None for ``"exact"``); ``n_pieces``: for exact integrated
+    gradients, the number of linear pieces of the path walked (int, per example).
+    """
+
+    attribution: np.ndarray
+    method: str
+    target: np.ndarray
+    output: np.ndarray
+    baseline_output: np.ndarray | None
+    delta: np.ndarray | None
+    logits: np.ndarray
+    stripped: tuple[str, ...]
+    integration: str | None = None
+    n_steps: int | None = None
+    n_pieces: np.ndarray | None = None
+
+    def unbatched(self) -> Attribution:
+        """The first example's fields without the batch axis."""
+
+        def first(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[0]
+
+        return Attribution(
+            attribution=self.attribution[0], method=self.method, target=self.target[0],
+            output=self.output[0], baseline_output=first(self.baseline_output),
+            delta=first(self.delta), logits=self.logits[0], stripped=self.stripped,
+            integration=self.integration, n_steps=self.n_steps,
+            n_pieces=first(self.n_pieces))
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A prepared call: the model, the float64 batch, whether it was one example, the
+    graph for its shape, the forward trace at it, the targets and the one-hot seed."""
+
+    model: Model
+    batch: Array
+    single: bool
+    graph: Graph
+    trace: Trace
+    targets: Array
+    seed: Array
+
+    @property
+    def logits(self) -> Array:
+        return self.trace.output
+
+    @property
+    def output(self) -> Array:
+        n = self.batch.shape[0]
+        return self.logits.reshape(n, -1)[np.arange(n), self.targets]
+
+    def selected(self, out: Array) -> Array:
+        """``out`` (a batched model output) at each example's target."""
+        n = out.shape[0]
+        return out.reshape(n, -1)[np.arange(n), self.targets]
+
+    def finish(self, attribution: Attribution) -> Attribution:
+        return attribution.unbatched() if self.single else attribution
+
+
+def setup(model: object, x: object, target: object, linearize: bool = True) -> Setup:
+    """Load, prepare ``x``, run the forward trace and resolve ``target`` (`explain`'s rules)."""
+    loaded = load(model)
+    batch, single = loaded.prepare(x)
+    trace = loaded.trace(batch, linearize=linearize)
+    n = batch.shape[0]
+    flat = trace.output.reshape(n, -1)
+    targets = resolve_targets(target, flat, single)
+    seed = np.zeros_like(flat)
+    seed[np.arange(n), targets] = 1.0
+    return Setup(loaded, batch, single, trace.graph, trace, targets,
+                 seed.reshape(trace.output.shape))
+
+
+def baseline_batch(baselines: object, batch: Array, single: bool) -> Array:
+    """``baselines`` as a float64 array shaped like ``batch``: a scalar, one example's
+    shape (shared by the batch) or, for a batch input, the batch's shape."""
+    try:
+        array = np.asarray(baselines, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"baselines must be a number or an array: {exc}") from exc
+    example = batch.shape[1:]
+    if array.ndim == 0 or array.shape == example:
+        out = np.broadcast_to(array, batch.shape)
+    elif not single and array.shape == batch.shape:
+        out = array
+    else:
+        allowed = "a scalar or one example's shape " + str(list(example))
+        if not single:
+            allowed += " or the batch's shape " + str(list(batch.shape))
+        raise InputError(f"baselines of shape {list(array.shape)} must be {allowed}")
+    if not np.isfinite(out).all():
+        raise InputError("baselines contain NaN or infinite values")
+    return np.array(out, dtype=np.float64)
+
+
+def gradient(model: object, x: object, target: object = None) -> Attribution:
+    """`W^x[t]`, the gradient of `f_t` at `x` (Captum's ``Saliency(abs=False)``)."""
+    s = setup(model, x, target)
+    grad = input_gradient(s.trace, s.seed)
+    return s.finish(_result(s, grad, "gradient"))
+
+
+def gradient_x_input(model: object, x: object, target: object = None) -> Attribution:
+    """`W^x[t] * x` (Captum's ``InputXGradient``). It sums to `f_t(x) - b^x`, the
+    decomposition `explain` completes with the bias attribution."""
+    s = setup(model, x, target)
+    grad = input_gradient(s.trace, s.seed)
+    return s.finish(_result(s, grad * s.batch, "gradient_x_input"))
+
+
+def _result(s: Setup, attribution: Array, method: str) -> Attribution:
+    return Attribution(attribution=attribution, method=method, target=s.targets,
+                       output=s.output, baseline_output=None, delta=None, logits=s.logits,
+                       stripped=s.model.stripped)
+
+
+def with_delta(s: Setup, attribution: Array, baseline_logits: Array, method: str,
+               integration: str | None = None, n_steps: int | None = None,
+               n_pieces: Array | None = None) -> Attribution:
+    """An attribution against a baseline, with Captum's convergence delta."""
+    n = s.batch.shape[0]
+    baseline_output = s.selected(baseline_logits)
+    delta = attribution.reshape(n, -1).sum(axis=1) - (s.output - baseline_output)
+    return Attribution(attribution=attribution, method=method, target=s.targets,
+                       output=s.output, baseline_output=baseline_output, delta=delta,
+                       logits=s.logits, stripped=s.model.stripped, integration=integration,
+                       n_steps=n_steps, n_pieces=n_pieces)
+
+
+def deeplift(model: object, x: object, baselines: object = 0.0, target: object = None,
+             eps: float = DEEPLIFT_EPS) -> Attribution:
+    """DeepLIFT with the Rescale rule against ``baselines`` (a scalar, one example's
+    shape, or the batch's shape), as Captum's ``DeepLift`` (see the module docstring)."""
+    s = setup(model, x, target)
+    base = baseline_batch(baselines, s.batch, s.single)
+    at_base = forward(s.graph, base, linearize=False)
+    local = rescale_maps(s.trace, at_base, eps)
+    multipliers = input_gradient(Trace(s.graph, s.trace.values, local), s.seed)
+    attribution = (s.batch - base) * multipliers
+    return s.finish(with_delta(s, attribution, at_base.output, "deeplift"))
+
+
+def rescale_maps(at_x: Trace, at_b: Trace, eps: float) -> dict[str, LocalMap]:
+    """The local maps of the trace at `x` with every gate's derivative replaced by its
+    DeepLIFT multiplier against the trace at `b`."""
+    local = dict(at_x.local)
+    for node in at_x.graph:
+        if node.operator is None or node.operator.kind != GATE:
+            continue
+        (source,) = node.inputs
+        u, u_ref = at_x.values[source], at_b.values[source]
+        h, h_ref = at_x.values[node.name], at_b.values[node.name]
+        frozen = at_x.local[node.name]
+        if isinstance(node.operator, PiecewiseLinear):
+            assert isinstance(frozen, ElementwiseLocal)
+            delta_in = u - u_ref
+            small = np.abs(delta_in) < eps
+            ratio = (h - h_ref) / np.where(small, 1.0, delta_in)
+            slope = np.broadcast_to(frozen.slope, u.shape)
+            local[node.name] = ElementwiseLocal(np.where(small, slope, ratio), None)
+        elif isinstance(node.operator, MaxPool):
+            assert isinstance(frozen, MaxPoolLocal)
+            ref = node.operator.linearize([u_ref])
+            assert isinstance(ref, MaxPoolLocal)
+            local[node.name] = RescaleMaxPool(frozen, ref, h, h_ref, u - u_ref, eps)
+        else:
+            raise InputError(f"DeepLIFT has no rule for gate {node.op} ({node.name!r})")
+    return local
+
+
+class RescaleMaxPool(LocalMap):
+    """Captum's DeepLIFT ``maxpool`` multiplier as a frozen map (only ``vjp`` is used)."""
+
+    kind = GATE
+
+    def __init__(self, at_x: MaxPoolLocal, at_b: MaxPoolLocal, y: Array, y_ref: Array,
+                 delta_in: Array, eps: float) -> None:
+        self.at_x = at_x
+        self.at_b = at_b
+        top = np.maximum(y, y_ref)
+        self.to_x = top - y_ref  # >= 0, routed to the arg-max at x
+        self.to_b = y - top  # <= 0, routed to the arg-max at b
+        self.delta_in = delta_in
+        self.small = np.abs(delta_in) < eps
+
+    def apply(self, operands: Sequence[Array]) -> Array:
+        raise NotImplementedError("DeepLIFT multipliers are only pulled back")
+
+    def vjp(self, grad: Array) -> list[Array]:
+        (plain,) = self.at_x.vjp(grad)
+        (to_x,) = self.at_x.vjp(grad * self.to_x)
+        (to_b,) = self.at_b.vjp(grad * self.to_b)
+        ratio = (to_x + to_b) / np.where(self.small, 1.0, self.delta_in)
+        return [np.where(self.small, plain, ratio)]
