@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.gates import ElementwiseLocal, MaxPool, MaxPoolLocal, PiecewiseLinear
+from ..engine.gates import ElementwiseLocal, MaxPool, PiecewiseLinear
 from ..engine.operator import GATE, AffineLocal, AffineOperator, Array, LocalMap
 from ..engine.trace import Trace, forward, input_gradient
 from ..errors import BBpError
@@ -282,19 +282,4 @@ def _maxpool_state(op: MaxPool, u: Array, du: Array, rtol: float) -> tuple[Local
             gap = np.where(overtakes, best - padded[s], np.inf)
             time = np.minimum(time, np.where(overtakes, gap / np.where(overtakes, rate, 1.0),
                                              np.inf))
-    return MaxPoolLocal(_flat_index(op, which, offsets), u.shape), _per_example_min(time)
-
-
-def _flat_index(op: MaxPool, which: Array, offsets: list[tuple[int, ...]]) -> Array:
-    """Kernel offset numbers to flat spatial input indices (as `MaxPool.linearize`)."""
-    window = op.window
-    table = np.array(offsets, dtype=np.int64)  # [K, dims]
-    flat = np.zeros(which.shape, dtype=np.int64)
-    for axis, size in enumerate(window.in_spatial):
-        start = np.arange(window.out_spatial[axis]) * window.strides[axis]
-        start = np.reshape(start, [-1 if a == axis else 1
-                                   for a in range(len(window.in_spatial))])
-        coordinate = (start + table[which, axis] * window.dilations[axis]
-                      - window.pads_begin[axis])
-        flat = flat * size + coordinate
-    return flat
+    return op.frozen(which, u.shape), _per_example_min(time)

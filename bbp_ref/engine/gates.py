@@ -143,8 +143,14 @@ class MaxPool(Operator):
 
     def linearize(self, operands: Sequence[Array]) -> LocalMap:
         (u,) = operands
-        window = self.window
         _, which = self._argmax(u)
+        return self.frozen(which, u.shape)
+
+    def frozen(self, which: Array, in_shape: tuple[int, ...]) -> MaxPoolLocal:
+        """The local map that copies, for each output, the window element numbered
+        ``which`` (a kernel offset in `Window.offsets` order) of a batched input of
+        shape ``in_shape``."""
+        window = self.window
         offsets = np.array(list(window.offsets()), dtype=np.int64)  # [K, dims]
         flat = np.zeros(which.shape, dtype=np.int64)
         for axis, size in enumerate(window.in_spatial):
@@ -154,4 +160,4 @@ class MaxPool(Operator):
             coordinate = (start + offsets[which, axis] * window.dilations[axis]
                           - window.pads_begin[axis])
             flat = flat * size + coordinate
-        return MaxPoolLocal(flat, u.shape)
+        return MaxPoolLocal(flat, in_shape)
