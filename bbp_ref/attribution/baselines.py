@@ -42,13 +42,12 @@ Summation-to-delta: `sum_q attribution[q] = f_t(x) - f_t(b)` up to rounding (and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..engine.gates import ElementwiseLocal, MaxPool, MaxPoolLocal, PiecewiseLinear
-from ..engine.operator import GATE, Array, LocalMap
+from ..engine.operator import GATE, Array, Pullback
 from ..engine.trace import Trace, forward, input_gradient
 from ..errors import InputError
 from ..graph import Graph
@@ -208,16 +207,15 @@ def deeplift(model: object, x: object, baselines: object = 0.0, target: object =
     s = setup(model, x, target)
     base = baseline_batch(baselines, s.batch, s.single)
     at_base = forward(s.graph, base, linearize=False)
-    local = rescale_maps(s.trace, at_base, eps)
-    multipliers = input_gradient(Trace(s.graph, s.trace.values, local), s.seed)
+    multipliers = input_gradient(s.trace, s.seed, rescale_maps(s.trace, at_base, eps))
     attribution = (s.batch - base) * multipliers
     return s.finish(with_delta(s, attribution, at_base.output, "deeplift"))
 
 
-def rescale_maps(at_x: Trace, at_b: Trace, eps: float) -> dict[str, LocalMap]:
-    """The local maps of the trace at `x` with every gate's derivative replaced by its
-    DeepLIFT multiplier against the trace at `b`."""
-    local = dict(at_x.local)
+def rescale_maps(at_x: Trace, at_b: Trace, eps: float) -> dict[str, Pullback]:
+    """Every gate's pullback with its derivative replaced by its DeepLIFT multiplier
+    against the trace at `b` (the other nodes keep their local maps)."""
+    local: dict[str, Pullback] = {}
     for node in at_x.graph:
         if node.operator is None or node.operator.kind != GATE:
             continue
@@ -242,10 +240,8 @@ def rescale_maps(at_x: Trace, at_b: Trace, eps: float) -> dict[str, LocalMap]:
     return local
 
 
-class RescaleMaxPool(LocalMap):
-    """Captum's DeepLIFT ``maxpool`` multiplier as a frozen map (only ``vjp`` is used)."""
-
-    kind = GATE
+class RescaleMaxPool(Pullback):
+    """Captum's DeepLIFT ``maxpool`` multiplier: a map that exists only backwards."""
 
     def __init__(self, at_x: MaxPoolLocal, at_b: MaxPoolLocal, y: Array, y_ref: Array,
                  delta_in: Array, eps: float) -> None:
@@ -256,9 +252,6 @@ class RescaleMaxPool(LocalMap):
         self.to_b = y - top  # <= 0, routed to the arg-max at b
         self.delta_in = delta_in
         self.small = np.abs(delta_in) < eps
-
-    def apply(self, operands: Sequence[Array]) -> Array:
-        raise NotImplementedError("DeepLIFT multipliers are only pulled back")
 
     def vjp(self, grad: Array) -> list[Array]:
         (plain,) = self.at_x.vjp(grad)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine.operator import AffineLocal, Array
+from ..engine.operator import AffineLocal, Array, SingleInputMap
 from ..engine.trace import Trace, backward
 from ..errors import RuleError
 from .rules import NodeView, Rule, distribute
@@ -63,6 +63,7 @@ def bias_backpropagation(trace: Trace, seed: Array, rule: Rule,
             shares = distribute(local, view, rule)
             _check_conservation(node.name, rule, beta, shares)
         else:
+            assert isinstance(local, SingleInputMap), node.name
             shares = local.hand_back(np.ascontiguousarray(beta))
         for source, share in zip(node.inputs, shares):
             previous = mass.get(source)

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .operator import GATE, Array, LocalMap, Operator
+from .operator import GATE, Array, LocalMap, Operator, SingleInputMap
 from .windows import Window
 
 
-class ElementwiseLocal(LocalMap):
+class ElementwiseLocal(SingleInputMap):
     """A frozen element-wise gate: `s(p) = p`."""
 
     kind = GATE
@@ -83,7 +83,7 @@ class PiecewiseLinear(Operator):
         return ElementwiseLocal(inside.astype(float), offset)
 
 
-class MaxPoolLocal(LocalMap):
+class MaxPoolLocal(SingleInputMap):
     """A frozen max pool: output element `p` copies input element `s(p)` of its
     channel; ``index`` holds `s` as flat spatial indices, shape [N, C, *out]."""
 

@@ -25,7 +25,16 @@ GATE = "gate"
 ROUTE = "route"
 
 
-class LocalMap(ABC):
+class Pullback(ABC):
+    """What the reverse pass needs of a node: its vector-Jacobian product (a local map,
+    or a map that exists only backwards, such as DeepLIFT's multipliers)."""
+
+    @abstractmethod
+    def vjp(self, grad: Array) -> list[Array]:
+        """`A^T g`: one gradient per operand."""
+
+
+class LocalMap(Pullback):
     """A node frozen at one input: `h = apply(u) + bias`."""
 
     kind: ClassVar[str]
@@ -39,14 +48,14 @@ class LocalMap(ABC):
     def apply(self, operands: Sequence[Array]) -> Array:
         """The linear part `A(u)` of the local map."""
 
-    @abstractmethod
-    def vjp(self, grad: Array) -> list[Array]:
-        """`A^T g`: one gradient per operand."""
 
+class SingleInputMap(LocalMap):
+    """A frozen gate or route: each output element reads one input element."""
+
+    @abstractmethod
     def hand_back(self, mass: Array) -> list[Array]:
-        """Gates and routes: each output element hands all of its bias mass to its one
-        structural input element."""
-        raise NotImplementedError(f"{type(self).__name__} distributes mass by a rule")
+        """Each output element hands all of its bias mass to its one structural input
+        element (SPEC §4), whatever the rule."""
 
 
 class Operator(ABC):
@@ -67,7 +76,7 @@ class Operator(ABC):
         """Freeze the node at these operand values."""
 
 
-class RouteOperator(Operator, LocalMap):
+class RouteOperator(Operator, SingleInputMap):
     """A fixed permutation or selection of elements: it is its own local map."""
 
     kind = ROUTE

@@ -3,13 +3,13 @@ linear passes of SPEC §3 that check `W^x x + b^x = f(x)` independently."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..graph import Graph, Node
-from .operator import Array, LocalMap
+from .operator import Array, LocalMap, Pullback
 
 
 @dataclass
@@ -59,10 +59,14 @@ def linear_pass(trace: Trace, x: Array, *, with_bias: bool) -> Array:
     return values[trace.graph.output]
 
 
-def backward(trace: Trace, seed: Array) -> Iterator[tuple[Node, Array]]:
+def backward(trace: Trace, seed: Array,
+             pullbacks: Mapping[str, Pullback] | None = None) -> Iterator[tuple[Node, Array]]:
     """The reverse pass: yields each node with its complete gradient `g_v = do/dh_v`
     in reverse topological order (the input last), then pulls the gradient back to
-    the node's operands. ``seed`` is `do/dh` at the output node."""
+    the node's operands. ``seed`` is `do/dh` at the output node; ``pullbacks`` replaces
+    the trace's local maps of some nodes (DeepLIFT's multipliers)."""
+    maps: Mapping[str, Pullback] = trace.local if pullbacks is None else {**trace.local,
+                                                                         **pullbacks}
     grads: dict[str, Array] = {trace.graph.output: seed}
     for node in reversed(list(trace.graph)):
         grad = grads.pop(node.name, None)
@@ -71,14 +75,16 @@ def backward(trace: Trace, seed: Array) -> Iterator[tuple[Node, Array]]:
         yield node, grad
         if node.operator is None:
             continue
-        for source, part in zip(node.inputs, trace.local[node.name].vjp(grad)):
+        for source, part in zip(node.inputs, maps[node.name].vjp(grad)):
             previous = grads.get(source)
             grads[source] = part if previous is None else previous + part
 
 
-def input_gradient(trace: Trace, seed: Array) -> Array:
-    """`seed^T W^x`: the gradient of the seeded output at the input."""
-    for node, grad in backward(trace, seed):
+def input_gradient(trace: Trace, seed: Array,
+                   pullbacks: Mapping[str, Pullback] | None = None) -> Array:
+    """`seed^T W^x`: the gradient of the seeded output at the input (with
+    ``pullbacks`` replacing some nodes' maps, as in `backward`)."""
+    for node, grad in backward(trace, seed, pullbacks):
         if node.name == trace.graph.input:
             return grad
     raise AssertionError("graph has no input node")
