@@ -94,7 +94,7 @@ def _read_input(path: str) -> np.ndarray:
                          f"{exc}") from exc
 
 
-def _summary(e: Explanation, source: str) -> str:
+def _summary(e: Explanation, source: str, x: np.ndarray) -> str:
     batch = np.ndim(e.output) > 0
     rows = [f"model        {source}"]
     if e.stripped:
@@ -103,9 +103,10 @@ def _summary(e: Explanation, source: str) -> str:
     targets = np.atleast_1d(e.target)
     biases = np.atleast_1d(e.bias)
     attributions = np.atleast_2d(np.reshape(e.bias_attribution, (len(outputs), -1)))
+    weights_times_x = np.reshape(e.gradient * x, (len(outputs), -1)).sum(axis=1)
     for i, (t, out, b) in enumerate(zip(targets, outputs, biases)):
         label = f"example {i}: " if batch else ""
-        rows.append(f"{label}target {t}   f_t(x) = {out:.6g}   W^x x = {out - b:.6g}   "
+        rows.append(f"{label}target {t}   f_t(x) = {out:.6g}   W^x x = {weights_times_x[i]:.6g}   "
                     f"b^x = {b:.6g}   sum B(x) = {attributions[i].sum():.6g}")
     rows.append(f"rule         {e.rule}")
     rows.append(e.checks.summary())
@@ -186,7 +187,7 @@ def _explain(args: argparse.Namespace) -> int:
     x = default_input() if args.model is None else _read_input(args.input)
     e = explain(source, x, target=args.target, rule=args.rule, layers=args.layers,
                 check=not args.no_check)
-    print(_summary(e, source))
+    print(_summary(e, source, np.asarray(x, dtype=np.float64)))
     if args.out:
         _save(args.out, e)
         print(f"saved        {args.out}")

@@ -12,7 +12,7 @@ from .attribution.rules import resolve_rule
 from .attribution.targets import resolve_targets
 from .checks.onnxruntime_check import check_output
 from .checks.residuals import Checks, relative_residual
-from .engine.trace import Trace, linear_pass
+from .engine.trace import Trace, linear_parts
 from .errors import InputError
 from .graph import Graph
 from .model import Model, load
@@ -114,8 +114,7 @@ def _layers(graph: Graph, layers: object) -> set[str] | None:
 
 def _linear_pass_residual(trace: Trace, batch: np.ndarray, logits: np.ndarray) -> np.ndarray:
     n = batch.shape[0]
-    weights_times_x = linear_pass(trace, batch, with_bias=False).reshape(n, -1)
-    bias = linear_pass(trace, np.zeros_like(batch), with_bias=True).reshape(n, -1)
+    weights_times_x, bias = (part.reshape(n, -1) for part in linear_parts(trace, batch))
     magnitude = np.abs(weights_times_x) + np.abs(bias)
     residual = relative_residual(weights_times_x + bias, logits.reshape(n, -1), magnitude)
     return residual.max(axis=1)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .engine.trace import Trace, forward, input_gradient, linear_pass
+from .engine.trace import Trace, forward, input_gradient, linear_parts
 from .errors import InputError
 from .graph import Graph
 from .importer.builder import build_graph
@@ -126,8 +126,7 @@ class Model:
         linear passes of SPEC §3; their sum is `f(x)` up to rounding."""
         batch, single = self.prepare(x)
         trace = self.trace(batch)
-        weights_times_x = linear_pass(trace, batch, with_bias=False)
-        bias = linear_pass(trace, np.zeros_like(batch), with_bias=True)
+        weights_times_x, bias = linear_parts(trace, batch)
         return (weights_times_x[0], bias[0]) if single else (weights_times_x, bias)
 
     def jacobian(self, x: object) -> np.ndarray:

@@ -59,6 +59,12 @@ def linear_pass(trace: Trace, x: Array, *, with_bias: bool) -> Array:
     return values[trace.graph.output]
 
 
+def linear_parts(trace: Trace, x: Array) -> tuple[Array, Array]:
+    """`(W^x x, b^x)` for every output: the two linear passes of SPEC §3."""
+    return (linear_pass(trace, x, with_bias=False),
+            linear_pass(trace, np.zeros_like(x), with_bias=True))
+
+
 def backward(trace: Trace, seed: Array,
              pullbacks: Mapping[str, Pullback] | None = None) -> Iterator[tuple[Node, Array]]:
     """The reverse pass: yields each node with its complete gradient `g_v = do/dh_v`
