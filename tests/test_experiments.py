@@ -128,19 +128,16 @@ def test_attribution_maps_are_complete(split):
     np.testing.assert_allclose(m.integrated_gradients.sum(), out - zero, rtol=1e-8)
 
 
-def test_integrated_gradients_fallback(cnn, split, monkeypatch):
-    """Without bbp_ref.attribution.integrated_gradients the midpoint rule is used; it
-    agrees with that module's riemann_middle."""
+def test_maps_are_the_library_attributions(cnn, split):
+    """The figure's gradient and integrated gradients are bbp_ref's own methods."""
     X = split.X_test[:3].astype(np.float64)
-    module = maps.attribution_maps(cnn, X, rules=("abs",), ig_method="riemann_middle",
-                                   ig_steps=20)
-    assert module.ig_method == "riemann_middle"
-    monkeypatch.setattr(maps, "_optional", lambda module, name: None)
-    fallback = maps.attribution_maps(cnn, X, rules=("abs",), ig_steps=20)
-    assert fallback.ig_method == "riemann_middle (20 steps, fallback)"
-    np.testing.assert_allclose(fallback.gradient, module.gradient)
-    np.testing.assert_allclose(fallback.integrated_gradients, module.integrated_gradients,
-                               rtol=1e-10, atol=1e-12)
+    m = maps.attribution_maps(cnn, X, rules=("abs",), ig_method="riemann_middle",
+                              ig_steps=20)
+    assert m.ig_method == "riemann_middle"
+    np.testing.assert_allclose(m.gradient, bbp_ref.gradient(cnn, X, target=m.target).attribution)
+    ig = bbp_ref.integrated_gradients(cnn, X, target=m.target, method="riemann_middle",
+                                      n_steps=20)
+    np.testing.assert_allclose(m.integrated_gradients, ig.attribution, rtol=1e-10, atol=1e-12)
 
 
 def test_layer_maps_add_up(cnn, split):

@@ -6,13 +6,12 @@ example (default: the predicted class)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from ..engine.trace import input_gradient
+from ..attribution.integrated_gradients import integrated_gradients
 from ..explain import explain
 from ..model import Model, load
 
@@ -82,9 +81,8 @@ def attribution_maps(model: object, x: object, target: object = None,
                      ig_method: str = "exact", ig_steps: int = 50) -> AttributionMaps:
     """Every map of the paper's figure for the batch ``x`` (see `AttributionMaps`).
 
-    Integrated gradients use `bbp_ref.attribution.integrated_gradients` (``ig_method``,
-    default the exact piecewise-linear path integral) when it is available, and a
-    midpoint Riemann sum of ``ig_steps`` points otherwise (``ig_method`` then says so).
+    Integrated gradients use `bbp_ref.integrated_gradients` with ``ig_method`` (default
+    the exact piecewise-linear path integral; ``ig_steps`` points for a quadrature rule).
     """
     m = load(model)
     batch = as_batch(m, x)
@@ -98,11 +96,11 @@ def attribution_maps(model: object, x: object, target: object = None,
     if first is None:
         first = explain(m, batch, target=target, check=False)
     targets = first.target
-    gradient = _gradient(m, batch, targets, first.gradient)
-    ig, method = _integrated_gradients(m, batch, targets, ig_baseline, ig_method, ig_steps)
+    ig = integrated_gradients(m, batch, baselines=ig_baseline, target=targets,
+                              method=ig_method, n_steps=ig_steps).attribution
     return AttributionMaps(
-        x=batch, target=targets, logits=first.logits, gradient=gradient,
-        gradient_x_input=gradient * batch, integrated_gradients=ig, ig_method=method,
+        x=batch, target=targets, logits=first.logits, gradient=first.gradient,
+        gradient_x_input=first.gradient * batch, integrated_gradients=ig, ig_method=ig_method,
         bias=first.bias, bias_attribution=bias_attribution)
 
 
@@ -127,48 +125,3 @@ def layer_maps(model: object, x: object, target: object = None, rule: str = "abs
         x=batch, target=whole.target, logits=whole.logits, rule=whole.rule,
         layers=tuple((n.name, n.op) for n in nodes), attribution=attribution,
         contribution=contribution, total=whole.bias_attribution)
-
-
-def _optional(module: str, name: str) -> Callable[..., Any] | None:
-    """``bbp_ref.attribution.<module>.<name>`` if that module exists (it may not yet)."""
-    try:
-        mod = __import__(f"bbp_ref.attribution.{module}", fromlist=[name])
-    except ImportError:
-        return None
-    return getattr(mod, name, None)
-
-
-def _gradient(model: Model, batch: np.ndarray, targets: np.ndarray,
-              fallback: np.ndarray) -> np.ndarray:
-    gradient = _optional("baselines", "gradient")
-    if gradient is None:
-        return fallback
-    return np.asarray(gradient(model, batch, target=targets).attribution)
-
-
-def _integrated_gradients(model: Model, batch: np.ndarray, targets: np.ndarray,
-                          baseline: float, method: str, n_steps: int) -> tuple[np.ndarray, str]:
-    ig = _optional("integrated_gradients", "integrated_gradients")
-    if ig is not None:
-        result = ig(model, batch, baselines=baseline, target=targets, method=method,
-                    n_steps=n_steps)
-        return np.asarray(result.attribution), method
-    return riemann_integrated_gradients(model, batch, targets, baseline, n_steps), \
-        f"riemann_middle ({n_steps} steps, fallback)"
-
-
-def riemann_integrated_gradients(model: Model, batch: np.ndarray, targets: np.ndarray,
-                                 baseline: float = 0.0, n_steps: int = 50) -> np.ndarray:
-    """Integrated gradients by the midpoint rule: `(x - b) * mean_k grad f_t(b + a_k (x - b))`,
-    `a_k = (k + 1/2) / n_steps` (the fallback while the exact module is missing)."""
-    base = np.full_like(batch, baseline)
-    alphas = (np.arange(n_steps) + 0.5) / n_steps
-    shape = (n_steps,) + (1,) * batch.ndim
-    points = base[None] + alphas.reshape(shape) * (batch - base)[None]
-    points = points.reshape(-1, *batch.shape[1:])
-    trace = model.trace(points)
-    flat = trace.output.reshape(len(points), -1)
-    seed = np.zeros_like(flat)
-    seed[np.arange(len(points)), np.tile(targets, n_steps)] = 1.0
-    grads = input_gradient(trace, seed.reshape(trace.output.shape))
-    return (batch - base) * grads.reshape(n_steps, *batch.shape).mean(axis=0)
