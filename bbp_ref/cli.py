@@ -7,6 +7,8 @@
 - ``bbp-ref verify MODEL INPUT.npy CANDIDATE.npz`` compares another implementation's
   arrays with bbp_ref's (exit code 1 on a mismatch).
 - ``bbp-ref golden OUT_DIR MODEL INPUT.npy [MODEL INPUT.npy ...]`` writes golden vectors.
+- ``bbp-ref reproduce`` and ``bbp-ref digit-flip``: the paper's claims on the digits models
+  (docs/reproduction.md).
 
 Errors exit with code 2 and one line on stderr.
 """
@@ -26,6 +28,7 @@ from . import oracle
 from .attribution.rules import RULES
 from .defaults import default_input, default_model_path
 from .errors import BBpError, InputError
+from .experiments import digit_flip
 from .explain import Explanation, explain
 from .model import load
 
@@ -76,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--models", default="models/digits", help="folder of the digits models")
     rep.add_argument("--images", default="docs/images", help="folder for the figures")
     rep.add_argument("--no-figures", action="store_true", help="only the table")
+    flip = commands.add_parser("digit-flip", help="the paper's digit-flip test (Claim 3) on "
+                               "digits (docs/reproduction.md; needs the 'experiments' extra)")
+    digit_flip.add_arguments(flip)
     gold = commands.add_parser("golden", help="write golden vectors for models and inputs")
     gold.add_argument("out", help="output folder")
     gold.add_argument("pairs", nargs="+", metavar="MODEL INPUT",
@@ -140,7 +146,7 @@ def _read_candidate(path: str) -> dict[str, np.ndarray]:
 
 def _run(args: argparse.Namespace) -> int:
     commands = {"explain": _explain, "nodes": _nodes, "verify": _verify, "golden": _golden,
-                "reproduce": _reproduce}
+                "reproduce": _reproduce, "digit-flip": _digit_flip}
     return commands[args.command](args)
 
 
@@ -178,6 +184,11 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     argv = ["--models", args.models, "--images", args.images]
     return reproduce.main(argv + (["--no-figures"] if args.no_figures else []))
+
+
+def _digit_flip(args: argparse.Namespace) -> int:
+    digit_flip.run(args)
+    return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
