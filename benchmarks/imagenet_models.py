@@ -237,10 +237,8 @@ class _GraphBuilder:
         return out
 
     # -- model -----------------------------------------------------------------
-    def model(self, graph_name: str, doc: str) -> onnx.ModelProto:
-        inp = helper.make_tensor_value_info(
-            INPUT_NAME, TensorProto.FLOAT, ["N", 3, IMAGE_SIZE, IMAGE_SIZE]
-        )
+    def model(self, graph_name: str, doc: str, size: int = IMAGE_SIZE) -> onnx.ModelProto:
+        inp = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, size, size])
         out = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", NUM_CLASSES])
         graph = helper.make_graph(self.nodes, graph_name, [inp], [out], initializer=self.inits)
         graph.doc_string = doc
@@ -334,7 +332,24 @@ def vgg16(seed: int = 0) -> onnx.ModelProto:
     return g.model("vgg16", f"VGG-16, random weights, seed={seed}")
 
 
-MODELS = {"resnet50": resnet50, "vgg16": vgg16}
+def small_cnn(seed: int = 0, size: int = IMAGE_SIZE) -> onnx.ModelProto:
+    """A small CNN on ``size`` x ``size`` images for exact integrated gradients
+    (``bench_exact_ig.py``): three 3x3 convs with bias (3->16 stride 2, 16->32, 32->64),
+    each followed by Relu and a 2x2/2 MaxPool, then GlobalAveragePool, Flatten,
+    Gemm 64 -> 1000."""
+    g = _GraphBuilder(seed)
+    x = g.conv("conv1", INPUT_NAME, 3, 16, 3, stride=2, pad=1, bias=True)
+    x = g.maxpool("pool1", g.relu("relu1", x), 2, 2)
+    x = g.conv("conv2", x, 16, 32, 3, pad=1, bias=True)
+    x = g.maxpool("pool2", g.relu("relu2", x), 2, 2)
+    x = g.conv("conv3", x, 32, 64, 3, pad=1, bias=True)
+    x = g.maxpool("pool3", g.relu("relu3", x), 2, 2)
+    x = g.flatten("flatten", g.global_avgpool("avgpool", x))
+    g.gemm("fc", x, 64, NUM_CLASSES, out=OUTPUT_NAME)
+    return g.model("small_cnn", f"small {size}x{size} CNN, random weights, seed={seed}", size)
+
+
+MODELS = {"resnet50": resnet50, "vgg16": vgg16, "small_cnn": small_cnn}
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:

@@ -3,8 +3,9 @@
 
 ``method="exact"`` integrates exactly: a piecewise-linear network is affine on each of
 the finitely many pieces of the straight path, so the integral is a finite sum of
-constant gradients times piece lengths (see `path_walk` for the walk, how the piece after
-a kink is chosen and how ties are handled). It satisfies completeness,
+constant gradients times piece lengths (see `path_walk` for how the piece after a kink is
+chosen and how ties are handled, and `event_walk` for the walk itself, one example at a
+time, updating only what each kink reaches). It satisfies completeness,
 `sum IG = f_t(x) - f_t(b)`, up to rounding.
 
 The quadrature methods are Captum's (``captum/attr/_utils/approximation_methods.py``),
@@ -32,7 +33,8 @@ import numpy as np
 from ..engine.trace import forward, input_gradient
 from ..errors import InputError
 from .baselines import Attribution, Setup, baseline_batch, setup, with_delta
-from .path_walk import BOUNDARY_RTOL, RESYNC_EVERY, PathWalk
+from .event_walk import EventWalk
+from .path_walk import BOUNDARY_RTOL
 
 RIEMANN = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 METHODS = ("exact", *RIEMANN, "gausslegendre")
@@ -83,17 +85,29 @@ def integrated_gradients(model: object, x: object, baselines: object = 0.0,
     base = baseline_batch(baselines, s.batch, s.single)
     baseline_logits = forward(s.graph, base, linearize=False).output
     if method == "exact":
-        walk = PathWalk(s.graph, base, s.batch, s.seed, rtol=BOUNDARY_RTOL,
-                        resync_every=RESYNC_EVERY)
-        walk.run(max_pieces)
-        attribution = (s.batch - base) * walk.total_gradient
+        total, pieces = _exact_integral(s, base, max_pieces)
+        attribution = (s.batch - base) * total
         return s.finish(with_delta(s, attribution, baseline_logits, "integrated_gradients",
-                                   integration="exact", n_pieces=walk.pieces))
+                                   integration="exact", n_pieces=pieces))
     steps, alphas = approximation_parameters(method, int(n_steps))
     total = _weighted_gradients(s, base, steps, alphas, internal_batch_size)
     attribution = (s.batch - base) * total
     return s.finish(with_delta(s, attribution, baseline_logits, "integrated_gradients",
                                integration=method, n_steps=int(n_steps)))
+
+
+def _exact_integral(s: Setup, base: np.ndarray,
+                    max_pieces: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """`int_0^1 grad f_t(b + a (x - b)) da` and the piece count, per example."""
+    total = np.zeros_like(s.batch)
+    pieces = np.zeros(s.batch.shape[0], dtype=np.int64)
+    for i in range(s.batch.shape[0]):
+        one = slice(i, i + 1)
+        walk = EventWalk(s.graph, base[one], s.batch[one], s.seed[one], rtol=BOUNDARY_RTOL)
+        walk.run(max_pieces)
+        total[i] = walk.total_gradient[0]
+        pieces[i] = walk.pieces
+    return total, pieces
 
 
 def _weighted_gradients(s: Setup, base: np.ndarray, steps: np.ndarray, alphas: np.ndarray,

@@ -201,7 +201,8 @@ def _per_example_min(time: Array) -> Array:
     return time.reshape(time.shape[0], -1).min(axis=1)
 
 
-def _above(u: Array, du: Array, c: float, tol: Array, rising: Array | None = None) -> Array:
+def above(u: Array, du: Array, c: float, tol: Array | float,
+          rising: Array | None = None) -> Array:
     """Whether `u` is past breakpoint `c` on the right of the current `t`."""
     rising = du > 0 if rising is None else rising
     shifted = u - c if c else u
@@ -223,15 +224,15 @@ def _elementwise_state(op: PiecewiseLinear, u: Array, du: Array,
         return ElementwiseLocal(np.ones(u.shape), None), never
     tol = _tolerance(u, du, rtol)
     ones = np.ones(u.shape, dtype=bool)
-    above_lower = ones if lower is None else _above(u, du, lower, tol)
-    above = ~ones if upper is None else _above(u, du, upper, tol)
-    below = ~above_lower & ~above
-    inside = above_lower & ~above
+    above_lower = ones if lower is None else above(u, du, lower, tol)
+    above_upper = ~ones if upper is None else above(u, du, upper, tol)
+    below = ~above_lower & ~above_upper
+    inside = above_lower & ~above_upper
     lo = -np.inf if lower is None else lower
     hi = np.inf if upper is None else upper
-    offset = np.where(inside, 0.0, np.where(above, hi, lo))
+    offset = np.where(inside, 0.0, np.where(above_upper, hi, lo))
     up_to = np.where(below, lo, np.where(inside, hi, np.inf))  # the next breakpoint up
-    down_to = np.where(above, hi, np.where(inside, lo, -np.inf))  # and down
+    down_to = np.where(above_upper, hi, np.where(inside, lo, -np.inf))  # and down
     with np.errstate(divide="ignore", invalid="ignore"):
         time = np.where(du > 0, (up_to - u) / du, np.where(du < 0, (down_to - u) / du, np.inf))
     return ElementwiseLocal(inside.astype(float), offset), _per_example_min(time)
@@ -242,7 +243,7 @@ def _relu_state(op: PiecewiseLinear, u: Array, du: Array,
     """Relu, LeakyRelu, PRelu: one breakpoint at 0."""
     tol = _tolerance(u, du, rtol)
     rising = du > 0
-    on = _above(u, du, 0.0, tol, rising)
+    on = above(u, du, 0.0, tol, rising)
     moving = (on != rising) & (du != 0)  # on and falling, or off and rising
     time = np.full(u.shape, np.inf)
     np.divide(u, du, out=time, where=moving)

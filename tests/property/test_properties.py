@@ -564,3 +564,44 @@ def test_folding_a_zero_scale_changes_nothing(rule):
     unfolded = bbp_ref.explain(load_unfolded(proto), x, rule=rule, check=False)
     assert folded.bias == unfolded.bias == 1.0
     np.testing.assert_allclose(folded.bias_attribution, unfolded.bias_attribution)
+
+
+# -- exact integrated gradients (issue 4) ---------------------------------------------------
+@given(net=networks(), data=st.data())
+def test_exact_ig_event_walk_equals_path_walk(net, data):
+    """The event walk (sparse updates per kink) and the path walk (two full passes per
+    piece) integrate the same gradient along the same path, and completeness holds, on
+    random networks with ties, zeros and saturated gates; the baseline is another
+    example of the batch, 0, or the example reflected through 0 (the path then crosses
+    the most kinks)."""
+    from bbp_ref.attribution.baselines import setup
+    from bbp_ref.attribution.event_walk import EventWalk
+    from bbp_ref.attribution.path_walk import BOUNDARY_RTOL, PathWalk
+    with failure_artifacts("test_exact_ig_walks", net):
+        model = bbp_ref.load(net.onnx())
+        x = net.x.astype(np.float64)
+        n_out = int(np.prod(output_shape(net)))
+        i = data.draw(st.integers(0, len(x) - 1), label="example")
+        j = data.draw(st.integers(-2, len(x) - 1), label="baseline (-1: zeros, -2: -x)")
+        target = data.draw(st.integers(0, n_out - 1), label="target")
+        s = setup(model, x[i:i + 1], target, linearize=False)
+        base = {-1: np.zeros_like(s.batch), -2: -s.batch}.get(j, x[j:j + 1])
+        events = EventWalk(s.graph, base, s.batch, s.seed, rtol=BOUNDARY_RTOL)
+        events.run(10**5)
+        pieces = PathWalk(s.graph, base, s.batch, s.seed, rtol=BOUNDARY_RTOL)
+        pieces.run(10**5)
+        event(f"pieces: {int(pieces.pieces[0])} (events {events.pieces})")
+        # the integral can cancel to 0 (and so can each piece's gradient): the scale is
+        # the gradient's rounding scale (absolute weights) at points along the path
+        t = np.linspace(0.0, 1.0, 33).reshape(-1, *[1] * (x.ndim - 1))
+        along = base + t * (s.batch - base)
+        scales = Scales(load_unfolded(net.onnx()), along, np.full(33, target))
+        scale = float(scales.gradient.max() + np.abs(pieces.total_gradient).max()) + 1e-300
+        assert_close(events.total_gradient, pieces.total_gradient, 1e-10 * scale,
+                     "event walk vs path walk: int grad")
+        d = s.batch - base
+        logits = model.forward(np.concatenate([s.batch, base])).reshape(2, -1)[:, target]
+        ig = d * events.total_gradient
+        magnitude = np.abs(ig).sum() + np.abs(logits).sum()
+        assert_close(ig.sum(), logits[0] - logits[1], 1e-9 * magnitude + 1e-300,
+                     "completeness of the event walk")

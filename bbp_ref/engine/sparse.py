@@ -1,0 +1,163 @@
+"""Sparse forward and reverse products of one example's local maps: a change in a few
+elements of a node's input (or of its output's gradient) is carried to the elements it
+reaches and no further. The exact integrated-gradients event walk
+(`bbp_ref.attribution.event_walk`) moves one gate at a time and uses these to update only
+what that gate reaches.
+
+A *sparse vector* is a pair ``(index, value)``: flat indices into one example's tensor
+(row-major over the node's per-example shape, no batch axis) and float64 values, with
+no repeated index once `aggregate`d. `Conv` has its own products (a changed input element
+reaches the outputs whose windows contain it, `O(kernel x output channels)` of them);
+every other map is applied densely to the scattered vector (`dense_apply`, `dense_vjp`),
+exact but proportional to the node's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .affine import Conv
+from .operator import Array, LocalMap, Pullback
+from .windows import Window
+
+Sparse = tuple[Array, Array]
+
+EMPTY_INDEX = np.zeros(0, dtype=np.int64)
+
+
+def empty() -> Sparse:
+    return EMPTY_INDEX, np.zeros(0)
+
+
+def aggregate(index: Array, value: Array, size: int) -> Sparse:
+    """Sum the values of repeated indices into a tensor of ``size`` elements (sorted by
+    index; summed densely when the entries are not few compared with ``size``)."""
+    if index.size == 0:
+        return empty()
+    if index.size * 16 >= size:
+        dense = np.bincount(index.ravel(), weights=value.ravel(), minlength=size)
+        unique = np.flatnonzero(dense)
+        return unique, dense[unique]
+    unique, inverse = np.unique(index, return_inverse=True)
+    return unique, np.bincount(inverse.ravel(), weights=value.ravel(), minlength=unique.size)
+
+
+def concatenate(parts: Sequence[Sparse], size: int) -> Sparse:
+    """The sum of several sparse vectors over the same tensor of ``size`` elements."""
+    if len(parts) == 1:
+        return parts[0] if _unique(parts[0][0]) else aggregate(*parts[0], size)
+    return aggregate(np.concatenate([p[0] for p in parts]),
+                     np.concatenate([p[1] for p in parts]), size)
+
+
+def _unique(index: Array) -> bool:
+    return index.size < 2 or bool(np.all(index[1:] > index[:-1]))
+
+
+def to_dense(vector: Sparse, shape: tuple[int, ...]) -> Array:
+    """The batch-of-one dense tensor ``[1, *shape]`` of a sparse vector."""
+    flat = np.zeros(int(np.prod(shape)))
+    flat[vector[0]] = vector[1]
+    return flat.reshape((1, *shape))
+
+
+def from_dense(tensor: Array) -> Sparse:
+    """The non-zero elements of a batch-of-one tensor."""
+    flat = tensor.ravel()
+    index = np.flatnonzero(flat)
+    return index, flat[index]
+
+
+def dense_apply(local: LocalMap, operands: Sequence[Sparse | None],
+                shapes: Sequence[tuple[int, ...]]) -> Sparse:
+    """`A(u)` of sparse operands (None: zero) through any local map."""
+    dense = [np.zeros((1, *shape)) if v is None else to_dense(v, shape)
+             for v, shape in zip(operands, shapes)]
+    return from_dense(local.apply(dense))
+
+
+def dense_vjp(pullback: Pullback, grad: Sparse, shape: tuple[int, ...]) -> list[Sparse]:
+    """`A^T g` of a sparse output gradient, one sparse vector per operand."""
+    return [from_dense(part) for part in pullback.vjp(to_dense(grad, shape))]
+
+
+def window_table(window: Window) -> Array:
+    """``[P, K]``: for each output position (flat over the output's spatial axes) and
+    kernel offset (`Window.offsets` order) the flat spatial input index it reads, -1
+    where it reads padding."""
+    out_positions = np.indices(window.out_spatial).reshape(len(window.out_spatial), -1).T
+    offsets = np.array(list(window.offsets()), dtype=np.int64).reshape(window.size, -1)
+    coordinate = (out_positions[:, None, :] * np.array(window.strides)
+                  + offsets[None, :, :] * np.array(window.dilations)
+                  - np.array(window.pads_begin))
+    inside = np.all((coordinate >= 0) & (coordinate < np.array(window.in_spatial)), axis=2)
+    flat = np.zeros(inside.shape, dtype=np.int64)
+    for axis, size in enumerate(window.in_spatial):
+        flat = flat * size + coordinate[:, :, axis]
+    return np.where(inside, flat, -1)
+
+
+class Inverse:
+    """The transpose of a ``[rows, K]`` index table (entries -1 skipped): for each
+    target index, the ``(row, column)`` pairs that read it, in CSR form."""
+
+    def __init__(self, table: Array, targets: int) -> None:
+        rows, columns = np.nonzero(table >= 0)
+        read = table[rows, columns]
+        order = np.argsort(read, kind="stable")
+        self.pointer = np.concatenate(([0], np.cumsum(np.bincount(read, minlength=targets))))
+        self.rows = rows[order]
+        self.columns = columns[order]
+
+    def pairs(self, targets: Array) -> tuple[Array, Array, Array]:
+        """For targets ``t_i``: ``(i, row, column)`` of every pair that reads one."""
+        starts = self.pointer[targets]
+        counts = self.pointer[targets + 1] - starts
+        owner = np.repeat(np.arange(targets.size), counts)
+        first = np.cumsum(counts) - counts
+        position = starts[owner] + np.arange(owner.size) - first[owner]
+        return owner, self.rows[position], self.columns[position]
+
+
+class SparseConv:
+    """A `Conv`'s products for sparse vectors of one example ``[C, *spatial]``."""
+
+    def __init__(self, op: Conv) -> None:
+        window = op.window
+        self.out_channels = op.weight.shape[0]
+        self.in_per_group = op.in_channels // op.groups
+        self.out_per_group = self.out_channels // op.groups
+        self.in_channels = op.in_channels
+        self.kernel = op.weight.reshape(self.out_channels, self.in_per_group, window.size)
+        self.table = window_table(window)
+        self.in_size = int(np.prod(window.in_spatial))
+        self.out_size = self.table.shape[0]
+        self.inverse = Inverse(self.table, self.in_size)
+
+    def apply(self, u: Sparse) -> Sparse:
+        """`W * du`: each changed input element reaches the output positions whose
+        windows read it, in every output channel of its group."""
+        channel, spatial = np.divmod(u[0], self.in_size)
+        owner, position, offset = self.inverse.pairs(spatial)
+        source = channel[owner]
+        group, within = np.divmod(source, self.in_per_group)
+        out_channel = group[:, None] * self.out_per_group + np.arange(self.out_per_group)
+        value = u[1][owner, None] * self.kernel[out_channel, within[:, None], offset[:, None]]
+        return aggregate(out_channel * self.out_size + position[:, None], value,
+                         self.out_channels * self.out_size)
+
+    def vjp(self, g: Sparse) -> Sparse:
+        """`W^T g`: each changed output gradient reaches its window's in-bounds inputs,
+        in every input channel of its group."""
+        channel, position = np.divmod(g[0], self.out_size)
+        read = self.table[position]
+        owner, offset = np.nonzero(read >= 0)
+        out_channel = channel[owner]
+        group = out_channel // self.out_per_group
+        within = np.arange(self.in_per_group)
+        in_channel = group[:, None] * self.in_per_group + within
+        value = g[1][owner, None] * self.kernel[out_channel[:, None], within, offset[:, None]]
+        return aggregate(in_channel * self.in_size + read[owner, offset][:, None], value,
+                         self.in_channels * self.in_size)

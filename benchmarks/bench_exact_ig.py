@@ -1,0 +1,84 @@
+"""Time of exact integrated gradients (``bbp_ref.integrated_gradients(method="exact")``)
+on the small CNN of ``imagenet_models.small_cnn`` at several image sizes, one image.
+
+For each size the model is built in memory (random weights, ``--seed``), and one random
+N(0, 1) float32 image is explained for its predicted class from the black baseline. The
+script prints the number of linear pieces on the path, wall and CPU seconds, and the
+completeness error `|sum IG - (f(x) - f(0))|` relative to `sum |IG|`. Sizes up to
+``--path-walk-up-to`` are also walked by `PathWalk` (two full passes through the network
+per piece), the walk the event walk replaced, for comparison. Usage::
+
+    python benchmarks/bench_exact_ig.py [--sizes 64,112,224] [--path-walk-up-to 64]
+                                        [--seed S] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # imagenet_models, however this script is started
+sys.path.insert(0, str(HERE.parent))  # this work tree's bbp_ref before an installed one
+import imagenet_models  # noqa: E402
+
+import bbp_ref  # noqa: E402
+from bbp_ref.attribution.baselines import setup  # noqa: E402
+from bbp_ref.attribution.path_walk import BOUNDARY_RTOL, PathWalk  # noqa: E402
+
+
+def measure(size: int, seed: int, path_walk: bool) -> dict[str, Any]:
+    model = bbp_ref.load(imagenet_models.small_cnn(seed, size))
+    x = np.random.default_rng(seed).standard_normal((3, size, size)).astype(np.float32)
+    wall, cpu = time.perf_counter(), time.process_time()
+    r = bbp_ref.integrated_gradients(model, x, method="exact")
+    result: dict[str, Any] = {
+        "size": size, "target": int(r.target), "pieces": int(r.n_pieces),
+        "seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu,
+        "completeness": float(abs(r.delta) / np.abs(r.attribution).sum()),
+    }
+    if path_walk:
+        s = setup(model, x, r.target, linearize=False)
+        base = np.zeros_like(s.batch)
+        wall = time.perf_counter()
+        walk = PathWalk(s.graph, base, s.batch, s.seed, rtol=BOUNDARY_RTOL)
+        walk.run(None)
+        result["path_walk_seconds"] = time.perf_counter() - wall
+        result["path_walk_pieces"] = int(walk.pieces[0])
+        ig = s.batch * walk.total_gradient
+        result["walks_differ"] = float(np.abs(ig[0] - r.attribution).max()
+                                       / np.abs(r.attribution).max())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="64,112,224", help="image sizes [%(default)s]")
+    parser.add_argument("--path-walk-up-to", type=int, default=64,
+                        help="also run the path walk up to this size [%(default)s]")
+    parser.add_argument("--seed", type=int, default=0, help="weights and image [%(default)s]")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    results = []
+    for size in (int(v) for v in args.sizes.split(",")):
+        r = measure(size, args.seed, size <= args.path_walk_up_to)
+        results.append(r)
+        line = (f"{size}x{size}: {r['pieces']:,} pieces, {r['seconds']:.1f} s "
+                f"({r['cpu_seconds']:.1f} CPU-s), completeness {r['completeness']:.1e}")
+        if "path_walk_seconds" in r:
+            line += (f"; path walk {r['path_walk_pieces']:,} pieces, "
+                     f"{r['path_walk_seconds']:.1f} s, max difference {r['walks_differ']:.1e}")
+        print(line, flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

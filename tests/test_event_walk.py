@@ -1,0 +1,128 @@
+"""The exact-IG event walk against things it does not share code with: the sparse conv
+products against the dense `Conv` operator, and the whole walk against `PathWalk` (two
+full passes per piece) and against completeness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from architectures import ARCHITECTURES
+
+import bbp_ref
+from bbp_ref.attribution.baselines import baseline_batch, setup
+from bbp_ref.attribution.event_walk import EventWalk
+from bbp_ref.attribution.path_walk import BOUNDARY_RTOL, PathWalk
+from bbp_ref.engine.affine import Conv
+from bbp_ref.engine.gates import MaxPool
+from bbp_ref.engine.sparse import SparseConv, from_dense, to_dense, window_table
+from bbp_ref.engine.trace import forward
+from bbp_ref.engine.windows import Window
+from bbp_ref.errors import BBpError
+
+TORCH_MODELS = sorted((Path(__file__).parent.parent / "models" / "torch").glob("*.ts17.onnx"))
+
+
+def _geometries(rng, count):
+    found = 0
+    while found < count:
+        nd = int(rng.integers(1, 4))
+        draw = [tuple(int(v) for v in rng.integers(lo, hi, nd))
+                for lo, hi in ((1, 4), (1, 3), (1, 3), (0, 3), (0, 3), (5, 9))]
+        window = Window(draw[5], *draw[:5], ceil_mode=bool(rng.integers(2)))
+        if all(o > 0 for o in window.out_spatial):
+            found += 1
+            yield window
+
+
+def _sparse_tensor(rng, shape, density):
+    t = np.zeros(shape)
+    mask = rng.random(shape) < density
+    t[mask] = rng.standard_normal(mask.sum())
+    return t
+
+
+def test_sparse_conv_matches_the_dense_operator(rng):
+    for window in _geometries(rng, 40):
+        groups = int(rng.choice([1, 2, 3]))
+        cin, cout = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
+        weight = rng.standard_normal((cout, cin // groups, *window.kernel))
+        op = Conv(weight, None, window, groups, cin)
+        sparse = SparseConv(op)
+        for density in (0.02, 0.3, 1.0):
+            u = _sparse_tensor(rng, (1, cin, *window.in_spatial), density)
+            out = op.linear([u])
+            np.testing.assert_allclose(to_dense(sparse.apply(from_dense(u)), out.shape[1:]),
+                                       out, rtol=1e-12, atol=1e-12)
+            g = _sparse_tensor(rng, out.shape, density)
+            np.testing.assert_allclose(to_dense(sparse.vjp(from_dense(g)), u.shape[1:]),
+                                       op.vjp(g)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_window_table_reads_what_maxpool_reads(rng):
+    """Each table row's largest element is MaxPool's output (-1 entries read padding)."""
+    for window in _geometries(rng, 40):
+        u = rng.standard_normal((1, 2, *window.in_spatial))
+        table = window_table(window)
+        flat = u.reshape(2, -1)
+        gathered = np.where(table >= 0, flat[:, table], -np.inf).max(axis=2)
+        np.testing.assert_array_equal(gathered.reshape(1, 2, *window.out_spatial),
+                                      MaxPool(window).forward([u]))
+
+
+def _walks(model, x, b, target, resync_every=4096):
+    s = setup(model, x[None], target, linearize=False)
+    base = baseline_batch(b, s.batch, s.single)
+    events = EventWalk(s.graph, base, s.batch, s.seed, rtol=BOUNDARY_RTOL,
+                       resync_every=resync_every)
+    events.run(10**6)
+    pieces = PathWalk(s.graph, base, s.batch, s.seed, rtol=BOUNDARY_RTOL)
+    pieces.run(10**6)
+    f = forward(s.graph, s.batch, linearize=False).output.reshape(-1)[target]
+    fb = forward(s.graph, base, linearize=False).output.reshape(-1)[target]
+    return events, pieces, s.batch - base, f - fb
+
+
+def _check(events, pieces, d, change):
+    scale = np.abs(pieces.total_gradient).max()
+    np.testing.assert_allclose(events.total_gradient, pieces.total_gradient,
+                               rtol=0, atol=1e-11 * scale)
+    ig = d * events.total_gradient
+    assert abs(ig.sum() - change) <= 1e-10 * (np.abs(ig).sum() + abs(change))
+    # the counts may differ by pieces shorter than the tolerance, which one walk merges
+    # into a neighbour and the other does not (docs/math.md §6)
+    assert abs(events.pieces - pieces.pieces[0]) <= 0.01 * pieces.pieces[0] + 2
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_event_walk_equals_path_walk_on_architectures(name, bias, rng):
+    proto, shape = ARCHITECTURES[name](np.random.default_rng(1), bias=bias)
+    model = bbp_ref.load(proto)
+    for target in (0, 1):
+        _check(*_walks(model, rng.normal(size=shape), 0.5 * rng.normal(size=shape), target))
+
+
+@pytest.mark.parametrize("path", TORCH_MODELS, ids=lambda p: p.stem)
+def test_event_walk_equals_path_walk_on_exported_models(path, rng):
+    model = bbp_ref.load(path)
+    x = rng.normal(size=model.graph.input_shape)
+    _check(*_walks(model, x, 0.0, 0))
+
+
+@pytest.mark.parametrize("resync_every", [1, 5])
+def test_resynchronising_changes_nothing_but_rounding(resync_every, rng):
+    model = bbp_ref.load(Path(__file__).parent.parent / "models" / "digits" / "cnn_bias.onnx")
+    x = rng.random((1, 8, 8))
+    often, _, d, change = _walks(model, x, 0.0, 3, resync_every=resync_every)
+    rarely, *_ = _walks(model, x, 0.0, 3)
+    assert often.pieces == rarely.pieces
+    np.testing.assert_allclose(often.total_gradient, rarely.total_gradient, rtol=0,
+                               atol=1e-12 * np.abs(rarely.total_gradient).max())
+
+
+def test_max_pieces_stops_the_event_walk(rng):
+    model = bbp_ref.load(Path(__file__).parent.parent / "models" / "digits" / "cnn_bias.onnx")
+    with pytest.raises(BBpError, match="more than 10 linear pieces"):
+        bbp_ref.integrated_gradients(model, rng.random((1, 8, 8)), max_pieces=10)
