@@ -6,10 +6,13 @@ N(0, 1) float32 image is explained for its predicted class from the black baseli
 script prints the number of linear pieces on the path, wall and CPU seconds, and the
 completeness error `|sum IG - (f(x) - f(0))|` relative to `sum |IG|`. Sizes up to
 ``--path-walk-up-to`` are also walked by `PathWalk` (two full passes through the network
-per piece), the walk the event walk replaced, for comparison. Usage::
+per piece), the walk the event walk replaced, for comparison. With ``--resnet50 N`` the
+script also walks the first N kinks of ResNet-50 (``imagenet_models.resnet50``, built into
+``benchmarks/.cache`` if missing) for one image and reports the time per kink and the `t`
+reached (a whole walk there is out of reach). Usage::
 
     python benchmarks/bench_exact_ig.py [--sizes 64,112,224] [--path-walk-up-to 64]
-                                        [--seed S] [--json FILE]
+                                        [--resnet50 N] [--seed S] [--json FILE]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import imagenet_models  # noqa: E402
 
 import bbp_ref  # noqa: E402
 from bbp_ref.attribution.baselines import setup  # noqa: E402
+from bbp_ref.attribution.event_walk import EventWalk  # noqa: E402
 from bbp_ref.attribution.path_walk import BOUNDARY_RTOL, PathWalk  # noqa: E402
 
 
@@ -57,16 +61,36 @@ def measure(size: int, seed: int, path_walk: bool) -> dict[str, Any]:
     return result
 
 
+def resnet50_rate(kinks: int, seed: int) -> dict[str, Any]:
+    model = bbp_ref.load(imagenet_models.ensure_model("resnet50", seed=seed))
+    x = np.random.default_rng(seed).standard_normal((3, 224, 224)).astype(np.float32)
+    s = setup(model, x, None, linearize=False)
+    wall = time.perf_counter()
+    walk = EventWalk(s.graph, np.zeros_like(s.batch), s.batch, s.seed, rtol=BOUNDARY_RTOL)
+    start_seconds = time.perf_counter() - wall
+    wall = time.perf_counter()
+    try:
+        walk.run(kinks + 1)
+    except bbp_ref.BBpError:  # stopped after `kinks` kinks, as asked
+        pass
+    seconds = time.perf_counter() - wall
+    return {"model": "resnet50", "kinks": walk.pieces - 1, "t": walk.t,
+            "start_seconds": start_seconds, "seconds_per_kink": seconds / (walk.pieces - 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="64,112,224", help="image sizes [%(default)s]")
+    parser.add_argument("--sizes", default="64,112,224",
+                        help="image sizes, comma-separated, may be empty [%(default)s]")
     parser.add_argument("--path-walk-up-to", type=int, default=64,
                         help="also run the path walk up to this size [%(default)s]")
+    parser.add_argument("--resnet50", type=int, default=0, metavar="N",
+                        help="also time the first N kinks on ResNet-50 [%(default)s]")
     parser.add_argument("--seed", type=int, default=0, help="weights and image [%(default)s]")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     results = []
-    for size in (int(v) for v in args.sizes.split(",")):
+    for size in (int(v) for v in args.sizes.split(",") if v.strip()):
         r = measure(size, args.seed, size <= args.path_walk_up_to)
         results.append(r)
         line = (f"{size}x{size}: {r['pieces']:,} pieces, {r['seconds']:.1f} s "
@@ -75,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             line += (f"; path walk {r['path_walk_pieces']:,} pieces, "
                      f"{r['path_walk_seconds']:.1f} s, max difference {r['walks_differ']:.1e}")
         print(line, flush=True)
+    if args.resnet50:
+        r = resnet50_rate(args.resnet50, args.seed)
+        results.append(r)
+        print(f"resnet50 224x224: {r['kinks']} kinks in {r['seconds_per_kink']:.2f} s each "
+              f"(start {r['start_seconds']:.1f} s), t = {r['t']:.3g} reached", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

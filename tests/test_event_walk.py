@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from architectures import ARCHITECTURES
+from builders import f32, model, node
 
 import bbp_ref
 from bbp_ref.attribution.baselines import baseline_batch, setup
@@ -43,7 +44,10 @@ def _sparse_tensor(rng, shape, density):
     return t
 
 
-def test_sparse_conv_matches_the_dense_operator(rng):
+@pytest.mark.parametrize("dense_fraction", [np.inf, SparseConv.DENSE_FRACTION],
+                         ids=["always-sparse", "default"])
+def test_sparse_conv_matches_the_dense_operator(dense_fraction, rng, monkeypatch):
+    monkeypatch.setattr(SparseConv, "DENSE_FRACTION", dense_fraction)
     for window in _geometries(rng, 40):
         groups = int(rng.choice([1, 2, 3]))
         cin, cout = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
@@ -109,6 +113,30 @@ def test_event_walk_equals_path_walk_on_exported_models(path, rng):
     model = bbp_ref.load(path)
     x = rng.normal(size=model.graph.input_shape)
     _check(*_walks(model, x, 0.0, 0))
+
+
+def _skip_past_gates(rng, without_gates=False):
+    """`y = W2 (x + relu(W1 x)) + W3 x`: the input and `W1 x` feed both gates and gate-free
+    paths, so the gate-free prefix has consumers on both sides of the frontier."""
+    nodes = [node("MatMul", ["x", "w1"], "h"), node("Add", ["h", "x"], "r")]
+    if not without_gates:
+        nodes[1:1] = [node("Relu", ["h"], "a")]
+        nodes[2] = node("Add", ["a", "x"], "r")
+    nodes += [node("MatMul", ["r", "w2"], "o"), node("MatMul", ["x", "w3"], "p"),
+              node("Add", ["o", "p"], "y")]
+    weights = {"w1": f32(rng, 5, 5), "w2": f32(rng, 5, 3), "w3": f32(rng, 5, 3)}
+    return bbp_ref.load(model(nodes, ["N", 5], weights))
+
+
+@pytest.mark.parametrize("without_gates", [False, True])
+def test_gate_free_prefix_is_counted_once(without_gates, rng):
+    m = _skip_past_gates(rng, without_gates)
+    for target in range(3):
+        events, pieces, d, change = _walks(m, rng.normal(size=5), rng.normal(size=5), target)
+        _check(events, pieces, d, change)
+        if without_gates:  # linear: the integral is the constant gradient
+            np.testing.assert_allclose(events.total_gradient[0], m.jacobian(d)[0, target],
+                                       rtol=1e-12)
 
 
 @pytest.mark.parametrize("resync_every", [1, 5])

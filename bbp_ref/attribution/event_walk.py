@@ -238,12 +238,13 @@ class EventWalk:
         self.pieces = 1
         self.forward_needed = _reaching_gates(graph)
         self.prefix = _gate_free_prefix(graph)
-        prefix_names = {node.name for node in self.prefix}
+        self.prefix_names = {node.name for node in self.prefix}
         consumers = graph.consumers()
         self.frontier_names = {node.name for node in self.prefix if node.name == graph.output
-                               or any(c not in prefix_names for c in consumers[node.name])}
+                               or any(c not in self.prefix_names for c in consumers[node.name])}
         self.reverse_order = [node for node in reversed(list(graph))
-                              if node.name not in prefix_names or node.name in self.frontier_names]
+                              if node.name not in self.prefix_names
+                              or node.name in self.frontier_names]
         self.frontier: dict[str, Array] = {}
         self._sync(decide=True)
         self.integral = {name: grad.copy() for name, grad in self.frontier.items()}
@@ -312,12 +313,22 @@ class EventWalk:
             dvalues[node.name] = local[node.name].apply(operands)
             if node.name in self.gates:
                 self.gates[node.name].du_out = dvalues[node.name].reshape(-1).copy()
+        # a frontier node keeps only the gradient its consumers past the frontier send it
+        # (what its gate-free consumers send is added by `total_gradient`'s final pass)
+        frontier = {name: np.zeros(int(np.prod(self.shapes[name])))
+                    for name in self.frontier_names}
+        if self.graph.output in frontier:
+            frontier[self.graph.output] += self.seed.reshape(-1)
         trace = Trace(self.graph, values, local)
         for node, grad in backward(trace, self.seed):
             if node.name in self.gates:
                 self.gates[node.name].grad = grad.reshape(-1).copy()
-            if node.name in self.frontier_names:
-                self.frontier[node.name] = grad.reshape(-1).copy()
+            if node.name in self.prefix_names or not node.inputs:
+                continue
+            for source, part in zip(node.inputs, local[node.name].vjp(grad)):
+                if source in frontier:
+                    frontier[source] += part.reshape(-1)
+        self.frontier = frontier
 
     def _new_gate(self, node: Node, in_size: int) -> _Gate:
         op = node.operator

@@ -1,5 +1,8 @@
 """The exact walk along a straight path `x(t) = b + t (x - b)`, `t` in [0, 1], through a
-piecewise-linear network, one linear piece at a time (exact integrated gradients).
+piecewise-linear network, one linear piece at a time (exact integrated gradients), with two
+full passes through the network per piece. It defines the walk's rules (below), which
+`event_walk` follows too; `integrated_gradients` uses `event_walk.EventWalk`, which updates
+only what each kink reaches, and the tests check it against this `PathWalk`.
 
 **A piece.** At the start `t0` of a piece, every gate's *state* is fixed: for an
 element-wise gate (Relu, LeakyRelu, PRelu, Clip) the interval of its pre-activation `u`
