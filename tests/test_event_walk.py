@@ -154,3 +154,36 @@ def test_max_pieces_stops_the_event_walk(rng):
     model = bbp_ref.load(Path(__file__).parent.parent / "models" / "digits" / "cnn_bias.onnx")
     with pytest.raises(BBpError, match="more than 10 linear pieces"):
         bbp_ref.integrated_gradients(model, rng.random((1, 8, 8)), max_pieces=10)
+
+
+def test_lock_step_batches_equal_one_example_at_a_time(rng):
+    """`integrated_gradients` walks a batch of a small network in lock step (`PathWalk`)
+    and single examples by events: the two give the same attributions."""
+    from bbp_ref.attribution import integrated_gradients as ig_module
+
+    m = bbp_ref.load(Path(__file__).parent.parent / "models" / "digits" / "cnn_bias.onnx")
+    x = rng.random((ig_module.LOCK_STEP_MIN_BATCH, 1, 8, 8))
+    assert sum(int(np.prod(n.shape)) for n in m.graph) <= ig_module.LOCK_STEP_MAX_VALUES
+    batched = bbp_ref.integrated_gradients(m, x, target=np.arange(len(x)))
+    for i in range(len(x)):
+        single = bbp_ref.integrated_gradients(m, x[i], target=i)
+        np.testing.assert_allclose(single.attribution, batched.attribution[i], rtol=0,
+                                   atol=1e-10 * np.abs(batched.attribution[i]).max())
+        assert abs(single.n_pieces - batched.n_pieces[i]) <= 0.01 * single.n_pieces + 2
+
+
+def test_a_maximum_that_lands_on_a_constant_zero_turns_the_relu_off():
+    """GlobalMaxPool then Relu; along the path the winner falls to 0 and hands over to an
+    element that is 0 throughout, so the Relu's input stays exactly 0 (off, the engine's
+    convention) for the rest of the path. The path walk once took the rounding residue of
+    the Relu input for a value above 0 (its tolerance was scaled by the near-zero tensor
+    itself); a hypothesis example found it."""
+    m = bbp_ref.load(model([node("GlobalMaxPool", ["x"], "p"), node("Relu", ["p"], "y")],
+                           ["N", 1, 3]))
+    b = np.array([[0.0, 0.45781684, -0.45017439]], np.float32).astype(np.float64)
+    x = np.array([[0.0, -0.77307123, 0.0]], np.float32).astype(np.float64)
+    events, pieces, d, change = _walks(m, x, b, 0)
+    crossing = b[0, 1] / (b[0, 1] - x[0, 1])  # element 1 reaches 0
+    expected = np.array([[[0.0, crossing, 0.0]]])
+    np.testing.assert_allclose(events.total_gradient, expected, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(pieces.total_gradient, expected, rtol=0, atol=1e-15)

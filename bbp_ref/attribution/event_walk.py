@@ -20,13 +20,19 @@ differs is the bookkeeping, for one example at a time:
   `ds * lambda_out` (taken before this event's updates) to its input, MaxPool moves
   `lambda_out` from the old winner to the new one, and these changes travel upstream
   through the (new) frozen maps. Integrated gradients needs only
-  `int_0^1 lambda_in dt = lambda_in(0) + sum_events d(lambda_in) (1 - t_event)`.
+  `int_0^1 lambda_in dt = lambda_in(0) + sum_events d(lambda_in) (1 - t_event)`. The
+  changes stop at the *frontier*: the nodes with no gate before them (their maps never
+  change) that feed a node past them; the integral is accumulated there and pulled back
+  through the gate-free maps once, at the end (`total_gradient`).
 
 All values are recomputed from the network's own forward pass at `x(t)`, and `du` and
 `lambda` by full passes through the frozen maps, every ``resync_every`` events, so the
-sparse updates cannot drift. The cost of an event is the size of the region its change
-reaches (a conv window's fan-out per layer) instead of the whole network: on a small
-224x224 CNN this is what makes exact integrated gradients feasible (docs/math.md §6).
+sparse updates cannot drift. The tolerance's scale (`max |u| + max |du|` of a gate's
+input) is the running maximum over these syncs; the path walk takes it at every piece. The
+cost of an event is the size of the region its change reaches (a conv window's fan-out per
+layer) instead of the whole network: on a small 224x224 CNN this is what makes exact
+integrated gradients feasible (docs/math.md §6).
+
 Supported gates are the element-wise ones (Relu, LeakyRelu, PRelu, Clip) and MaxPool;
 `Conv` has sparse products, every other map is applied densely to the sparse change.
 """
@@ -299,8 +305,8 @@ class EventWalk:
                     gate = self._new_gate(node, u.size)
                 gate.u, gate.du = u.copy(), du.copy()
                 gate.since = np.full(u.size, t)
-                gate.tol = self.rtol * (float(np.abs(u).max(initial=0.0))
-                                        + float(np.abs(du).max(initial=0.0)))
+                gate.tol = max(gate.tol, self.rtol * (float(np.abs(u).max(initial=0.0))
+                                                      + float(np.abs(du).max(initial=0.0))))
                 everything = np.arange(gate.du_out.size)
                 if isinstance(gate, _MaxPool):
                     gate.decide(everything, t, keep=not decide)

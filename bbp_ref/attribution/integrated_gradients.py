@@ -4,8 +4,14 @@
 ``method="exact"`` integrates exactly: a piecewise-linear network is affine on each of
 the finitely many pieces of the straight path, so the integral is a finite sum of
 constant gradients times piece lengths (see `path_walk` for how the piece after a kink is
-chosen and how ties are handled, and `event_walk` for the walk itself, one example at a
-time, updating only what each kink reaches). It satisfies completeness,
+chosen and how ties are handled). Two walks implement it with the same rules: `event_walk`
+(one example at a time, each kink updating only what it reaches) and `path_walk` (the
+whole batch in lock step, two full passes per piece). The lock-step walk is used for
+batches of at least `LOCK_STEP_MIN_BATCH` examples of a network with at most
+`LOCK_STEP_MAX_VALUES` values per example (all nodes' outputs): there a pass costs little
+more than its per-node overhead, which the batch shares (the digits CNN, 46 images: 6 s
+against 12 s one at a time); otherwise the event walk (a 64x64 CNN, one image: 16 s
+against 99 s). It satisfies completeness,
 `sum IG = f_t(x) - f_t(b)`, up to rounding.
 
 The quadrature methods are Captum's (``captum/attr/_utils/approximation_methods.py``),
@@ -34,11 +40,13 @@ from ..engine.trace import forward, input_gradient
 from ..errors import InputError
 from .baselines import Attribution, Setup, baseline_batch, setup, with_delta
 from .event_walk import EventWalk
-from .path_walk import BOUNDARY_RTOL
+from .path_walk import BOUNDARY_RTOL, RESYNC_EVERY, PathWalk
 
 RIEMANN = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 METHODS = ("exact", *RIEMANN, "gausslegendre")
 DEFAULT_MAX_PIECES = 1_000_000
+LOCK_STEP_MIN_BATCH = 8
+LOCK_STEP_MAX_VALUES = 20_000
 
 
 def approximation_parameters(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,6 +107,12 @@ def integrated_gradients(model: object, x: object, baselines: object = 0.0,
 def _exact_integral(s: Setup, base: np.ndarray,
                     max_pieces: int | None) -> tuple[np.ndarray, np.ndarray]:
     """`int_0^1 grad f_t(b + a (x - b)) da` and the piece count, per example."""
+    values = sum(int(np.prod(node.shape)) for node in s.graph)
+    if s.batch.shape[0] >= LOCK_STEP_MIN_BATCH and values <= LOCK_STEP_MAX_VALUES:
+        lock_step = PathWalk(s.graph, base, s.batch, s.seed, rtol=BOUNDARY_RTOL,
+                             resync_every=RESYNC_EVERY)
+        lock_step.run(max_pieces)
+        return lock_step.total_gradient, lock_step.pieces
     total = np.zeros_like(s.batch)
     pieces = np.zeros(s.batch.shape[0], dtype=np.int64)
     for i in range(s.batch.shape[0]):

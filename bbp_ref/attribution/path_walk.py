@@ -27,14 +27,16 @@ sees its input's `u` and `du` with all upstream states already chosen):
   maximum; the winner is the candidate with the largest `du`, ties (equal value and equal
   slope: the same line) to the lowest flat index, the engine's convention.
 
-`tol = rtol * (max |u| + max |du|)` over the gate's input tensor, per example
-(`rtol = 1e-11`): a bound on `|u(t)|` along the whole path times a margin well above the
-rounding of `u`. So a unit a kink has just put at its breakpoint (whose computed `u` is
-only rounding away from it) is recognised as being there, and a piece never ends at its
-own start. The exit times are computed only towards breakpoints the state moves to, so
-every piece has length at least about `rtol / 2` and the walk terminates; ``max_pieces``
-bounds it in practice. Deciding a state within `tol` of a breakpoint skips at most a piece
-shorter than `tol / |du|`, an error of order `tol |g|` in completeness.
+`tol = rtol * s` per gate and example (`rtol = 1e-11`), where `s` is the largest `max |u| +
+max |du|` over the gate's input tensor seen so far on the walk (a running maximum, so it
+cannot collapse when a tensor's values all come near 0): a bound on `|u(t)|` along the path
+times a margin well above the rounding of `u`. So a unit a kink has just put at its
+breakpoint (whose computed `u` is only rounding away from it) is recognised as being there,
+and a piece never ends at its own start. The exit times are computed only towards
+breakpoints the state moves to, so every piece has length at least about `rtol / 2` and the
+walk terminates; ``max_pieces`` bounds it in practice. Deciding a state within `tol` of a
+breakpoint skips at most a piece shorter than `tol / |du|`, an error of order `tol |g|` in
+completeness.
 
 **Values** are carried from piece to piece by the affine update `h += (t1 - t0) dh` (exact
 in exact arithmetic, as `h` is continuous in `t`) and recomputed by the network's own
@@ -76,6 +78,9 @@ class PathWalk:
         self.pieces = np.zeros(n, dtype=np.int64)
         self.total_gradient = np.zeros_like(start)
         self.active = np.arange(n)
+        # per gate and example, the running maximum of `max |u| + max |du|`
+        self.scales = {node.name: np.zeros(n) for node in graph
+                       if node.operator is not None and node.operator.kind == GATE}
         # only the gates' inputs are needed to choose states; other values are not kept
         self.tracked = {node.inputs[0] for node in graph
                         if node.operator is not None and node.operator.kind == GATE}
@@ -101,8 +106,11 @@ class PathWalk:
         point = start + _column(t, start.ndim) * direction
         if self._since_sync >= self.resync_every:
             self._sync(point)
+        floors = {name: scale[idx] for name, scale in self.scales.items()}
         dvalues, local, exit_time = directional_pass(self.graph, self.values, direction,
-                                                     self.rtol, self.release)
+                                                     self.rtol, self.release, floors)
+        for name, scale in floors.items():
+            self.scales[name][idx] = scale
         remaining = 1.0 - t
         final = exit_time >= remaining
         dt = np.where(final, remaining, exit_time)
@@ -159,11 +167,13 @@ def _last_uses(graph: Graph, keep: set[str]) -> dict[str, list[str]]:
 
 def directional_pass(graph: Graph, values: dict[str, Array], direction: Array, rtol: float,
                      release: dict[str, list[str]] | None = None,
+                     scales: dict[str, Array] | None = None,
                      ) -> tuple[dict[str, Array], dict[str, LocalMap], Array]:
     """The forward-mode pass of ``direction`` that also chooses every gate's state from
     the gate inputs' ``values`` (see the module docstring). Returns the nodes' `dh` (less
     those ``release`` frees after their last use), the frozen local maps, and per example
-    the distance in `t` to the end of the piece (inf if none)."""
+    the distance in `t` to the end of the piece (inf if none). ``scales`` holds each
+    gate's running `max |u| + max |du|` per example and is updated in place."""
     n = direction.shape[0]
     dvalues: dict[str, Array] = {graph.input: direction}
     local: dict[str, LocalMap] = {}
@@ -174,11 +184,14 @@ def directional_pass(graph: Graph, values: dict[str, Array], direction: Array, r
             continue
         doperands = [dvalues[name] for name in node.inputs]
         frozen: LocalMap
-        if isinstance(op, PiecewiseLinear):
-            frozen, time = _elementwise_state(op, values[node.inputs[0]], doperands[0], rtol)
-            exit_time = np.minimum(exit_time, time)
-        elif isinstance(op, MaxPool):
-            frozen, time = _maxpool_state(op, values[node.inputs[0]], doperands[0], rtol)
+        if isinstance(op, (PiecewiseLinear, MaxPool)):
+            u, du = values[node.inputs[0]], doperands[0]
+            scale = _scale(u, du)
+            if scales is not None:
+                scale = scales[node.name] = np.maximum(scales.get(node.name, scale), scale)
+            tol = _column(rtol * scale, u.ndim)
+            frozen, time = (_elementwise_state(op, u, du, tol) if isinstance(op, PiecewiseLinear)
+                            else _maxpool_state(op, u, du, tol))
             exit_time = np.minimum(exit_time, time)
         elif op.kind == GATE:
             raise BBpError(f"exact integrated gradients has no rule for gate {node.op} "
@@ -194,10 +207,10 @@ def directional_pass(graph: Graph, values: dict[str, Array], direction: Array, r
     return dvalues, local, exit_time
 
 
-def _tolerance(u: Array, du: Array, rtol: float) -> Array:
+def _scale(u: Array, du: Array) -> Array:
+    """`max |u| + max |du|` per example."""
     n = u.shape[0]
-    scale = np.abs(u).reshape(n, -1).max(axis=1) + np.abs(du).reshape(n, -1).max(axis=1)
-    return _column(rtol * scale, u.ndim)
+    return np.abs(u).reshape(n, -1).max(axis=1) + np.abs(du).reshape(n, -1).max(axis=1)
 
 
 def _per_example_min(time: Array) -> Array:
@@ -213,19 +226,18 @@ def above(u: Array, du: Array, c: float, tol: Array | float,
 
 
 def _elementwise_state(op: PiecewiseLinear, u: Array, du: Array,
-                       rtol: float) -> tuple[LocalMap, Array]:
+                       tol: Array) -> tuple[LocalMap, Array]:
     """An element-wise gate's right-limit state and the time to its next breakpoint."""
     n = u.shape[0]
     never = np.full(n, np.inf)
     if not op.is_clip:
-        return _relu_state(op, u, du, rtol)
+        return _relu_state(op, u, du, tol)
     lower, upper = op.lower, op.upper
     if lower is not None and upper is not None and lower >= upper:
         # ONNX: every output is `max`, whatever u (the engine: saturated)
         return ElementwiseLocal(np.zeros(u.shape), np.full(u.shape, float(upper))), never
     if lower is None and upper is None:
         return ElementwiseLocal(np.ones(u.shape), None), never
-    tol = _tolerance(u, du, rtol)
     ones = np.ones(u.shape, dtype=bool)
     above_lower = ones if lower is None else above(u, du, lower, tol)
     above_upper = ~ones if upper is None else above(u, du, upper, tol)
@@ -242,9 +254,8 @@ def _elementwise_state(op: PiecewiseLinear, u: Array, du: Array,
 
 
 def _relu_state(op: PiecewiseLinear, u: Array, du: Array,
-                rtol: float) -> tuple[LocalMap, Array]:
+                tol: Array) -> tuple[LocalMap, Array]:
     """Relu, LeakyRelu, PRelu: one breakpoint at 0."""
-    tol = _tolerance(u, du, rtol)
     rising = du > 0
     on = above(u, du, 0.0, tol, rising)
     moving = (on != rising) & (du != 0)  # on and falling, or off and rising
@@ -256,10 +267,9 @@ def _relu_state(op: PiecewiseLinear, u: Array, du: Array,
     return ElementwiseLocal(slope, None), _per_example_min(time)
 
 
-def _maxpool_state(op: MaxPool, u: Array, du: Array, rtol: float) -> tuple[LocalMap, Array]:
+def _maxpool_state(op: MaxPool, u: Array, du: Array, tol: Array) -> tuple[LocalMap, Array]:
     """A MaxPool's right-limit arg-max per output and the time to the next overtaking."""
     window = op.window
-    tol = _tolerance(u, du, rtol)
     padded = window.pad(u, value=-np.inf)
     dpadded = window.pad(du, value=0.0)
     lead = (slice(None), slice(None))
