@@ -182,6 +182,32 @@ def absolute_backward(trace: Trace, seed: np.ndarray) -> tuple[np.ndarray, np.nd
     raise AssertionError("graph has no input node")
 
 
+def open_gradient_bound(trace: Trace, seed: np.ndarray) -> np.ndarray:
+    """A bound on `|grad f_t|` anywhere: the reverse pass of ``|seed|`` with `|W|`, every
+    element-wise gate at slope `max(1, |slope|)` and every MaxPool output sending its
+    gradient to its whole window (as if every gate were open)."""
+    n = trace.batch_size
+    grads = {trace.graph.output: np.abs(seed)}
+    for node in reversed(list(trace.graph)):
+        grad = grads.pop(node.name, None)
+        if grad is None:
+            grad = np.zeros((n, *node.shape))
+        if node.operator is None:
+            return grad
+        local = trace.local[node.name]
+        if isinstance(local, AffineLocal):
+            parts = local.operator.map_coefficients(np.abs).vjp(grad)
+        elif isinstance(local, ElementwiseLocal):
+            parts = [np.maximum(1.0, np.abs(local.slope)) * grad]
+        elif isinstance(local, MaxPoolLocal):
+            parts = [node.operator.window.window_sum_transpose(grad)]
+        else:
+            parts = local.vjp(grad)
+        for source, part in zip(node.inputs, parts):
+            grads[source] = part if source not in grads else grads[source] + part
+    raise AssertionError("graph has no input node")
+
+
 def bias_contributions(trace: Trace, seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`b^x = sum_v sum_p e_v[p]` and `sum_v sum_p |e_v[p]|`, computed here from the
     reverse pass (``seed``: `do/dh` at the output)."""
