@@ -603,6 +603,6 @@ def test_exact_ig_event_walk_equals_path_walk(net, data):
                      1e-10 * np.abs(d) * bound + 1e-300, "event walk vs path walk: IG")
         logits = model.forward(np.concatenate([s.batch, base])).reshape(2, -1)[:, target]
         ig = d * events.total_gradient
-        magnitude = np.abs(ig).sum() + np.abs(logits).sum()
+        magnitude = np.abs(ig).sum() + np.abs(logits).sum() + (np.abs(d) * bound).sum()
         assert_close(ig.sum(), logits[0] - logits[1], 1e-9 * magnitude + 1e-300,
                      "completeness of the event walk")
