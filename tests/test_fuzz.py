@@ -75,9 +75,10 @@ def test_random_inputs_give_a_result_or_a_bbp_error(x, target, rule):
     assert e.checks.passed
 
 
-TOKENS = ["explain", "nodes", "verify", "golden", "reproduce", "--target", "--rule", "abs",
-          "--layers", "n0", "--out", "--plot", "-1", "7", "missing.onnx", "x.npy",
-          "--no-check", "--rtol", "nan", "--bogus", ""]
+TOKENS = ["explain", "nodes", "verify", "golden", "reproduce", "digit-flip", "--target",
+          "--rule", "abs", "--layers", "n0", "--out", "--plot", "-1", "7", "missing.onnx",
+          "x.npy", "--no-check", "--rtol", "nan", "--pairs", "8:3", "--limit", "--data",
+          "--bogus", ""]
 
 
 @settings(FUZZ, suppress_health_check=[HealthCheck.function_scoped_fixture,
