@@ -62,12 +62,6 @@ from ..graph import Graph, Node
 from .path_walk import above
 
 
-def supports(graph: Graph) -> bool:
-    """Whether every gate of ``graph`` is one the event walk handles."""
-    return all(isinstance(node.operator, (PiecewiseLinear, MaxPool))
-               for node in graph if node.operator is not None and node.operator.kind == GATE)
-
-
 class Schedule:
     """Absolute times of the next state change of a gate's elements, with the minimum
     of each block of `BLOCK` elements kept, so the earliest time and the elements due
@@ -99,7 +93,6 @@ class Schedule:
 class _Gate:
     """What the walk keeps of one gate, flat over one example."""
 
-    node: Node
     u: Array  # input value at time `since`
     since: Array
     du: Array  # input's directional derivative
@@ -339,10 +332,19 @@ class EventWalk:
     def _new_gate(self, node: Node, in_size: int) -> _Gate:
         op = node.operator
         out_size = int(np.prod(node.shape))
-        cls = _MaxPool if isinstance(op, MaxPool) else _Elementwise
-        gate = cls(node, np.zeros(in_size), np.zeros(in_size), np.zeros(in_size),
-                   np.zeros(out_size), Schedule(out_size))
-        gate.setup(op, self.shapes[node.inputs[0]])  # type: ignore[arg-type]
+        arrays = (np.zeros(in_size), np.zeros(in_size), np.zeros(in_size), np.zeros(out_size),
+                  Schedule(out_size))
+        in_shape = self.shapes[node.inputs[0]]
+        gate: _Gate
+        if isinstance(op, MaxPool):
+            gate = pool = _MaxPool(*arrays)
+            pool.setup(op, in_shape)
+        elif isinstance(op, PiecewiseLinear):
+            gate = elementwise = _Elementwise(*arrays)
+            elementwise.setup(op, in_shape)
+        else:
+            raise BBpError(f"exact integrated gradients has no rule for gate {node.op} "
+                           f"({node.name!r})")
         self.gates[node.name] = gate
         return gate
 
