@@ -135,8 +135,12 @@ def _read_candidate(path: str) -> dict[str, np.ndarray]:
         raise InputError(f"candidate file not found: {path}")
     try:
         archive = np.load(file, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise InputError(f"{path} is not an .npz archive of named arrays")
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"cannot read {path} as an .npz of arrays (pickles are refused): "
+                         f"{exc}") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise InputError(f"{path} is not an .npz archive of named arrays")
+    try:
         with archive:
             return {name: archive[name] for name in archive.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -196,7 +200,8 @@ def _explain(args: argparse.Namespace) -> int:
     if args.model is not None and args.input is None:
         raise InputError("give an INPUT.npy file after the model")
     x = default_input() if args.model is None else _read_input(args.input)
-    e = explain(source, x, target=args.target, rule=args.rule, layers=args.layers,
+    model = load(source)  # once, for the explanation and the figures
+    e = explain(model, x, target=args.target, rule=args.rule, layers=args.layers,
                 check=not args.no_check)
     print(_summary(e, source, np.asarray(x, dtype=np.float64)))
     if args.out:
@@ -206,11 +211,11 @@ def _explain(args: argparse.Namespace) -> int:
         from . import plot
 
         if args.plot:
-            written = plot.explain_plot(source, x, args.plot, labels=args.labels,
+            written = plot.explain_plot(model, x, args.plot, labels=args.labels,
                                         target=args.target, rule=args.rule, layers=args.layers,
                                         layers_out_path=args.plot_layers)
         else:
-            figure = plot.layer_figure(load(source), x, labels=args.labels, target=args.target,
+            figure = plot.layer_figure(model, x, labels=args.labels, target=args.target,
                                        rule=args.rule, layers=args.layers)
             written = [plot.save(figure, args.plot_layers)]
         print(f"plotted      {', '.join(str(p) for p in written)}")

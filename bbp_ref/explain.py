@@ -7,15 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .attribution.baselines import setup
 from .attribution.bbp import bias_backpropagation
 from .attribution.rules import resolve_rule
-from .attribution.targets import resolve_targets
 from .checks.onnxruntime_check import check_output
 from .checks.residuals import Checks, relative_residual
 from .engine.trace import Trace, linear_parts
 from .errors import InputError
 from .graph import Graph
-from .model import Model, load
 
 
 @dataclass(frozen=True)
@@ -57,20 +56,12 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
     `bbp_ref.rules`); ``layers``: node names whose biases are attributed (None: all);
     ``check``: compare the output with onnxruntime as well.
     """
-    loaded: Model = load(model)
-    batch, single = loaded.prepare(x)
     chosen_rule = resolve_rule(rule)
-    trace = loaded.trace(batch)
-    logits = trace.output
-    n = batch.shape[0]
-    flat = logits.reshape(n, -1)
-    targets = resolve_targets(target, flat, single)
+    s = setup(model, x, target)
+    loaded, batch, single, trace, targets = s.model, s.batch, s.single, s.trace, s.targets
+    logits, output, n = s.logits, s.output, batch.shape[0]
     selected = _layers(trace.graph, layers)
-
-    seed = np.zeros_like(flat)
-    seed[np.arange(n), targets] = 1.0
-    result = bias_backpropagation(trace, seed.reshape(logits.shape), chosen_rule, selected)
-    output = flat[np.arange(n), targets]
+    result = bias_backpropagation(trace, s.seed, chosen_rule, selected)
 
     gradient_x_input = (result.gradient * batch).reshape(n, -1)
     bias = sum(result.layer_bias.values(), np.zeros(n))

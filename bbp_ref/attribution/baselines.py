@@ -107,10 +107,13 @@ class Setup:
     model: Model
     batch: Array
     single: bool
-    graph: Graph
     trace: Trace
     targets: Array
     seed: Array
+
+    @property
+    def graph(self) -> Graph:
+        return self.trace.graph
 
     @property
     def logits(self) -> Array:
@@ -118,8 +121,7 @@ class Setup:
 
     @property
     def output(self) -> Array:
-        n = self.batch.shape[0]
-        return self.logits.reshape(n, -1)[np.arange(n), self.targets]
+        return self.selected(self.logits)
 
     def selected(self, out: Array) -> Array:
         """``out`` (a batched model output) at each example's target."""
@@ -140,8 +142,7 @@ def setup(model: object, x: object, target: object, linearize: bool = True) -> S
     targets = resolve_targets(target, flat, single)
     seed = np.zeros_like(flat)
     seed[np.arange(n), targets] = 1.0
-    return Setup(loaded, batch, single, trace.graph, trace, targets,
-                 seed.reshape(trace.output.shape))
+    return Setup(loaded, batch, single, trace, targets, seed.reshape(trace.output.shape))
 
 
 def baseline_batch(baselines: object, batch: Array, single: bool) -> Array:

@@ -39,8 +39,8 @@ Supported gates are the element-wise ones (Relu, LeakyRelu, PRelu, Clip) and Max
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -89,17 +89,19 @@ class Schedule:
         return blocks[rows] * self.BLOCK + columns
 
 
-@dataclass
-class _Gate:
-    """What the walk keeps of one gate, flat over one example."""
+class _Gate(ABC):
+    """What the walk keeps of one gate, flat over one example: the input's value `u` at
+    time ``since`` and its directional derivative ``du`` per element, the output's
+    ``du_out`` and gradient ``grad`` (`lambda`), the state, and its ``exit`` times."""
 
-    u: Array  # input value at time `since`
-    since: Array
-    du: Array  # input's directional derivative
-    du_out: Array  # output's directional derivative
-    exit: Schedule  # of the next state change (per output for MaxPool)
-    grad: Array = field(default_factory=lambda: np.zeros(0))  # lambda at the output
-    tol: float = 0.0
+    def __init__(self, in_size: int, out_size: int) -> None:
+        self.u = np.zeros(in_size)
+        self.since = np.zeros(in_size)
+        self.du = np.zeros(in_size)
+        self.du_out = np.zeros(out_size)
+        self.grad = np.zeros(out_size)
+        self.exit = Schedule(out_size)
+        self.tol = 0.0
 
     def value(self, index: Array, t: float) -> Array:
         return self.u[index] + (t - self.since[index]) * self.du[index]
@@ -111,13 +113,42 @@ class _Gate:
         self.since[index] = t
         self.du[index] += value
 
+    def sync(self, u: Array, du: Array, t: float, rtol: float, decide: bool) -> None:
+        """Take the input's values and `du` from full passes at ``t``; with ``decide``
+        choose every state, else keep them and recompute the exit times."""
+        self.u, self.du = u.copy(), du.copy()
+        self.since = np.full(u.size, t)
+        scale = float(np.abs(u).max(initial=0.0)) + float(np.abs(du).max(initial=0.0))
+        self.tol = max(self.tol, rtol * scale)
+        self.sync_states(t, decide)
+
+    @abstractmethod
+    def sync_states(self, t: float, decide: bool) -> None:
+        """The states (with ``decide``) and exit times of every element."""
+
+    @abstractmethod
+    def local_map(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> LocalMap:
+        """The frozen map of the current states, for a batch of one."""
+
+    @abstractmethod
+    def event(self, change: Sparse | None, t: float) -> tuple[Sparse, Sparse] | None:
+        """At an event at ``t``, with ``change`` to the input's `du` (already `move`d
+        in): re-decide the elements due or touched. Returns the change of the output's
+        `du` and the change of the input's gradient the new states cause (`lambda_out`
+        taken before this event's updates), or None if nothing was re-decided."""
+
+    @abstractmethod
+    def pull_back(self, index: Array, value: Array) -> Sparse:
+        """Add a change of the output's gradient and return the input's."""
+
 
 class _Elementwise(_Gate):
     """Relu / LeakyRelu / PRelu / Clip: the state is the region of `u` between the
     sorted breakpoints (0 for the ReLU types; Clip's bounds)."""
 
-    def setup(self, op: PiecewiseLinear, shape: tuple[int, ...]) -> None:
+    def __init__(self, op: PiecewiseLinear, shape: tuple[int, ...]) -> None:
         size = int(np.prod(shape))
+        super().__init__(size, size)
         if op.is_clip:
             lower, upper = op.lower, op.upper
             if lower is not None and upper is not None and lower >= upper:
@@ -146,10 +177,36 @@ class _Elementwise(_Gate):
         self.exit.set(index, t + self._time(region, u, du))
         return self.slopes[region, index]
 
-    def refresh(self, t: float) -> None:
-        """Exit times of all elements with the regions kept."""
+    def sync_states(self, t: float, decide: bool) -> None:
         index = np.arange(self.region.size)
-        self.exit.set(index, t + self._time(self.region, self.value(index, t), self.du))
+        if decide:
+            self.slope = self.decide(index, t)
+        else:
+            self.exit.set(index, t + self._time(self.region, self.value(index, t), self.du))
+
+    def local_map(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> LocalMap:
+        return ElementwiseLocal(self.slope.reshape((1, *in_shape)), None)
+
+    def event(self, change: Sparse | None, t: float) -> tuple[Sparse, Sparse] | None:
+        due = self.exit.due(t)
+        if change is not None:
+            due = np.union1d(due, change[0])
+        if due.size == 0:
+            return None
+        slope = self.decide(due, t)
+        old = self.slope[due]
+        self.slope[due] = slope
+        out = slope * self.du[due]
+        delta = out - self.du_out[due]
+        self.du_out[due] = out
+        moved = delta != 0
+        flipped = slope != old
+        return ((due[moved], delta[moved]),
+                (due[flipped], (slope - old)[flipped] * self.grad[due[flipped]]))
+
+    def pull_back(self, index: Array, value: Array) -> Sparse:
+        self.grad[index] += value
+        return index, self.slope[index] * value
 
     def _time(self, region: Array, u: Array, du: Array) -> Array:
         time = np.full(u.shape, np.inf)
@@ -166,18 +223,18 @@ class _Elementwise(_Gate):
 class _MaxPool(_Gate):
     """MaxPool: the state of a window is its winner (a flat input index)."""
 
-    def setup(self, op: MaxPool, in_shape: tuple[int, ...]) -> None:
+    def __init__(self, op: MaxPool, in_shape: tuple[int, ...]) -> None:
         window = op.window
         channels = int(np.prod(in_shape[:len(in_shape) - len(window.kernel)]))
-        spatial = int(np.prod(window.in_spatial))
+        self.spatial = int(np.prod(window.in_spatial))
         table = window_table(window)
-        rows = np.arange(channels)[:, None, None] * spatial
+        rows = np.arange(channels)[:, None, None] * self.spatial
         self.table = np.where(table >= 0, rows + table, -1).reshape(-1, window.size)
-        self.inverse = Inverse(self.table, channels * spatial)
+        super().__init__(channels * self.spatial, self.table.shape[0])
+        self.inverse = Inverse(self.table, channels * self.spatial)
         self.winner = np.zeros(self.table.shape[0], dtype=np.int64)
-
-    def windows_of(self, inputs: Array) -> Array:
-        return np.unique(self.inverse.pairs(inputs)[1])
+        self.channel_start = np.repeat(np.arange(channels) * self.spatial,
+                                       self.table.shape[0] // channels)
 
     def decide(self, windows: Array, t: float, keep: bool = False) -> Array:
         """Right-limit winners at ``t`` of ``windows`` (or, with ``keep``, the current
@@ -205,6 +262,44 @@ class _MaxPool(_Gate):
         self.exit.set(windows, t + np.maximum(time.min(axis=1), 0.0))
         self.winner[windows] = read[rows, which]
         return self.winner[windows]
+
+    def sync_states(self, t: float, decide: bool) -> None:
+        self.decide(np.arange(self.winner.size), t, keep=not decide)
+
+    def local_map(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> LocalMap:
+        local_index = self.winner - self.channel_start  # flat spatial, per channel
+        return MaxPoolLocal(local_index.reshape((1, *out_shape)), (1, *in_shape))
+
+    def event(self, change: Sparse | None, t: float) -> tuple[Sparse, Sparse] | None:
+        due = self.exit.due(t)
+        if change is not None:
+            due = np.union1d(due, np.unique(self.inverse.pairs(change[0])[1]))
+        if due.size == 0:
+            return None
+        old = self.winner[due]
+        new = self.decide(due, t)
+        out = self.du[new]
+        delta = out - self.du_out[due]
+        self.du_out[due] = out
+        moved = delta != 0
+        flipped = new != old
+        grad = self.grad[due[flipped]]
+        seed = (np.concatenate([old[flipped], new[flipped]]), np.concatenate([-grad, grad]))
+        return (due[moved], delta[moved]), seed
+
+    def pull_back(self, index: Array, value: Array) -> Sparse:
+        self.grad[index] += value
+        return self.winner[index], value
+
+
+def _make_gate(node: Node, in_shape: tuple[int, ...]) -> _Gate:
+    op = node.operator
+    if isinstance(op, MaxPool):
+        return _MaxPool(op, in_shape)
+    if isinstance(op, PiecewiseLinear):
+        return _Elementwise(op, in_shape)
+    raise BBpError(f"exact integrated gradients has no rule for gate {node.op} "
+                   f"({node.name!r})")
 
 
 class EventWalk:
@@ -267,18 +362,6 @@ class EventWalk:
 
     # -- full passes -------------------------------------------------------------------
 
-    def _local(self, node: Node, gate: _Gate) -> LocalMap:
-        shape = (1, *self.shapes[node.inputs[0]])
-        if isinstance(gate, _MaxPool):
-            channels = int(np.prod(shape[:2]))
-            spatial = int(np.prod(shape[2:]))
-            out = (1, *node.shape)
-            local_index = gate.winner - np.repeat(np.arange(channels) * spatial,
-                                                  gate.winner.size // channels)
-            return MaxPoolLocal(local_index.reshape(out), shape)
-        assert isinstance(gate, _Elementwise)
-        return ElementwiseLocal(gate.slope.reshape(shape), None)
-
     def _sync(self, decide: bool) -> None:
         """Values from the forward pass at `x(t)`, `du` and `lambda` by full passes through
         the frozen maps; with ``decide`` the states are chosen too (the start)."""
@@ -291,24 +374,13 @@ class EventWalk:
             if node.name in self.maps:
                 local[node.name] = self.maps[node.name]
             else:
-                u = values[node.inputs[0]].reshape(-1)
-                du = operands[0].reshape(-1)
+                in_shape = self.shapes[node.inputs[0]]
                 gate = self.gates.get(node.name)
                 if gate is None:
-                    gate = self._new_gate(node, u.size)
-                gate.u, gate.du = u.copy(), du.copy()
-                gate.since = np.full(u.size, t)
-                gate.tol = max(gate.tol, self.rtol * (float(np.abs(u).max(initial=0.0))
-                                                      + float(np.abs(du).max(initial=0.0))))
-                everything = np.arange(gate.du_out.size)
-                if isinstance(gate, _MaxPool):
-                    gate.decide(everything, t, keep=not decide)
-                elif isinstance(gate, _Elementwise):
-                    if decide:
-                        gate.slope = gate.decide(everything, t)
-                    else:
-                        gate.refresh(t)
-                local[node.name] = self._local(node, gate)
+                    gate = self.gates[node.name] = _make_gate(node, in_shape)
+                gate.sync(values[node.inputs[0]].reshape(-1), operands[0].reshape(-1), t,
+                          self.rtol, decide)
+                local[node.name] = gate.local_map(in_shape, node.shape)
             dvalues[node.name] = local[node.name].apply(operands)
             if node.name in self.gates:
                 self.gates[node.name].du_out = dvalues[node.name].reshape(-1).copy()
@@ -322,31 +394,12 @@ class EventWalk:
         for node, grad in backward(trace, self.seed):
             if node.name in self.gates:
                 self.gates[node.name].grad = grad.reshape(-1).copy()
-            if node.name in self.prefix_names or not node.inputs:
-                continue
+            if node.name in self.prefix_names or not any(n in frontier for n in node.inputs):
+                continue  # (only the frontier's consumers are pulled back a second time)
             for source, part in zip(node.inputs, local[node.name].vjp(grad)):
                 if source in frontier:
                     frontier[source] += part.reshape(-1)
         self.frontier = frontier
-
-    def _new_gate(self, node: Node, in_size: int) -> _Gate:
-        op = node.operator
-        out_size = int(np.prod(node.shape))
-        arrays = (np.zeros(in_size), np.zeros(in_size), np.zeros(in_size), np.zeros(out_size),
-                  Schedule(out_size))
-        in_shape = self.shapes[node.inputs[0]]
-        gate: _Gate
-        if isinstance(op, MaxPool):
-            gate = pool = _MaxPool(*arrays)
-            pool.setup(op, in_shape)
-        elif isinstance(op, PiecewiseLinear):
-            gate = elementwise = _Elementwise(*arrays)
-            elementwise.setup(op, in_shape)
-        else:
-            raise BBpError(f"exact integrated gradients has no rule for gate {node.op} "
-                           f"({node.name!r})")
-        self.gates[node.name] = gate
-        return gate
 
     # -- events ------------------------------------------------------------------------
 
@@ -384,9 +437,7 @@ class EventWalk:
             change = incoming[0]
             if change is not None:
                 gate.move(change, t)
-            result = (self._elementwise_event(gate, change, t)
-                      if isinstance(gate, _Elementwise) else
-                      self._maxpool_event(gate, change, t))
+            result = gate.event(change, t)
             if result is None:
                 continue
             out_change, seed = result
@@ -396,44 +447,6 @@ class EventWalk:
                 seeds.setdefault(node.inputs[0], []).append(seed)
         if seeds:
             self._reverse(seeds, t)
-
-    def _elementwise_event(self, gate: _Gate, change: Sparse | None,
-                           t: float) -> tuple[Sparse, Sparse] | None:
-        assert isinstance(gate, _Elementwise)
-        due = gate.exit.due(t)
-        if change is not None:
-            due = np.union1d(due, change[0])
-        if due.size == 0:
-            return None
-        slope = gate.decide(due, t)
-        old = gate.slope[due]
-        gate.slope[due] = slope
-        out = slope * gate.du[due]
-        delta = out - gate.du_out[due]
-        gate.du_out[due] = out
-        moved = delta != 0
-        flipped = slope != old
-        return ((due[moved], delta[moved]),
-                (due[flipped], (slope - old)[flipped] * gate.grad[due[flipped]]))
-
-    def _maxpool_event(self, gate: _Gate, change: Sparse | None,
-                       t: float) -> tuple[Sparse, Sparse] | None:
-        assert isinstance(gate, _MaxPool)
-        due = gate.exit.due(t)
-        if change is not None:
-            due = np.union1d(due, gate.windows_of(change[0]))
-        if due.size == 0:
-            return None
-        old = gate.winner[due]
-        new = gate.decide(due, t)
-        out = gate.du[new]
-        delta = out - gate.du_out[due]
-        gate.du_out[due] = out
-        moved = delta != 0
-        flipped = new != old
-        grad = gate.grad[due[flipped]]
-        seed = (np.concatenate([old[flipped], new[flipped]]), np.concatenate([-grad, grad]))
-        return (due[moved], delta[moved]), seed
 
     def _apply(self, node: Node, incoming: Sequence[Sparse | None]) -> Sparse:
         sparse = self.sparse.get(node.name)
@@ -454,12 +467,8 @@ class EventWalk:
                 self.frontier[node.name][index] += value
                 continue
             gate = self.gates.get(node.name)
-            if isinstance(gate, _Elementwise):
-                gate.grad[index] += value
-                back = [(index, gate.slope[index] * value)]
-            elif isinstance(gate, _MaxPool):
-                gate.grad[index] += value
-                back = [(gate.winner[index], value)]
+            if gate is not None:
+                back = [gate.pull_back(index, value)]
             elif node.name in self.sparse:
                 back = [self.sparse[node.name].vjp((index, value))]
             else:
@@ -467,7 +476,6 @@ class EventWalk:
             for source, part in zip(node.inputs, back):
                 if part[0].size:
                     pending.setdefault(source, []).append(part)
-
 
 
 def _reaching_gates(graph: Graph) -> set[str]:

@@ -85,8 +85,8 @@ def _abs_terms(view: NodeView) -> list[Term]:
 def _signed_terms(view: NodeView) -> list[Term]:
     sigma = np.sign(view.mass * view.gradient)
     up, down = (sigma > 0).astype(float), (sigma < 0).astype(float)
-    pos = [np.maximum(u, 0.0) for u in view.operands]
-    neg = [np.maximum(-u, 0.0) for u in view.operands]
+    pos = [_positive(u) for u in view.operands]
+    neg = [_negative(u) for u in view.operands]
     return [Term(_positive, pos, up), Term(_negative, neg, up),
             Term(_positive, neg, down), Term(_negative, pos, down)]
 

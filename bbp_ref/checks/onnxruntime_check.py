@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from ..errors import BBpError
-from ..model import Model
+from ..model import Model, load
 
 # float32 rounding: |engine - onnxruntime| <= RTOL * |onnxruntime| + ATOL * max|onnxruntime|
 RTOL = 1e-4
@@ -102,8 +102,6 @@ def first_divergence(model: object, x: object, rtol: float = RTOL,
     """Compare every canonical node's tensor with onnxruntime's value of the same ONNX
     tensor, in topological order; returns the first mismatch (None if all agree) and
     all comparisons. Meant for debugging the import of a new exporter's graph."""
-    from ..model import load
-
     loaded = load(model)
     batch, _ = loaded.prepare(x)
     trace = loaded.trace(batch, linearize=False)

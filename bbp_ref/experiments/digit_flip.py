@@ -45,6 +45,7 @@ from ..errors import InputError
 from ..explain import explain
 from ..model import Model, load
 from .digits import digits_split
+from .maps import POSTER_NAMES, RULES
 from .optional import require
 
 if TYPE_CHECKING:
@@ -56,14 +57,13 @@ FRACTION = 0.2
 ERASED_VALUE = 0.0
 CONFIDENCE = 0.95
 RANDOM_SEED = 0
-RULES = ("abs", "signed", "uniform")
 #: Method key -> label in the tables and figures (bias.1, 2, 3 are the poster's names).
 METHODS = {
     "random": "random order",
     "gradient_x_input": "grad. × input",
     "integrated_gradients": "IG (exact, black baseline)",
     "deeplift": "DeepLIFT (Rescale, black baseline)",
-    **{f"bbp_{rule}": f"BBp {rule} (bias.{k})" for k, rule in enumerate(RULES, start=1)},
+    **{f"bbp_{rule}": f"BBp {rule} ({POSTER_NAMES[rule]})" for rule in RULES},
     **{f"gradient_x_input+bbp_{rule}": f"grad. × input + BBp {rule}" for rule in RULES},
 }
 DEFAULT_MODELS = ("cnn_bias", "mlp_bias")
