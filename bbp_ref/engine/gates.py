@@ -71,7 +71,14 @@ class PiecewiseLinear(Operator):
         return np.where(u > 0, u, self.negative_slope * u)
 
     def linearize(self, operands: Sequence[Array]) -> LocalMap:
-        (u,) = operands
+        return self._freeze(operands[0], None)
+
+    def evaluate(self, operands: Sequence[Array]) -> tuple[Array, LocalMap]:
+        value = self.forward(operands)
+        return value, self._freeze(operands[0], value)
+
+    def _freeze(self, u: Array, value: Array | None) -> LocalMap:
+        """The local map at ``u``; ``value`` is the forward output if already known."""
         if not self.is_clip:
             return ElementwiseLocal(np.where(u > 0, 1.0, self.negative_slope), None)
         inside = np.ones(u.shape, dtype=bool)
@@ -79,8 +86,8 @@ class PiecewiseLinear(Operator):
             inside &= u > self.lower
         if self.upper is not None:
             inside &= u < self.upper
-        offset = np.where(inside, 0.0, self.forward([u]))
-        return ElementwiseLocal(inside.astype(float), offset)
+        clipped = self.forward([u]) if value is None else value
+        return ElementwiseLocal(inside.astype(float), np.where(inside, 0.0, clipped))
 
 
 class MaxPoolLocal(SingleInputMap):
@@ -142,9 +149,12 @@ class MaxPool(Operator):
         return best
 
     def linearize(self, operands: Sequence[Array]) -> LocalMap:
+        return self.evaluate(operands)[1]
+
+    def evaluate(self, operands: Sequence[Array]) -> tuple[Array, LocalMap]:
         (u,) = operands
-        _, which = self._argmax(u)
-        return self.frozen(which, u.shape)
+        best, which = self._argmax(u)
+        return best, self.frozen(which, u.shape)
 
     def frozen(self, which: Array, in_shape: tuple[int, ...]) -> MaxPoolLocal:
         """The local map that copies, for each output, the window element numbered

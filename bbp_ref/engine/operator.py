@@ -75,6 +75,10 @@ class Operator(ABC):
     def linearize(self, operands: Sequence[Array]) -> LocalMap:
         """Freeze the node at these operand values."""
 
+    def evaluate(self, operands: Sequence[Array]) -> tuple[Array, LocalMap]:
+        """`forward` and `linearize` at once (gates override it to share their work)."""
+        return self.forward(operands), self.linearize(operands)
+
 
 class RouteOperator(Operator, SingleInputMap):
     """A fixed permutation or selection of elements: it is its own local map."""

@@ -38,9 +38,10 @@ def forward(graph: Graph, x: Array, *, linearize: bool = True) -> Trace:
         if node.operator is None:
             continue
         operands = [values[name] for name in node.inputs]
-        values[node.name] = node.operator.forward(operands)
         if linearize:
-            local[node.name] = node.operator.linearize(operands)
+            values[node.name], local[node.name] = node.operator.evaluate(operands)
+        else:
+            values[node.name] = node.operator.forward(operands)
     return Trace(graph, values, local)
 
 
