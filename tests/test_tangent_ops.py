@@ -293,3 +293,35 @@ def test_against_torch_autograd(name: str) -> None:
     jacobian = m.jacobian(x)
     scale = np.abs(expected).max()
     np.testing.assert_allclose(jacobian, expected, rtol=0, atol=1e-12 * scale)
+
+
+def test_class_token_concatenated_to_data() -> None:
+    """A constant row before the data (a ViT class token): its elements are local bias
+    whose mass is spread over the whole data input; completeness stays exact."""
+    rng = np.random.default_rng(12)
+    x = f32(rng, 3, 2, 4)
+    inits = {"cls": f32(rng, 1, 1, 4), "w": f32(rng, 4, 3), "zero": np.array([0]),
+             "rest": np.array([1, 4])}
+    # as exporters write it: the token expanded to the batch size, then concatenated
+    nodes = [node("Shape", ["x"], "shape"), node("Gather", ["shape", "zero"], "n"),
+             node("Concat", ["n", "rest"], "target", axis=0),
+             node("Expand", ["cls", "target"], "tokens"),
+             node("Concat", ["tokens", "x"], "c", axis=1), node("MatMul", ["c", "w"], "y")]
+    m, explanations = verify(Case(model(nodes, ["N", 2, 4], inits), x))
+    assert {n.op: n.kind for n in m.nodes}["Concat"] == "affine"
+
+
+def test_constant_element_mass_goes_to_the_whole_input_by_the_rule() -> None:
+    """Hand computation: y = sum(Concat([c], x)) with c = 3, x = [1, -2, 0, 1]: the bias
+    c = 3 is spread by |x| (abs), by the positive values (signed: mass and gradient
+    positive), evenly (uniform)."""
+    nodes = [node("Concat", ["c", "x"], "k", axis=1),
+             node("ReduceSum", ["k"], "y", axes=[1], keepdims=0)]
+    proto = model(nodes, ["N", 4], {"c": np.array([[3.0]], dtype=np.float32)}, opset=12)
+    x = np.array([1.0, -2.0, 0.0, 1.0], dtype=np.float32)
+    expected = {"abs": [0.75, 1.5, 0.0, 0.75], "signed": [1.5, 0.0, 0.0, 1.5],
+                "uniform": [0.75, 0.75, 0.75, 0.75]}
+    for rule, attribution in expected.items():
+        e = bbp_ref.explain(proto, x, target=0, rule=rule, check=False)
+        assert e.output == 3.0 and e.bias == 3.0
+        np.testing.assert_allclose(e.bias_attribution, attribution, rtol=1e-15)

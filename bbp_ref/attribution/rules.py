@@ -118,7 +118,7 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
     terms = rule.terms(view)
     if not rule.builtin:
         _check_terms(view, rule, terms)
-    operator = local.operator
+    operator = local.operator.rule_view()
     by_map: dict[CoefficientMap, AffineOperator] = {}
     for term in terms:
         if term.coefficients not in by_map:
