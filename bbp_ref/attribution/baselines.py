@@ -16,15 +16,15 @@ their linear maps):
 * element-wise gates (Relu, LeakyRelu, PRelu, Clip, and the smooth gates of docs/math.md
   §7: Sigmoid, Tanh, Gelu, ...): `m = (h(x) - h(b)) / (u(x) - u(b))`
   where `|u(x) - u(b)| >= eps`, else the gate's ordinary derivative at `x` (the engine's
-  one-sided convention, which is autograd's). The nodes of a stable Softmax expansion
-  use their values as computed (`exp(u - m)` with each point's own shift), for which
-  the same identity holds.
-* products (docs/math.md §7): `u v - u' v' = (u - u') (v + v')/2 + (u + u')/2 (v - v')`,
-  so the multipliers are the operands' midpoints `(v + v')/2` and `(u + u')/2` (the
-  same for a MatMul of two data tensors): exact, so summation-to-delta holds. Captum hooks only ``nn.ReLU``,
+  one-sided convention, which is autograd's). Captum hooks only ``nn.ReLU``,
   ``nn.LeakyReLU`` (and smooth activations); it back-propagates the plain gradient
   through ``nn.PReLU`` and ``nn.Hardtanh``, which breaks summation-to-delta there. We
   apply the Rescale rule to every element-wise gate, so the property holds for all.
+  The nodes of a stable Softmax expansion use their values as computed (`exp(u - m)`
+  with each point's own shift), for which the same identity holds.
+* products (docs/math.md §7): `u v - u' v' = (u - u') (v + v')/2 + (u + u')/2 (v - v')`,
+  so the multipliers are the operands' midpoints `(v + v')/2` and `(u + u')/2` (the
+  same for a MatMul of two data tensors): exact, so summation-to-delta holds.
 * MaxPool / GlobalMaxPool (Captum's ``maxpool`` rule): with `y = maxpool(u(x))`,
   `y' = maxpool(u(b))` and `M = max(y, y')`, output `p` with incoming multiplier `g[p]`
   sends `g[p] (M[p] - y'[p])` to the arg-max of its window at `x` and `g[p] (y[p] - M[p])`
@@ -54,7 +54,7 @@ import numpy as np
 
 from ..engine.affine import Sum
 from ..engine.gates import ElementwiseLocal, MaxPool, MaxPoolLocal
-from ..engine.operator import GATE, PRODUCT, SMOOTH, Array, Pullback
+from ..engine.operator import GATE, PRODUCT, SMOOTH, AffineLocal, Array, Pullback
 from ..engine.products import BilinearMatMul, MatMulProduct, Product
 from ..engine.trace import Trace, forward, input_gradient
 from ..errors import InputError, UnsupportedOpError
@@ -258,11 +258,12 @@ def _product_multipliers(operator: object, operands: list[Array],
     (u, v), (u_ref, v_ref) = operands, references
     u_mid, v_mid = (u + u_ref) / 2, (v + v_ref) / 2
     if isinstance(operator, MatMulProduct):
-        return BilinearMatMul(v_mid, u_mid, None, operator.operand_shapes)
+        return AffineLocal(BilinearMatMul(v_mid, u_mid, None, operator.operand_shapes),
+                           operands)
     assert isinstance(operator, Product)
     shape = np.broadcast_shapes(u.shape, v.shape)
-    return Sum([np.broadcast_to(v_mid, shape), np.broadcast_to(u_mid, shape)], None,
-               operator.operand_shapes)
+    return AffineLocal(Sum([np.broadcast_to(v_mid, shape), np.broadcast_to(u_mid, shape)],
+                           None, operator.operand_shapes), operands)
 
 
 class RescaleMaxPool(Pullback):
