@@ -18,7 +18,7 @@ from ..errors import BBpError, ModelLoadError, UnsupportedOpError
 from ..graph import Graph, Node
 from . import handlers  # noqa: F401 - registers the handlers
 from .canonicalize import canonicalize
-from .context import NodeContext, find_handler, supported_ops
+from .context import NodeContext, check_batch_axes, find_handler, supported_ops
 from .signature import Signature
 from .values import Const, PendingPad, Value, Var
 
@@ -47,11 +47,12 @@ class GraphBuilder:
 
     def add_node(self, ctx: NodeContext, operator: Operator, inputs: Sequence[Var],
                  shape: tuple[int, ...], part: str | None = None,
-                 context: Sequence[Var] = ()) -> Var:
+                 context: Sequence[Var] = (), output: int = 0) -> Var:
         _check_finite(ctx, operator)
-        tensor = ctx.node.output[0] if ctx.node.output else ctx.name
+        tensor = ctx.node.output[output] if len(ctx.node.output) > output else ctx.name
         if part is None:
-            name, op = self._unique(ctx.name), ctx.op_type
+            base = ctx.name if output == 0 else f"{ctx.name}:{output}"
+            name, op = self._unique(base), ctx.op_type
         else:
             name, op, tensor = self._unique(f"{ctx.name}/{part}"), f"{ctx.op_type}/{part}", ""
         self.nodes[name] = Node(name, op, operator, tuple(v.node for v in inputs), shape,
@@ -83,9 +84,23 @@ class GraphBuilder:
         if not isinstance(explained, Var):
             raise ModelLoadError(
                 f"output {self.signature.explained!r} does not depend on the model input")
+        if explained.batch_axis != 0:
+            op_type, name = self._producer(self.signature.explained)
+            raise UnsupportedOpError(
+                op_type, name,
+                f"its output {self.signature.explained!r}, the explained output, holds the "
+                f"batch at ONNX axis {explained.batch_axis}; an explained output needs the "
+                "batch axis at 0 (docs/math.md §7.5)")
         graph = Graph(self.nodes, self.signature.input_name, explained.node,
                       self.signature.stripped)
         return canonicalize(graph)
+
+    def _producer(self, tensor: str) -> tuple[str, str]:
+        """The op type and name of the ONNX node that computes ``tensor``."""
+        for index, node in enumerate(self.model.graph.node):
+            if tensor in node.output:
+                return node.op_type, node.name or f"{node.op_type}_{index}"
+        return "Output", tensor
 
     def _visit(self, node: onnx.NodeProto, name: str) -> None:
         if node.domain not in DEFAULT_DOMAINS:
@@ -110,6 +125,7 @@ class GraphBuilder:
                     "this op is not supported (supported: "
                     + ", ".join(supported_ops()) + ")")
             ctx = NodeContext(node, name, self.signature.opset, inputs, self)
+            check_batch_axes(ctx, handle)
             try:
                 outputs = handle(ctx)
             except BBpError:

@@ -14,7 +14,7 @@ from ...engine.affine import Scale, Sum
 from ...engine.elementwise import function_gate
 from ...engine.functions import Function
 from ...engine.products import Product
-from ..context import NodeContext, batched_constant, handler
+from ..context import SAME_BATCH_AXIS, NodeContext, batched_constant, handler
 from ..values import Const, Value, Var
 
 
@@ -29,7 +29,7 @@ def _legacy_aligned(ctx: NodeContext, value: np.ndarray, rank: int) -> np.ndarra
 
 def _constant_operand(ctx: NodeContext, index: int, data: Var) -> np.ndarray:
     value = _legacy_aligned(ctx, ctx.float_const(index, f"input {index}"), data.rank)
-    return batched_constant(ctx, value, data.rank, f"input {index}")
+    return batched_constant(ctx, value, data.rank, f"input {index}", data.batch_axis)
 
 
 def _scale(ctx: NodeContext, data: Var, scale: np.ndarray,
@@ -47,11 +47,12 @@ def _sum(ctx: NodeContext, terms: Sequence[tuple[float, Value | None]]) -> list[
     """`sum_j sign_j * input_j` over data tensors and constants."""
     data = [(sign, v) for sign, v in terms if isinstance(v, Var)]
     rank = max(v.rank for _, v in data)
+    batch = data[0][1].batch_axis
     bias = None
     for sign, value in terms:
         if isinstance(value, Const):
             c = sign * batched_constant(ctx, np.asarray(value.value, np.float64), rank,
-                                        "a constant operand")
+                                        "a constant operand", batch)
             bias = c if bias is None else bias + c
         elif not isinstance(value, Var):
             raise ctx.error("every operand must be a tensor")
@@ -72,7 +73,7 @@ def _sum(ctx: NodeContext, terms: Sequence[tuple[float, Value | None]]) -> list[
     return [ctx.add(operator, [v for _, v in data], tuple(shape))]
 
 
-@handler("Add")
+@handler("Add", batch_axis=SAME_BATCH_AXIS)
 def add(ctx: NodeContext) -> list[Var]:
     a, b = ctx.inputs[0], ctx.inputs[1]
     if isinstance(a, Var) and isinstance(b, Const):
@@ -82,7 +83,7 @@ def add(ctx: NodeContext) -> list[Var]:
     return _sum(ctx, [(1.0, ctx.var(0)), (1.0, ctx.var(1))])
 
 
-@handler("Sub")
+@handler("Sub", batch_axis=SAME_BATCH_AXIS)
 def sub(ctx: NodeContext) -> list[Var]:
     a, b = ctx.inputs[0], ctx.inputs[1]
     if isinstance(a, Var) and isinstance(b, Const):
@@ -92,7 +93,7 @@ def sub(ctx: NodeContext) -> list[Var]:
     return _sum(ctx, [(1.0, ctx.var(0)), (-1.0, ctx.var(1))])
 
 
-@handler("Sum")
+@handler("Sum", batch_axis=SAME_BATCH_AXIS)
 def sum_(ctx: NodeContext) -> list[Var]:
     return _sum(ctx, [(1.0, v) for v in ctx.inputs])
 
@@ -108,7 +109,7 @@ def _product(ctx: NodeContext, a: Var, b: Var, part: str | None = None) -> Var:
     return ctx.add(Product([a.shape, b.shape]), [a, b], shape, part=part)
 
 
-@handler("Mul")
+@handler("Mul", batch_axis=SAME_BATCH_AXIS)
 def mul(ctx: NodeContext) -> list[Var]:
     a, b = ctx.inputs[0], ctx.inputs[1]
     if isinstance(a, Var) and isinstance(b, Var):
@@ -119,7 +120,7 @@ def mul(ctx: NodeContext) -> list[Var]:
     return _scale(ctx, data, _constant_operand(ctx, 0, data), None)
 
 
-@handler("Div")
+@handler("Div", batch_axis=SAME_BATCH_AXIS)
 def div(ctx: NodeContext) -> list[Var]:
     """By a constant: a `Scale`. By a data tensor `v`: `u * Reciprocal(v)` (the
     documented expansion, docs/math.md §7), the Reciprocal a node ``<name>/reciprocal``."""
@@ -138,7 +139,7 @@ def div(ctx: NodeContext) -> list[Var]:
     return _scale(ctx, data, 1.0 / divisor, None)
 
 
-@handler("Neg")
+@handler("Neg", batch_axis=SAME_BATCH_AXIS)
 def neg(ctx: NodeContext) -> list[Var]:
     data = ctx.var(0)
     return _scale(ctx, data, -np.ones((1,) * data.rank), None)
