@@ -34,6 +34,7 @@ class GraphBuilder:
         self.signature = signature
         self.nodes: dict[str, Node] = {}
         self.env: dict[str, Value] = {}
+        self.unrolled_nodes = 0  # made by unrolling recurrent ops and loops (unrolling.py)
         self.needed = _needed_nodes(model.graph, signature.explained)
         self.used = {name for index in self.needed
                      for name in model.graph.node[index].input} | {signature.explained}
