@@ -19,6 +19,7 @@ from ..graph import Graph, Node
 from . import handlers  # noqa: F401 - registers the handlers
 from .canonicalize import canonicalize
 from .context import NodeContext, check_batch_axes, find_handler, supported_ops
+from .control_flow import CONTROL_FLOW, expand_control_flow, subgraph_reads
 from .signature import Signature
 from .values import Const, PendingPad, Value, Var
 
@@ -37,7 +38,9 @@ class GraphBuilder:
         self.unrolled_nodes = 0  # made by unrolling recurrent ops and loops (unrolling.py)
         self.needed = _needed_nodes(model.graph, signature.explained)
         self.used = {name for index in self.needed
-                     for name in model.graph.node[index].input} | {signature.explained}
+                     for name in (*model.graph.node[index].input,
+                                  *subgraph_reads(model.graph.node[index]))}
+        self.used.add(signature.explained)
         input_node = Node(signature.input_name, "Input", None, (), example_shape,
                           signature.input_name)
         self.nodes[input_node.name] = input_node
@@ -77,7 +80,7 @@ class GraphBuilder:
             self.env[initializer.name] = Const(value)
         for index, node in enumerate(self.model.graph.node):
             if index in self.needed:
-                self._visit(node, node.name or f"{node.op_type}_{index}")
+                self.visit(node, node.name or f"{node.op_type}_{index}")
         explained = self.env.get(self.signature.explained)
         if isinstance(explained, PendingPad):
             raise UnsupportedOpError("Pad", explained.node_name,
@@ -96,6 +99,12 @@ class GraphBuilder:
                       self.signature.stripped)
         return canonicalize(graph)
 
+    def _all_constant(self, node: onnx.NodeProto, inputs: list[Value | None]) -> bool:
+        """Whether a node's inputs and the outer-scope tensors its subgraphs read are all
+        constants (then it is folded like any other node)."""
+        outer = [self.env.get(t) for t in subgraph_reads(node)]
+        return all(v is None or isinstance(v, Const) for v in [*inputs, *outer])
+
     def _producer(self, tensor: str) -> tuple[str, str]:
         """The op type and name of the ONNX node that computes ``tensor``."""
         for index, node in enumerate(self.model.graph.node):
@@ -103,7 +112,8 @@ class GraphBuilder:
                 return node.op_type, node.name or f"{node.op_type}_{index}"
         return "Output", tensor
 
-    def _visit(self, node: onnx.NodeProto, name: str) -> None:
+    def visit(self, node: onnx.NodeProto, name: str) -> None:
+        """Import one ONNX node: fold it, expand its control flow, or run its handler."""
         if node.domain not in DEFAULT_DOMAINS:
             raise UnsupportedOpError(node.op_type, name,
                                      f"ops of domain {node.domain!r} are not supported")
@@ -116,8 +126,11 @@ class GraphBuilder:
             else:
                 raise ModelLoadError(f"node {name!r} ({node.op_type}) reads tensor "
                                      f"{tensor!r}, which no node or initializer produces")
-        if all(v is None or isinstance(v, Const) for v in inputs):
-            outputs: Sequence[Value] = self._fold(node, name, inputs)
+        outputs: Sequence[Value]
+        if node.op_type in CONTROL_FLOW and not self._all_constant(node, inputs):
+            outputs = expand_control_flow(self, node, name, inputs)
+        elif all(v is None or isinstance(v, Const) for v in inputs):
+            outputs = self._fold(node, name, inputs)
         else:
             handle = find_handler(node.op_type, self.signature.opset)
             if handle is None:
@@ -149,6 +162,10 @@ class GraphBuilder:
               inputs: list[Value | None]) -> list[Value]:
         feeds = {tensor: value.value for tensor, value in zip(node.input, inputs)
                  if isinstance(value, Const)}
+        for tensor in subgraph_reads(node):  # outer-scope tensors of If/Loop/Scan bodies
+            outer = self.env.get(tensor)
+            if isinstance(outer, Const):
+                feeds[tensor] = outer.value
         try:
             evaluator = ReferenceEvaluator(_single_node_model(node, feeds, self.model))
             results = evaluator.run(None, feeds)
@@ -193,6 +210,7 @@ def _needed_nodes(graph: onnx.GraphProto, explained: str) -> set[int]:
             continue
         needed.add(index)
         stack.extend(t for t in graph.node[index].input if t)
+        stack.extend(subgraph_reads(graph.node[index]))
     return needed
 
 
