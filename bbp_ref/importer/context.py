@@ -54,10 +54,12 @@ def check_batch_axes(ctx: NodeContext, fn: Handler) -> None:
     if mode == OWN_BATCH_AXIS:
         return
     data = [(i, v) for i, v in enumerate(ctx.inputs) if isinstance(v, Var)]
-    axes = {v.batch_axis for _, v in data}
-    if mode == SAME_BATCH_AXIS and len(axes) > 1:
-        found = ", ".join(f"input {i} at axis {v.batch_axis}" for i, v in data)
-        raise ctx.error(f"its data inputs hold the batch at different axes ({found})")
+    # NumPy broadcasting aligns the last axes: the batch must sit as far from the end
+    from_end = {v.rank - v.batch_axis for _, v in data}
+    if mode == SAME_BATCH_AXIS and len(from_end) > 1:
+        found = ", ".join(f"input {i} of rank {v.rank} at axis {v.batch_axis}" for i, v in data)
+        raise ctx.error("data operands of different ranks would broadcast along the batch "
+                        f"axis: they hold it at different axes counted from the end ({found})")
     if mode is None:
         for i, v in data:
             if v.batch_axis != 0:

@@ -67,13 +67,15 @@ def matmul(ctx: NodeContext) -> list[Var]:
 
 def _matmul_moved_batch(ctx: NodeContext, data: Var, data_left: bool) -> Var:
     """`data @ W` or `W @ data` for a 2-D constant `W` and a data tensor whose batch is
-    at ONNX axis `b` > 0 off the two matrix axes (docs/math.md §7.5): per example the
-    same product, the batch staying at `b`."""
+    at ONNX axis `b` > 0 off the contracted axis (docs/math.md §7.5): per example the
+    same product, the batch staying at `b`. `data @ W` contracts the last axis only,
+    `W @ data` acts on the last two."""
     weight = ctx.float_const(1 if data_left else 0, "the constant operand")
-    if weight.ndim != 2 or data.rank < 3 or data.batch_axis >= data.rank - 2:
+    free = data.rank - (1 if data_left else 2)  # the batch must lie before these axes
+    if weight.ndim != 2 or data.batch_axis >= free:
         raise ctx.error(f"with the batch at ONNX axis {data.batch_axis} of a rank-"
-                        f"{data.rank} tensor, only a 2-D constant operand acting on the last "
-                        "two axes (the batch among the others) is supported")
+                        f"{data.rank} tensor, only a 2-D constant operand that does not "
+                        "act on the batch axis is supported")
     side = "right" if data_left else "left"
     example = np.zeros((1, *data.shape))
     try:
