@@ -23,6 +23,7 @@ KINDS = {
     "pass-through": "Identity Dropout Cast CastLike",
     "constant": "Shape Size",
     "folded into Conv": "Pad",
+    "unrolled": "LSTM GRU RNN",
 }
 NOTES = {
     "Gemm": "data input A only, transA=0; alpha, beta, transB; C of shape [M], [1, M] or scalar",
@@ -44,7 +45,7 @@ NOTES = {
                "Indices output is rejected",
     "Flatten": "axis >= 1 with the leading per-example dims of size 1",
     "Reshape": "constant target (folded shape subgraphs included) keeping the batch axis",
-    "Transpose": "perm[0] = 0", "Squeeze": "attribute (< 13) and input (13+) axes",
+    "Transpose": "any perm; moving the batch axis makes no node (docs/math.md §7.5)", "Squeeze": "attribute (< 13) and input (13+) axes",
     "Unsqueeze": "attribute (< 13) and input (13+) axes",
     "Concat": "of data tensors and constants (the constants are local bias), axis != 0",
     "Slice": "constant starts/ends/axes/steps (attribute form < 10), off the batch axis",
@@ -59,6 +60,10 @@ NOTES = {
     "Log": "positive inputs", "Sqrt": "positive inputs", "Reciprocal": "non-zero inputs",
     "Gelu": "exact and tanh", "HardSigmoid": "affine node and Clip",
     "Shape": "of a data tensor: a constant (batch dim taken as 1)",
+    "LSTM": "unrolled over the sequence (math.md §7.6): all directions, layout 0/1, "
+            "initial states, peepholes, clip, input_forget, listed activations; "
+            "sequence_lens equal to the sequence length",
+    "GRU": "as LSTM; linear_before_reset", "RNN": "as LSTM",
 }
 
 
@@ -87,7 +92,9 @@ def render() -> str:
         "Every listed op is supported at every opset from 6 to the newest: the versions column",
         "lists the op versions (the opsets where its definition changed) that the handlers",
         "cover. Any op, supported or not, whose inputs are all constants is folded to a",
-        "constant with `onnx.reference` at import. Any other op raises `UnsupportedOpError`.",
+        "constant with `onnx.reference` at import. If (with a constant condition), Loop",
+        "(constant trip count) and Scan are inlined or unrolled (docs/math.md §7.7). Any",
+        "other op raises `UnsupportedOpError`.",
         "",
         "| op | kind | op versions | notes |",
         "| --- | --- | --- | --- |",
