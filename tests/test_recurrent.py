@@ -134,6 +134,10 @@ ENGINE_FD_VARIANTS = [
              "activation_alpha": [0.3, 0.7], "activation_beta": [0.6],
              "direction": "bidirectional"}),
     ("LSTM", {"activations": ["Sigmoid", "Tanh", "Softsign"]}),
+    # a function without alpha does not consume one
+    ("GRU", {"activations": ["Sigmoid", "LeakyRelu", "HardSigmoid", "Tanh"],
+             "activation_alpha": [0.2, 0.3], "activation_beta": [0.6],
+             "direction": "bidirectional"}),
 ]
 
 
