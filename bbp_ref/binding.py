@@ -230,6 +230,31 @@ def _downstream(graph: onnx.GraphProto, source: str) -> set[str]:
     return reached
 
 
+def tensor_types(proto: onnx.ModelProto) -> dict[str, str]:
+    """Each tensor ``wrt`` can name with its element type and shape where onnx's shape
+    inference knows them (for `bbp-ref nodes`)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 - inference is best effort here
+        inferred = proto
+    infos = {v.name: v for v in [*inferred.graph.input, *inferred.graph.value_info,
+                                 *inferred.graph.output]}
+    described = {}
+    for name in wrt_candidates(proto):
+        info = infos.get(name)
+        text = "?"
+        if info is not None and info.type.HasField("tensor_type"):
+            tensor_type = info.type.tensor_type
+            elem = tensor_type.elem_type
+            dtype = str(helper.tensor_dtype_to_np_dtype(elem)) if elem else "?"
+            dims = ([d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                     for d in tensor_type.shape.dim]
+                    if tensor_type.HasField("shape") else "?")
+            text = f"{dtype} {dims}"
+        described[name] = text
+    return described
+
+
 def wrt_candidates(proto: onnx.ModelProto) -> list[str]:
     """Tensor names ``wrt`` can name: graph inputs and node outputs."""
     names = [i.name for i in proto.graph.input]

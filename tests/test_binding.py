@@ -147,3 +147,28 @@ def test_binding_errors_name_the_argument(kwargs: dict, message: str) -> None:
 def test_a_model_with_two_inputs_needs_a_binding() -> None:
     with pytest.raises(InputError, match="2 inputs"):
         bbp_ref.load(_two_input_model()).nodes  # noqa: B018
+
+
+def test_cli_wrt_and_inputs(tmp_path, capsys) -> None:
+    from bbp_ref.cli import main
+
+    path = tmp_path / "tok.onnx"
+    path.write_bytes(_token_model().SerializeToString())
+    ids = np.array([[1, 4, 7]], np.int64)
+    mask = np.array([[1, 1, 0]], np.float32)
+    np.save(tmp_path / "ids.npy", ids)
+    np.save(tmp_path / "mask.npy", mask)
+    code = main(["explain", str(path), str(tmp_path / "ids.npy"), "--wrt", "emb",
+                 "--input", f"mask={tmp_path / 'mask.npy'}", "--out", str(tmp_path / "r.npz")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    e = bbp_ref.explain(_token_model(), ids, wrt="emb", inputs={"mask": mask})
+    saved = np.load(tmp_path / "r.npz")
+    np.testing.assert_array_equal(saved["gradient"], e.gradient)
+    np.testing.assert_array_equal(saved["bias_attribution"], e.bias_attribution)
+    assert main(["nodes", str(path)]) == 0
+    listing = capsys.readouterr().out
+    assert "ids (int64, ['N', 3])" in listing and "mask (float32, ['N', 3])" in listing
+    assert "emb" in listing and "float32 ['N', 3, 4]" in listing
+    assert main(["explain", str(path), str(tmp_path / "ids.npy"), "--input", "mask"]) == 2
+    assert "NAME=FILE.npy" in capsys.readouterr().err
