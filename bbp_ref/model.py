@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from . import budget
 from .engine.trace import Trace, forward, input_gradient, linear_parts
 from .errors import InputError
 from .graph import Graph
@@ -36,9 +37,10 @@ class Model:
     """
 
     def __init__(self, proto: onnx.ModelProto, output: str | None = None,
-                 source: str | None = None) -> None:
+                 source: str | None = None, max_bytes: int | None = None) -> None:
         self.proto = proto
         self.source = source
+        self.max_bytes = budget.max_bytes() if max_bytes is None else budget.validated(max_bytes)
         self.signature: Signature = read_signature(proto, output)
         self._graphs: dict[tuple[int, ...], Graph] = {}
         self.sessions: dict[tuple[str, ...], Any] = {}  # onnxruntime, by extra outputs
@@ -50,7 +52,8 @@ class Model:
     def graph_for(self, example_shape: tuple[int, ...]) -> Graph:
         graph = self._graphs.get(example_shape)
         if graph is None:
-            graph = build_graph(self.proto, self.signature, example_shape)
+            with budget.limit(self.max_bytes):
+                graph = build_graph(self.proto, self.signature, example_shape)
             self._graphs[example_shape] = graph
         return graph
 
@@ -103,10 +106,20 @@ class Model:
                                  f"{axis + (0 if single else 1)}")
         if batch.shape[0] == 0:
             raise InputError("the batch is empty")
+        with budget.limit(self.max_bytes):
+            self._check_working_set(batch.shape)
         batch = batch.astype(np.float64)
         if not np.isfinite(batch).all():
             raise InputError("input contains NaN or infinite values")
         return batch, single
+
+    def _check_working_set(self, shape: tuple[int, ...]) -> None:
+        """The engine keeps every node's value (and a local map of about the same size)
+        for the whole batch: refuse a batch whose values alone exceed the budget."""
+        graph = self.graph_for(tuple(shape[1:]))
+        per_example = sum(budget.count(node.shape) for node in graph)
+        budget.check_bytes(shape[0] * per_example * budget.FLOAT64_BYTES,
+                           f"the engine's values for a batch of {shape[0]}", InputError)
 
     def _dim_names(self) -> list[object]:
         return [d if d is not None else "?" for d in self.signature.example_dims]
@@ -145,11 +158,14 @@ class Model:
         return jac[0] if single else jac
 
 
-def load(model: object, output: str | None = None) -> Model:
+def load(model: object, output: str | None = None, max_bytes: int | None = None) -> Model:
     """Import an ONNX model (a path, bytes, an ``onnx.ModelProto``, or a `Model`,
     returned as is). ``output`` names the graph output to explain (default: the
-    first float output)."""
+    first float output). ``max_bytes`` is the byte budget for everything the model's
+    declarations make bbp_ref allocate (default: ``BBP_MAX_BYTES`` or 8 GiB;
+    docs/security.md)."""
     if isinstance(model, Model):
         return model
     source = str(Path(model)) if isinstance(model, (str, Path)) else None
-    return Model(read_model(model), output, source)
+    with budget.limit(max_bytes) as chosen:
+        return Model(read_model(model), output, source, chosen)
