@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -11,7 +11,7 @@ from .attribution.baselines import setup
 from .attribution.bbp import bias_backpropagation
 from .attribution.rules import resolve_rule
 from .checks.onnxruntime_check import check_output
-from .checks.residuals import Checks, relative_residual
+from .checks.residuals import Checks, check_mode, relative_residual
 from .engine.trace import Trace, linear_parts
 from .errors import InputError
 from .graph import Graph
@@ -46,7 +46,7 @@ class Explanation:
 
 
 def explain(model: object, x: object, target: object = None, rule: object = "abs",
-            layers: object = None, check: bool = True) -> Explanation:
+            layers: object = None, check: object = True) -> Explanation:
     """Explain output ``target`` of ``model`` at ``x`` by BBp (SPEC §4).
 
     ``model``: a path, bytes, ``onnx.ModelProto`` or `Model`; ``x``: one example
@@ -54,8 +54,11 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
     index into one example's flattened output (default: its argmax), or one per
     example; ``rule``: ``"abs"``, ``"signed"``, ``"uniform"`` or a callable (see
     `bbp_ref.rules`); ``layers``: node names whose biases are attributed (None: all);
-    ``check``: compare the output with onnxruntime as well.
+    ``check``: True compares the output with onnxruntime as well (reported as
+    unavailable, not failed, if onnxruntime cannot load or run the model), ``"strict"``
+    requires that comparison to run and agree, False skips it.
     """
+    mode = check_mode(check)
     chosen_rule = resolve_rule(rule)
     s = setup(model, x, target)
     loaded, batch, single, trace, targets = s.model, s.batch, s.single, s.trace, s.targets
@@ -73,7 +76,8 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
         completeness=relative_residual(result.bias_attribution.reshape(n, -1).sum(axis=1),
                                        injected, bias_magnitude),
         linear_passes=_linear_pass_residual(trace, batch, logits),
-        onnxruntime=check_output(loaded, batch, logits) if check else None,
+        onnxruntime=check_output(loaded, batch, logits) if mode != "off" else None,
+        strict=mode == "strict",
     )
     layer_names = result.injected
     explanation = Explanation(
@@ -117,5 +121,6 @@ def _unbatched(e: Explanation) -> Explanation:
         bias_attribution=e.bias_attribution[0], rule=e.rule,
         layer_bias={k: v[0] for k, v in e.layer_bias.items()}, layers=e.layers,
         logits=e.logits[0], stripped=e.stripped,
-        checks=Checks(e.checks.decomposition[0], e.checks.completeness[0],
-                      e.checks.linear_passes[0], e.checks.onnxruntime))
+        checks=replace(e.checks, decomposition=e.checks.decomposition[0],
+                       completeness=e.checks.completeness[0],
+                       linear_passes=e.checks.linear_passes[0]))

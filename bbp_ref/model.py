@@ -125,8 +125,13 @@ class Model:
         return [d if d is not None else "?" for d in self.signature.example_dims]
 
     def trace(self, batch: np.ndarray, linearize: bool = True) -> Trace:
-        """The engine's forward trace of a prepared float64 batch."""
-        return forward(self.graph_for(tuple(batch.shape[1:])), batch, linearize=linearize)
+        """The engine's forward trace of a prepared float64 batch. A value that
+        overflows to infinity (or NaN) is an `InputError` naming the first such node."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            trace = forward(self.graph_for(tuple(batch.shape[1:])), batch,
+                            linearize=linearize)
+        _check_finite_values(trace)
+        return trace
 
     def forward(self, x: object) -> np.ndarray:
         """The float64 output `f(x)` (the logits, if a final Softmax was stripped)."""
@@ -156,6 +161,13 @@ class Model:
             rows.append(input_gradient(trace, seed.reshape(trace.output.shape)))
         jac = np.stack(rows, axis=1).reshape(batch.shape[0], *out_shape, *batch.shape[1:])
         return jac[0] if single else jac
+
+
+def _check_finite_values(trace: Trace) -> None:
+    for node in trace.graph:
+        if not np.isfinite(trace.values[node.name]).all():
+            raise InputError(f"the value of node {node.name!r} ({node.op}) is not finite: "
+                             "the input or the model's weights overflow float64 there")
 
 
 def load(model: object, output: str | None = None, max_bytes: int | None = None) -> Model:

@@ -143,7 +143,7 @@ class GraphBuilder:
             raise UnsupportedOpError(node.op_type, name,
                                      f"it could not be evaluated on its constant inputs: "
                                      f"{exc}") from exc
-        check_results(node, name, results)
+        check_results(node, name, [np.asarray(r) for r in results])
         return [Const(np.asarray(r)) for r in results]
 
 
