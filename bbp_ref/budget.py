@@ -9,6 +9,10 @@ engine's working set for a batch, an ``.npy``/``.npz`` input file. The budget is
 `DEFAULT_MAX_BYTES` unless the environment variable ``BBP_MAX_BYTES`` or
 ``load(..., max_bytes=)`` says otherwise (docs/security.md).
 
+Two allocations get a share only: a model file (one protobuf message) at most 2 GiB, the
+protobuf format's own limit; a constant folded at import (shape arithmetic, in practice)
+`FOLD_SHARE` of the budget.
+
 Work that is not memory is bounded by fixed limits: `MAX_FOLD_OPERATIONS` for a constant
 folded at import, `MAX_WINDOW_OFFSETS` for the kernel of a Conv or pool (the engine loops
 over kernel offsets in Python).
@@ -24,7 +28,9 @@ from contextvars import ContextVar
 
 from .errors import BBpError, ModelLoadError
 
-DEFAULT_MAX_BYTES = 8 * 2**30
+DEFAULT_MAX_BYTES = 4 * 2**30
+PROTOBUF_MAX_BYTES = 2**31 - 1
+FOLD_SHARE = 1 / 16
 ENVIRONMENT_VARIABLE = "BBP_MAX_BYTES"
 MAX_FOLD_OPERATIONS = 10**9
 MAX_WINDOW_OFFSETS = 2**16

@@ -174,7 +174,7 @@ def load(model: object, output: str | None = None, max_bytes: int | None = None)
     """Import an ONNX model (a path, bytes, an ``onnx.ModelProto``, or a `Model`,
     returned as is). ``output`` names the graph output to explain (default: the
     first float output). ``max_bytes`` is the byte budget for everything the model's
-    declarations make bbp_ref allocate (default: ``BBP_MAX_BYTES`` or 8 GiB;
+    declarations make bbp_ref allocate (default: ``BBP_MAX_BYTES`` or 4 GiB;
     docs/security.md)."""
     if isinstance(model, Model):
         return model

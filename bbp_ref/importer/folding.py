@@ -6,8 +6,9 @@ and values bound are folded: element-wise arithmetic, shape manipulation, gather
 reductions, a matrix product, and the few ops whose output size a small input decides
 (ConstantOfShape, Expand, Tile, Range, OneHot, Pad), whose size is computed first.
 Loop, Scan, If, string and regex ops, convolutions and pools, random ops and anything
-else are refused with `ModelLoadError`; so is a fold whose output exceeds the byte
-budget or whose work exceeds `budget.MAX_FOLD_OPERATIONS` element operations.
+else are refused with `ModelLoadError`; so is a fold whose output exceeds 1/16 of the
+byte budget (`budget.FOLD_SHARE`) or whose work exceeds `budget.MAX_FOLD_OPERATIONS`
+element operations.
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ def check_fold(node: onnx.NodeProto, name: str, inputs: Arrays) -> None:
     except (ValueError, IndexError, TypeError, OverflowError, AssertionError) as exc:
         raise ModelLoadError(f"node {name!r} ({node.op_type}) has constant inputs that do "
                              f"not fit the op: {exc}") from None
-    budget.check_elements([elements], f"folding node {name!r} ({node.op_type})")
+    _check_folded_bytes(elements * budget.FLOAT64_BYTES,
+                        f"folding node {name!r} ({node.op_type})")
     if work > budget.MAX_FOLD_OPERATIONS:
         raise ModelLoadError(f"folding node {name!r} ({node.op_type}) would take about "
                              f"{work:.3g} element operations, more than the limit of "
@@ -161,7 +163,16 @@ def check_results(node: onnx.NodeProto, name: str, results: Sequence[np.ndarray]
     """The folded values, once computed, must fit the budget too (a safety net for an
     estimate that undercounted)."""
     total = sum(np.asarray(r).nbytes for r in results)
-    budget.check_bytes(total, f"the constants folded from node {name!r} ({node.op_type})")
+    _check_folded_bytes(total, f"the constants folded from node {name!r} ({node.op_type})")
+
+
+def _check_folded_bytes(nbytes: int, what: str) -> None:
+    share = int(budget.max_bytes() * budget.FOLD_SHARE)
+    if nbytes > share:
+        raise ModelLoadError(f"{what} would take {budget.describe(nbytes)}, more than the "
+                             f"{budget.describe(share)} a folded constant may take (1/16 of "
+                             f"the byte budget; raise it with {budget.ENVIRONMENT_VARIABLE} or "
+                             "max_bytes= if this is expected)")
 
 
 def _shape_argument(value: np.ndarray | None) -> tuple[int, ...]:

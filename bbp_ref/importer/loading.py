@@ -26,7 +26,7 @@ def read_model(source: object) -> onnx.ModelProto:
     and local functions inlined. ``source`` is a path, bytes, or an
     ``onnx.ModelProto`` (not modified). Sizes are checked against `budget.max_bytes`."""
     if isinstance(source, onnx.ModelProto):
-        budget.check_bytes(source.ByteSize(), "the model")
+        _check_model_size(source.ByteSize(), "the model")
         model = onnx.ModelProto()
         model.CopyFrom(source)
         if has_external_data(model):
@@ -34,7 +34,7 @@ def read_model(source: object) -> onnx.ModelProto:
                 "the ModelProto refers to external data files that are not loaded; "
                 "pass the model's path instead so they can be read from its folder")
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        budget.check_bytes(len(source), "the model")
+        _check_model_size(len(source), "the model")
         model = _parse(bytes(source), "the given bytes")
         if has_external_data(model):
             raise ModelLoadError("a model given as bytes cannot refer to external data")
@@ -52,6 +52,13 @@ def read_model(source: object) -> onnx.ModelProto:
             raise ModelLoadError(f"cannot inline the model's local functions: {exc}") from exc
     densify(model)
     return model
+
+
+def _check_model_size(nbytes: int, what: str) -> None:
+    if nbytes > budget.PROTOBUF_MAX_BYTES:
+        raise ModelLoadError(f"{what} has {budget.describe(nbytes)}, more than an ONNX protobuf "
+                             "can hold (2 GiB); large weights belong in external data")
+    budget.check_bytes(nbytes, what)
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -78,7 +85,7 @@ def _read_path(path: Path) -> onnx.ModelProto:
             raise ModelLoadError(f"{path} is a directory, not an ONNX model file")
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
-        budget.check_bytes(path.stat().st_size, f"the model file {path}")
+        _check_model_size(path.stat().st_size, f"the model file {path}")
         data = path.read_bytes()
     except OSError as exc:
         raise ModelLoadError(f"cannot read model file {path}: {exc.strerror}") from exc
