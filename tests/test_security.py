@@ -22,7 +22,7 @@ from test_errors import X, mlp, watch_opens  # noqa: F401 - watch_opens is a fix
 import bbp_ref
 from bbp_ref import BBpError, InputError, ModelLoadError, RuleError, Term, UnsupportedOpError
 from bbp_ref.checks.onnxruntime_check import Unavailable, compare
-from bbp_ref.checks.residuals import Checks, check_mode
+from bbp_ref.checks.residuals import Checks, check_mode, relative_residual
 from bbp_ref.cli import main
 
 
@@ -332,6 +332,12 @@ def test_nan_residual_fails_the_checks() -> None:
         checks = Checks(ok, np.array([0.0, bad]), ok)
         assert not checks.passed and "FAILED" in checks.summary()
     assert Checks(ok, ok, ok).passed
+    # a NaN output (a Clip with a NaN bound used to give one) is an infinite residual,
+    # not 0: NaN compares false with every tolerance
+    nan, one = np.array([np.nan]), np.array([1.0])
+    for total, expected, magnitude in ((nan, one, one), (one, nan, nan), (one, one, nan),
+                                       (np.array([np.inf]), one, np.array([np.inf]))):
+        assert relative_residual(total, expected, magnitude)[0] == np.inf
 
 
 def test_nan_clip_bound_is_refused_at_load() -> None:
