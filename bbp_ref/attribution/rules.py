@@ -124,7 +124,7 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
     else:
         terms = _user_call(rule, view, lambda: rule.terms(view))
         _check_terms(view, rule, terms)
-    operator = local.operator
+    operator = local.operator.rule_view()
     by_map: dict[CoefficientMap, AffineOperator] = {}
     for term in terms:
         if term.coefficients not in by_map:

@@ -23,6 +23,16 @@ CoefficientMap = Callable[[Array], Array]
 AFFINE = "affine"
 GATE = "gate"
 ROUTE = "route"
+# Kinds of the tangent model (docs/math.md §7): not piecewise linear, exact only at the point.
+SMOOTH = "smooth"
+PRODUCT = "product"
+PIECEWISE_LINEAR_KINDS = frozenset({AFFINE, GATE, ROUTE})
+
+
+class DomainError(ArithmeticError):
+    """An operator met a value outside its domain (Log of a non-positive number, a
+    Reciprocal of 0, an infinite derivative) or an overflow. The engine's trace turns it
+    into an `InputError` that names the node."""
 
 
 class Pullback(ABC):
@@ -121,6 +131,13 @@ class AffineOperator(Operator):
     @abstractmethod
     def with_coefficients(self, coefficients: tuple[Array, ...]) -> AffineOperator:
         """The same operator with other coefficients and no bias."""
+
+    def rule_view(self) -> AffineOperator:
+        """The operator whose coefficients the attribution rules score. It is the operator
+        itself, except where some outputs depend on no operand (docs/math.md §7,
+        "elements that depend on no input"): there the rules see those outputs connected
+        to every operand element with coefficient 1."""
+        return self
 
     def map_coefficients(self, fn: CoefficientMap) -> AffineOperator:
         """The operator with ``fn`` applied to each coefficient array. Not cached: a

@@ -50,13 +50,18 @@ class GraphBuilder:
         return tensor in self.used
 
     def add_node(self, ctx: NodeContext, operator: Operator, inputs: Sequence[Var],
-                 shape: tuple[int, ...]) -> Var:
+                 shape: tuple[int, ...], part: str | None = None,
+                 context: Sequence[Var] = ()) -> Var:
         _check_finite(ctx, operator)
         budget.check_elements(shape, f"the output of node {ctx.name!r} ({ctx.op_type}) of "
                               f"shape {list(shape)} per example")
-        name = self._unique(ctx.name)
-        self.nodes[name] = Node(name, ctx.op_type, operator, tuple(v.node for v in inputs),
-                                shape, ctx.node.output[0])
+        tensor = ctx.node.output[0] if ctx.node.output else ctx.name
+        if part is None:
+            name, op = self._unique(ctx.name), ctx.op_type
+        else:
+            name, op, tensor = self._unique(f"{ctx.name}/{part}"), f"{ctx.op_type}/{part}", ""
+        self.nodes[name] = Node(name, op, operator, tuple(v.node for v in inputs), shape,
+                                tensor, tuple(v.node for v in context))
         return Var(name, shape)
 
     def _unique(self, name: str) -> str:
@@ -109,7 +114,7 @@ class GraphBuilder:
             if handle is None:
                 raise UnsupportedOpError(
                     node.op_type, name,
-                    "it is not piecewise linear or not supported (supported: "
+                    "this op is not supported (supported: "
                     + ", ".join(supported_ops()) + ")")
             ctx = NodeContext(node, name, self.signature.opset, inputs, self)
             try:
