@@ -1,4 +1,4 @@
-"""One explanation of a 2-layer LSTM over 200 steps (docs/math.md §7.6): time and peak
+"""One explanation of a 2-layer LSTM over 200 steps (docs/math.md §7.7): time and peak
 memory of loading (unrolling into canonical nodes) and of one `explain` per rule.
 
 The model is written with `onnx.helper` (no framework needed), as exporters write it:

@@ -1,4 +1,4 @@
-"""Control flow with constant conditions (docs/math.md §7.7): If with a constant
+"""Control flow with constant conditions (docs/math.md §7.8): If with a constant
 condition inlined, Loop with a constant trip count and Scan unrolled, each checked by
 `test_ops.verify` against onnxruntime, the decomposition for every rule and finite
 differences of the float64 model run by `onnx.reference` (which runs the control flow

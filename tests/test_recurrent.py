@@ -1,4 +1,4 @@
-"""LSTM, GRU and RNN unrolled into primitives (docs/math.md §7.6) and the moving batch
+"""LSTM, GRU and RNN unrolled into primitives (docs/math.md §7.7) and the moving batch
 axis (§7.5), on hand-built ONNX models.
 
 `test_ops.verify` checks the forward against onnxruntime, the decomposition and

@@ -60,7 +60,7 @@ NOTES = {
     "Log": "positive inputs", "Sqrt": "positive inputs", "Reciprocal": "non-zero inputs",
     "Gelu": "exact and tanh", "HardSigmoid": "affine node and Clip",
     "Shape": "of a data tensor: a constant (batch dim taken as 1)",
-    "LSTM": "unrolled over the sequence (math.md §7.6): all directions, layout 0/1, "
+    "LSTM": "unrolled over the sequence (math.md §7.7): all directions, layout 0/1, "
             "initial states, peepholes, clip, input_forget, listed activations; "
             "sequence_lens equal to the sequence length",
     "GRU": "as LSTM; linear_before_reset", "RNN": "as LSTM",
@@ -93,7 +93,7 @@ def render() -> str:
         "lists the op versions (the opsets where its definition changed) that the handlers",
         "cover. Any op, supported or not, whose inputs are all constants is folded to a",
         "constant with `onnx.reference` at import. If (with a constant condition), Loop",
-        "(constant trip count) and Scan are inlined or unrolled (docs/math.md §7.7). Any",
+        "(constant trip count) and Scan are inlined or unrolled (docs/math.md §7.8). Any",
         "other op raises `UnsupportedOpError`.",
         "",
         "| op | kind | op versions | notes |",

@@ -1,4 +1,4 @@
-"""Control flow with constant conditions (docs/math.md §7.7): an `If` whose condition is
+"""Control flow with constant conditions (docs/math.md §7.8): an `If` whose condition is
 a constant is replaced by its taken branch; a `Loop` with a constant trip count and a
 condition that stays constant, and a `Scan` (whose length is always known), are
 unrolled. The subgraph's nodes are inlined into the walk of the enclosing graph: its

@@ -1,5 +1,5 @@
 """The budget of canonical nodes that unrolling may create (recurrent ops unrolled over
-the sequence, Loop/Scan unrolled over their trip count; docs/math.md §7.6, §7.7).
+the sequence, Loop/Scan unrolled over their trip count; docs/math.md §7.7, §7.8).
 
 A model that would unroll into more nodes is refused when it is loaded, naming the
 node, before any of them is made."""

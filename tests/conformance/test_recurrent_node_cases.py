@@ -6,7 +6,7 @@ Each generator's ``expect(node, inputs, outputs, name)`` call is captured. For t
 recurrent ops the model input is X with the batch first (a Transpose feeds the node
 ``[sequence, batch, input]`` for layout 0), every other input is an initializer, and the
 first output is transposed to put the batch first; a constant initial state that is the
-same for every example is given with batch length 1 (docs/math.md §7.6 decision 1). The
+same for every example is given with batch length 1 (docs/math.md §7.7 decision 1). The
 forward must equal the generator's expected output (NumPy float32) to 1e-5 of each element
 plus 1e-5 of the largest magnitude, and the decomposition must hold for every rule.
 

@@ -1,5 +1,5 @@
 """Recurrent models exported from PyTorch, against torch autograd in float64
-(docs/math.md §7.5, §7.6).
+(docs/math.md §7.5, §7.7).
 
 Small seeded models (an LSTM classifier, a bidirectional GRU tagger, an nn.RNN, all
 ``batch_first`` on float features) are exported with a batch of one by the TorchScript

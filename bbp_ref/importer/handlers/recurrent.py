@@ -1,5 +1,5 @@
 """LSTM, GRU and RNN unrolled over the sequence into primitive canonical nodes
-(docs/math.md §7.6), so that BBp runs through time and every gate nonlinearity is a
+(docs/math.md §7.7), so that BBp runs through time and every gate nonlinearity is a
 gate of its own (tangent for Sigmoid/Tanh).
 
 Per direction, `X W^T + (Wb + Rb)` is one affine node over the whole sequence; each
