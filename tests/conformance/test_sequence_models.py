@@ -153,3 +153,60 @@ def test_multihead_attention_sequence_first_is_refused(dynamo: bool) -> None:
     # Reshape merging the batch with the heads
     with pytest.raises(UnsupportedOpError, match="batch|Gather"):
         bbp_ref.load(proto).forward(np.zeros((STEPS, 1, 4), np.float32))
+
+
+class StreamingGRU(nn.Module):
+    """One chunk of a streaming recurrent model: features and the previous state in, the
+    output and the new state out (the state in its own layout, [layers, batch, hidden])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(FEATURES, 4, batch_first=True)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, new_state = self.rnn(x, state)
+        return self.head(y[:, -1:, :].squeeze(1)), new_state
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_streaming_cell_with_a_state_input(dynamo: bool) -> None:
+    """The state is a constant at the point given through ``inputs=`` (docs/math.md §7.6);
+    `W^x` with respect to the features equals torch autograd with the state held fixed."""
+    torch.manual_seed(0)
+    module = StreamingGRU().eval()
+    example = (torch.randn(1, STEPS, FEATURES), torch.randn(1, 1, 4))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            program = torch.onnx.export(module, example, dynamo=True, verbose=False,
+                                        input_names=["x", "state"])
+            program.optimize()
+            proto = program.model_proto.SerializeToString()
+        else:
+            torch.onnx.export(module, example, buffer, dynamo=False, opset_version=17,
+                              input_names=["x", "state"], output_names=["y", "new_state"],
+                              dynamic_axes={"x": {0: "batch"}, "state": {1: "batch"}})
+            proto = buffer.getvalue()
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(1, STEPS, FEATURES)).astype(np.float32)
+    state = rng.normal(size=(1, 1, 4)).astype(np.float32)
+    m = bbp_ref.load(proto)
+    reference = module.double()
+    state64 = torch.from_numpy(state.astype(np.float64))
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x.astype(np.float64)), state64)[0].numpy()
+    out = m.forward(x, inputs={"state": state})
+    np.testing.assert_allclose(out, expected, rtol=0,
+                               atol=FORWARD_RTOL * np.abs(expected).max())
+    jacobian = m.jacobian(x, inputs={"state": state})
+    torch_jacobian = torch.autograd.functional.jacobian(
+        lambda v: reference(v[None], state64)[0][0],
+        torch.from_numpy(x[0].astype(np.float64))).numpy()[None]
+    np.testing.assert_allclose(jacobian, torch_jacobian, rtol=0,
+                               atol=JACOBIAN_RTOL * np.abs(torch_jacobian).max())
+    for rule in ("abs", "signed", "uniform"):
+        e = bbp_ref.explain(m, x, rule=rule, inputs={"state": state})
+        assert e.checks.passed, e.checks.summary()
+        assert (e.checks.completeness <= RESIDUAL_TOL).all()
