@@ -11,10 +11,10 @@ import numpy as np
 
 from ...engine import functions
 from ...engine.affine import Scale, Sum
-from ...engine.routes import Reshape
 from ...engine.elementwise import function_gate
 from ...engine.functions import Function
 from ...engine.products import Product
+from ...engine.routes import Reshape
 from ..context import SAME_BATCH_AXIS, NodeContext, batched_constant, handler
 from ..values import Const, Value, Var
 

@@ -297,6 +297,12 @@ def _step_order(ctx: NodeContext, setup: Setup, direction: int) -> list[int]:
     return list(range(setup.steps))[::-1] if reverse else list(range(setup.steps))
 
 
+def _var(operand: Operand) -> Var:
+    """An operand known to depend on the input (it sums a data tensor)."""
+    assert isinstance(operand, Var)
+    return operand
+
+
 def _label(direction: int) -> str:
     return "reverse/" if direction else "forward/"
 
@@ -341,8 +347,8 @@ def _lstm_direction(ctx: NodeContext, cell: Cell, setup: Setup, direction: int
         i_pre, o_pre, f_pre, c_pre = (cell.block(gates, k, name) for k, name in
                                       enumerate(("i_pre", "o_pre", "f_pre", "c_pre")))
         if peepholes is not None:
-            i_pre = cell.add(i_pre, memory, "i_peephole", p_i)
-            f_pre = cell.add(f_pre, memory, "f_peephole", p_f)
+            i_pre = _var(cell.add(i_pre, memory, "i_peephole", p_i))
+            f_pre = _var(cell.add(f_pre, memory, "f_peephole", p_f))
         i = cell.activate(f_act, cell.clip(i_pre, setup.clip, "i_clip"), "i")
         if coupled:
             f = cell.one_minus(i, "f")
@@ -352,7 +358,7 @@ def _lstm_direction(ctx: NodeContext, cell: Cell, setup: Setup, direction: int
         memory = cell.add(cell.multiply(f, memory, "f_memory"),
                           cell.multiply(i, c, "i_c"), "memory")
         if peepholes is not None:
-            o_pre = cell.add(o_pre, memory, "o_peephole", p_o)
+            o_pre = _var(cell.add(o_pre, memory, "o_peephole", p_o))
         o = cell.activate(f_act, cell.clip(o_pre, setup.clip, "o_clip"), "o")
         assert isinstance(memory, Var) and isinstance(o_pre, Var)
         state = cell.multiply(o, cell.activate(h_act, memory, "memory_activation"), "h")
@@ -458,14 +464,12 @@ def recurrent(ctx: NodeContext) -> list[Value]:
     else:
         results.append(Const(np.zeros(0)))  # unused output: never read
     last_axis = 1 if setup.layout == 0 else 0
-    for output, pick in ((1, 1), (2, 2)):
-        if output == 2 and ctx.op_type != "LSTM":
-            break
+    for output in (1, 2) if ctx.op_type == "LSTM" else (1,):
         if not ctx.output_used(output):
             results.append(Const(np.zeros(0)))
             continue
-        finals = [parts[pick] for parts in per_direction]
-        index = np.arange(dirs * h).reshape(dirs, h)
-        results.append(ctx.add(IndexRoute([v.shape for v in finals], index), finals,
-                               index.shape, output=output, batch_axis=last_axis))
+        finals = [final_h if output == 1 else final_c for _, final_h, final_c in per_direction]
+        final_index = np.arange(dirs * h).reshape(dirs, h)
+        results.append(ctx.add(IndexRoute([v.shape for v in finals], final_index), finals,
+                               final_index.shape, output=output, batch_axis=last_axis))
     return results
