@@ -98,12 +98,13 @@ class NodeContext:
         return np.asarray(self.const(index, what), dtype=np.float64)
 
     def add(self, operator: Operator, inputs: Sequence[Var], shape: tuple[int, ...],
-            part: str | None = None, context: Sequence[Var] = ()) -> Var:
-        """Create the canonical node for this ONNX node's first output, or, with
-        ``part``, an intermediate node of its expansion named ``<node>/<part>``.
-        ``context``: operands the operator reads that are not structural inputs."""
+            part: str | None = None, context: Sequence[Var] = (), output: int = 0) -> Var:
+        """Create the canonical node for this ONNX node's first output (``output``: for
+        another output, named ``<node>:<output>``), or, with ``part``, an intermediate
+        node of its expansion named ``<node>/<part>``. ``context``: operands the
+        operator reads that are not structural inputs."""
         return self.builder.add_node(self, operator, inputs, tuple(int(n) for n in shape),
-                                     part, context)
+                                     part, context, output)
 
     def output_used(self, index: int) -> bool:
         return index < len(self.node.output) and self.builder.is_used(self.node.output[index])
