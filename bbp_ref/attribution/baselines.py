@@ -220,7 +220,7 @@ def rescale_maps(at_x: Trace, at_b: Trace, eps: float) -> dict[str, Pullback]:
     for node in at_x.graph:
         if node.operator is None or node.operator.kind != GATE:
             continue
-        (source,) = node.inputs
+        source = node.inputs[0]  # a selection gate may have more (refused below)
         u, u_ref = at_x.values[source], at_b.values[source]
         h, h_ref = at_x.values[node.name], at_b.values[node.name]
         frozen = at_x.local[node.name]

@@ -36,9 +36,9 @@ def _pads(ctx: NodeContext, natural: list[int], in_spatial: tuple[int, ...],
         return pads[:dims], pads[dims:]
     else:
         raise ctx.error(f"unknown auto_pad {auto_pad!r}")
-    if upper:
-        return [t - t // 2 for t in totals], [t // 2 for t in totals]
-    return [t // 2 for t in totals], [t - t // 2 for t in totals]
+    if upper:  # the odd element at the end (onnxruntime's convention)
+        return [t // 2 for t in totals], [t - t // 2 for t in totals]
+    return [t - t // 2 for t in totals], [t // 2 for t in totals]
 
 
 @handler("ConvTranspose")

@@ -25,10 +25,7 @@ MODES = ("constant", "reflect", "edge", "wrap")
 def _arguments(ctx: NodeContext, rank: int) -> tuple[np.ndarray, float, str]:
     """``pads`` as [begin_0, ..., begin_r-1, end_0, ..., end_r-1], the constant value
     and the mode, whatever the opset."""
-    if ctx.opset < 2:
-        pads = np.asarray(ctx.attr("paddings", []), dtype=np.int64)
-        value = float(ctx.attr("value", 0.0))
-    elif ctx.opset < 11:
+    if ctx.opset < 11:
         pads = np.asarray(ctx.attr("pads", []), dtype=np.int64)
         value = float(ctx.attr("value", 0.0))
     else:

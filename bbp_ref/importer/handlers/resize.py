@@ -27,25 +27,26 @@ NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
 def source_coordinate(mode: str, y: np.ndarray, scale: float, size: int, out: int,
                       roi: tuple[float, float]) -> np.ndarray:
-    """The source coordinate `x` of output indices ``y`` along one axis."""
-    length = scale * size  # the un-truncated output length the modes refer to
+    """The source coordinate `x` of output indices ``y`` along one axis. The output
+    length in align_corners, pytorch_half_pixel and tf_crop_and_resize is the integer
+    ``out`` (as onnxruntime computes; onnx.reference takes `scale * size`)."""
     if mode == "align_corners":
-        return np.zeros(out) if length == 1 else y * (size - 1) / (length - 1)
+        return np.zeros(out) if out == 1 else y * (size - 1) / (out - 1)
     if mode == "asymmetric":
         return y / scale
     if mode == "tf_half_pixel_for_nn":
         return (y + 0.5) / scale
     if mode == "pytorch_half_pixel":
-        return np.full(out, -0.5) if length == 1 else (y + 0.5) / scale - 0.5
+        return np.zeros(out) if out == 1 else (y + 0.5) / scale - 0.5
     if mode == "half_pixel":
         return (y + 0.5) / scale - 0.5
     if mode == "half_pixel_symmetric":
-        offset = size / 2 * (1 - out / length)
+        offset = size / 2 * (1 - out / (scale * size))
         return offset + (y + 0.5) / scale - 0.5
     start, end = roi  # tf_crop_and_resize
-    if length == 1:
-        return np.full(out, (end - start) * (size - 1) / 2 + start * (size - 1))
-    return y * (end - start) * (size - 1) / (length - 1) + start * (size - 1)
+    if out == 1:
+        return np.full(out, (end + start) * (size - 1) / 2)
+    return y * (end - start) * (size - 1) / (out - 1) + start * (size - 1)
 
 
 def _cubic(distance: np.ndarray, a: float) -> np.ndarray:

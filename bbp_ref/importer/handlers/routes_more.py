@@ -30,7 +30,7 @@ def _route(ctx: NodeContext, data: list[Var], table: np.ndarray) -> list[Var]:
 
 # -- Split ----------------------------------------------------------------------------------
 def _split_sizes(ctx: NodeContext, length: int, outputs: int) -> list[int]:
-    if ctx.opset >= 13 or (ctx.opset < 2 and ctx.has_input(1)):
+    if ctx.opset >= 13:
         split = ctx.optional_const(1, "split")
     else:
         split = ctx.attr("split")
