@@ -20,7 +20,7 @@ from builders import f32, model, node
 from test_ops import Case, float64_copy, verify
 
 import bbp_ref
-from bbp_ref.errors import InputError, UnsupportedOpError
+from bbp_ref.errors import UnsupportedOpError
 
 SHAPE = (3, 4, 5)
 
@@ -576,5 +576,21 @@ def test_exact_ig_and_deeplift_refuse_selection_gates_cleanly() -> None:
     x = np.array([1.0, -2.0], np.float32)
     with pytest.raises(bbp_ref.BBpError, match="mx"):
         bbp_ref.integrated_gradients(proto, x, target=0, method="exact")
-    with pytest.raises(InputError, match="mx"):
+    with pytest.raises(bbp_ref.BBpError, match="mx"):
         bbp_ref.deeplift(proto, x, target=0)
+
+
+def test_deeplift_of_an_einsum_product_sums_to_the_difference() -> None:
+    """DeepLIFT's multipliers of a bilinear Einsum (midpoint rule): the attributions sum
+    to `f(x) - f(baseline)` exactly."""
+    rng = np.random.default_rng(10)
+    proto = model([node("MatMul", ["x", "w"], "m"),
+                   node("Einsum", ["x", "m"], "y", equation="bij,bkj->bik")], ["N", 2, 3],
+                  {"w": f32(rng, 3, 3)}, opset=12)
+    x, baseline = f32(rng, 2, 2, 3), f32(rng, 2, 3)
+    a = bbp_ref.deeplift(proto, x, baselines=baseline, target=1)
+    m = bbp_ref.load(proto)
+    expected = m.forward(x).reshape(2, -1)[:, 1] - m.forward(
+        np.broadcast_to(baseline, x.shape).copy()).reshape(2, -1)[:, 1]
+    np.testing.assert_allclose(a.attribution.reshape(2, -1).sum(axis=1), expected,
+                               rtol=1e-12)
