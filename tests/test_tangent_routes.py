@@ -594,3 +594,15 @@ def test_deeplift_of_an_einsum_product_sums_to_the_difference() -> None:
         np.broadcast_to(baseline, x.shape).copy()).reshape(2, -1)[:, 1]
     np.testing.assert_allclose(a.attribution.reshape(2, -1).sum(axis=1), expected,
                                rtol=1e-12)
+
+
+# -- Conv windows entirely in the padding ---------------------------------------------------
+def test_conv_windows_entirely_in_padding_are_accepted() -> None:
+    """Pads wider than the dilated kernel reaches: the border outputs are the bias alone,
+    connected for the rules to the whole input (docs/math.md §7.3)."""
+    rng = np.random.default_rng(11)
+    inits = {"k": f32(rng, 2, 3, 2, 2), "kb": f32(rng, 2)}
+    proto = _wrapped([node("Conv", ["u", "k", "kb"], "v", pads=[3, 0, 0, 2], strides=[2, 1])],
+                     SHAPE, inits)
+    m, _ = verify(Case(proto, _x(*SHAPE)))
+    assert _ops(m)["Conv"] == "affine"

@@ -3,7 +3,11 @@ padding (`handlers.pad` decides when)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from ...engine.affine import Conv
+from ...engine.operator import AffineOperator
+from ...engine.orphans import WithEmptyOutputs
 from ..context import NodeContext, handler
 from ..values import PendingPad, Var
 from .window_attributes import read_window
@@ -31,7 +35,7 @@ def conv(ctx: NodeContext) -> list[Var]:
     if kernel != weight.shape[2:]:
         raise ctx.error(f"kernel_shape {list(kernel)} differs from the weight's "
                         f"{list(weight.shape[2:])}")
-    window = read_window(ctx, spatial, kernel, extra)
+    window = read_window(ctx, spatial, kernel, extra, allow_empty=True)
     bias = None
     if ctx.has_input(2):
         b = ctx.float_const(2, "B")
@@ -39,5 +43,8 @@ def conv(ctx: NodeContext) -> list[Var]:
             raise ctx.error(f"bias of shape {list(b.shape)} must have one entry per "
                             "output channel")
         bias = b.reshape(1, -1, *([1] * len(spatial)))
-    operator = Conv(weight, bias, window, groups, channels)
+    operator: AffineOperator = Conv(weight, bias, window, groups, channels)
+    empty = window.window_sum(np.ones((1, 1, *spatial))) == 0
+    if empty.any():  # windows entirely in the padding: outputs that read no input
+        operator = WithEmptyOutputs(operator, empty.astype(np.float64), [source.shape])
     return [ctx.add(operator, [source], (weight.shape[0], *window.out_spatial))]
