@@ -371,6 +371,25 @@ def test_resize_tf_crop_and_resize_extrapolates_constants() -> None:
     verify_affine(Case(proto, _x(*SHAPE)))
 
 
+def test_extrapolated_mass_goes_to_the_whole_input_by_hand() -> None:
+    """tf_crop_and_resize of x = [1, -2, 1] to 4 outputs with roi [-0.5, 1]: the source
+    coordinates are y - 1 = -1, 0, 1, 2, so the output is [3, x0, x1, x2] with
+    extrapolation_value 3. The sum's bias 3 is spread over x by |x| (abs), evenly
+    (uniform), not onto the clamped edge tap. (onnxruntime ignores the roi when the
+    output has the input's shape, so the size changes here.)"""
+    proto = model([node("Resize", ["x", "roi", "s"], "r", mode="linear",
+                        coordinate_transformation_mode="tf_crop_and_resize",
+                        extrapolation_value=3.0),
+                   node("ReduceSum", ["r"], "y", axes=[1, 2, 3], keepdims=0)], ["N", 1, 1, 3],
+                  {"roi": np.array([0, 0, 0, -0.5, 1, 1, 1, 1], np.float32),
+                   "s": np.array([1, 1, 1, 4 / 3], np.float32)}, opset=11)
+    x = np.array([[[1.0, -2.0, 1.0]]], np.float32)
+    for rule, expected in (("abs", [0.75, 1.5, 0.75]), ("uniform", [1.0, 1.0, 1.0])):
+        e = bbp_ref.explain(proto, x, target=0, rule=rule)
+        assert e.output == 3.0 and e.bias == 3.0 and e.checks.passed
+        np.testing.assert_allclose(e.bias_attribution.ravel(), expected, rtol=1e-15)
+
+
 @pytest.mark.parametrize(("op", "opset", "mode"), [("Upsample", 7, "nearest"),
                                                    ("Upsample", 9, "linear"),
                                                    ("Resize", 10, "nearest"),

@@ -54,6 +54,8 @@ class Interpolate(AffineOperator):
         self.coefficients = (coefficient,)
         self.bias = bias
         self.orphans = orphans
+        # extrapolated outputs read no tap, whatever a rule maps the coefficients to
+        self.reads = None if orphans is None else 1.0 - orphans
 
     @classmethod
     def build(cls, operand_shape: tuple[int, ...], taps: Sequence[AxisTaps],
@@ -72,7 +74,6 @@ class Interpolate(AffineOperator):
         coefficient = np.stack(parts)
         bias = orphans = None
         if extrapolated is not None and extrapolated.any():
-            coefficient = np.where(extrapolated[None], 0.0, coefficient)
             bias = np.where(extrapolated, float(extrapolation_value), 0.0)
             orphans = extrapolated.astype(np.float64)
         return cls(operand_shape, taps, coefficient, bias, orphans)
@@ -91,11 +92,13 @@ class Interpolate(AffineOperator):
             part = coefficient[k] * picked
             out = part if out is None else out + part
         assert out is not None
-        return out
+        return out if self.reads is None else out * self.reads
 
     def vjp(self, grad: Array) -> list[Array]:
         (coefficient,) = self.coefficients
         total = np.zeros((grad.shape[0], *self.operand_shape))
+        if self.reads is not None:
+            grad = grad * self.reads
         for k, combo in enumerate(self._combos()):
             back = grad * coefficient[k]
             for axis_taps, t in reversed(list(zip(self.taps, combo))):
