@@ -625,3 +625,25 @@ def test_conv_windows_entirely_in_padding_are_accepted() -> None:
                      SHAPE, inits)
     m, _ = verify(Case(proto, _x(*SHAPE)))
     assert _ops(m)["Conv"] == "affine"
+
+
+def test_exact_integrated_gradients_through_the_new_piecewise_linear_ops() -> None:
+    """The exact walk treats the new affine nodes and routes like any other: its
+    attributions sum to `f(x) - f(0)` (completeness) through Pad, Resize, ConvTranspose,
+    Where and a Relu between them."""
+    rng = np.random.default_rng(12)
+    inits = {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 0]), "s": np.array([1, 1, 2, 1.5],
+                                                                       np.float32),
+             "k": f32(rng, 3, 2, 2, 2), "kb": f32(rng, 2), "c": rng.random((1, 1, 18)) > 0.5,
+             "z": np.zeros((1, 1, 1), np.float32)}
+    nodes = [node("Pad", ["u", "pads"], "p", mode="reflect"),
+             node("Resize", ["p", "", "s"], "r", mode="linear"), node("Relu", ["r"], "a"),
+             node("ConvTranspose", ["a", "k", "kb"], "t", strides=[2, 2]),
+             node("Where", ["c", "t", "z"], "w0"), node("Relu", ["w0"], "v")]
+    proto = _wrapped(nodes, SHAPE, inits, opset=13)
+    x = _x(*SHAPE)[:1]
+    m = bbp_ref.load(proto)
+    a = bbp_ref.integrated_gradients(proto, x, target=7, method="exact")
+    expected = m.forward(x).reshape(-1)[7] - m.forward(np.zeros_like(x)).reshape(-1)[7]
+    total = float(a.attribution.sum())
+    assert abs(total - expected) <= 1e-9 * max(1.0, abs(expected)), (total, expected)
