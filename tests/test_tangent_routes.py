@@ -48,13 +48,16 @@ def affine_jacobian_by_onnxruntime(proto: object, x: np.ndarray) -> np.ndarray:
 
     n, shape = x.shape[0], x.shape[1:]
     size = int(np.prod(shape))
-    for candidate, dtype in ((float64_copy(proto), np.float64), (proto, np.float32)):
+    session, dtype = None, np.float64
+    for candidate, candidate_dtype in ((float64_copy(proto), np.float64), (proto, np.float32)):
         try:
             session = ort.InferenceSession(candidate.SerializeToString(),
                                            providers=["CPUExecutionProvider"])
-            break
         except Exception:  # noqa: BLE001 - no double kernel: use the float32 model
             continue
+        dtype = candidate_dtype
+        break
+    assert session is not None
     name = session.get_inputs()[0].name
     base = x.astype(dtype)
     at_x = session.run(None, {name: base})[0].astype(np.float64)

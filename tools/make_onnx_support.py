@@ -27,7 +27,8 @@ KINDS = {
     "constant": "Shape Size",
 }
 NOTES = {
-    "Gemm": "data input A only (a data B would mix examples), transA=0; alpha, beta, transB; C of shape [M], [1, M] or scalar",
+    "Gemm": "data input A only (a data B would mix examples), transA=0; alpha, beta, transB; "
+            "C of shape [M], [1, M] or scalar",
     "Conv": "1-, 2-, 3-D; strides, pads, dilations, group, auto_pad; bias per output channel",
     "BatchNormalization": "inference only; folded into a directly preceding Conv/Gemm/MatMul, "
                           "else a diagonal affine node; spatial=0 (opset < 9) supported",

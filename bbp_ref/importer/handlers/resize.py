@@ -125,10 +125,10 @@ def _read_scales_sizes(ctx: NodeContext, rank: int) -> tuple[list[float], list[i
         for a, s in zip(axes, values):
             full_scales[a] = s
         return full_scales, None
-    values = [int(s) for s in np.asarray(sizes).ravel()]
-    if len(values) != len(axes):
-        raise ctx.error(f"{len(values)} sizes for {len(axes)} axes")
-    return _sizes_to_scales(ctx, values, axes, rank)
+    lengths = [int(s) for s in np.asarray(sizes).ravel()]
+    if len(lengths) != len(axes):
+        raise ctx.error(f"{len(lengths)} sizes for {len(axes)} axes")
+    return _sizes_to_scales(ctx, lengths, axes, rank)
 
 
 def _sizes_to_scales(ctx: NodeContext, values: list[int], axes: list[int],
