@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .attribution.baselines import setup
 from .attribution.bbp import bias_backpropagation
 from .attribution.rules import resolve_rule
+from .binding import Binding, for_each_example, needs_binding, pick_example
 from .checks.onnxruntime_check import check_output
 from .checks.residuals import Checks, relative_residual
 from .engine.trace import Trace, linear_parts
 from .errors import InputError
 from .graph import Graph
+from .model import load
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,9 @@ class Explanation:
     onnxruntime comparison; ``piecewise_linear``: whether the explained graph is
     piecewise linear (`W^x` holds on a whole linear region) or only tangent at `x`
     (docs/math.md §7); ``tangent_nodes``: the names of its nodes that are not piecewise
-    linear (smooth gates, products).
+    linear (smooth gates, products); ``wrt_value``: with ``wrt``/``inputs``, the value of
+    the explained tensor (what ``gradient`` and ``bias_attribution`` are shaped like and
+    multiply), else None.
     """
 
     output: np.ndarray
@@ -48,10 +52,12 @@ class Explanation:
     checks: Checks
     piecewise_linear: bool = True
     tangent_nodes: tuple[str, ...] = ()
+    wrt_value: np.ndarray | None = None
 
 
 def explain(model: object, x: object, target: object = None, rule: object = "abs",
-            layers: object = None, check: bool = True) -> Explanation:
+            layers: object = None, check: bool = True, *, wrt: str | None = None,
+            inputs: Mapping[str, object] | None = None) -> Explanation:
     """Explain output ``target`` of ``model`` at ``x`` by BBp (SPEC §4).
 
     ``model``: a path, bytes, ``onnx.ModelProto`` or `Model`; ``x``: one example
@@ -59,10 +65,20 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
     index into one example's flattened output (default: its argmax), or one per
     example; ``rule``: ``"abs"``, ``"signed"``, ``"uniform"`` or a callable (see
     `bbp_ref.rules`); ``layers``: node names whose biases are attributed (None: all);
-    ``check``: compare the output with onnxruntime as well.
+    ``check``: compare the output with onnxruntime as well; ``wrt``: the tensor to explain
+    with respect to (a graph input, or any intermediate tensor: then ``x`` is the value of
+    the graph input and the fields are shaped like ``wrt``), ``inputs``: the values of the
+    other graph inputs, constants at the point (`bbp_ref.binding`, docs/math.md §7).
     """
+    binding = Binding.of(wrt, inputs)
+    loaded = load(model)
+    if needs_binding(loaded, binding):
+        return for_each_example(
+            loaded, x, binding,
+            lambda m, xi, i: explain(m, xi, pick_example(target, i), rule, layers, check),
+            lambda e, value: replace(e, wrt_value=value))
     chosen_rule = resolve_rule(rule)
-    s = setup(model, x, target)
+    s = setup(loaded, x, target)
     loaded, batch, single, trace, targets = s.model, s.batch, s.single, s.trace, s.targets
     logits, output, n = s.logits, s.output, batch.shape[0]
     selected = _layers(trace.graph, layers)

@@ -34,14 +34,17 @@ A gradient at a point on a kink is the engine's one-sided one (autograd's).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
+from ..binding import pick_baseline, pick_example
 from ..engine.gates import MaxPool, PiecewiseLinear
 from ..engine.operator import ROUTE, AffineOperator
 from ..engine.trace import forward, input_gradient
 from ..errors import InputError, UnsupportedOpError
 from ..graph import Graph
-from .baselines import Attribution, Setup, baseline_batch, setup, with_delta
+from .baselines import Attribution, Setup, baseline_batch, bound_call, setup, with_delta
 from .event_walk import EventWalk
 from .path_walk import BOUNDARY_RTOL, RESYNC_EVERY, PathWalk
 
@@ -77,7 +80,9 @@ def approximation_parameters(method: str, n_steps: int) -> tuple[np.ndarray, np.
 def integrated_gradients(model: object, x: object, baselines: object = 0.0,
                          target: object = None, method: str = "exact", n_steps: int = 50,
                          internal_batch_size: int | None = None,
-                         max_pieces: int | None = DEFAULT_MAX_PIECES) -> Attribution:
+                         max_pieces: int | None = DEFAULT_MAX_PIECES, *,
+                         wrt: str | None = None,
+                         inputs: Mapping[str, object] | None = None) -> Attribution:
     """Integrated gradients of output ``target`` from ``baselines`` (a scalar, one
     example's shape, or the batch's shape; default 0) to ``x``.
 
@@ -88,6 +93,11 @@ def integrated_gradients(model: object, x: object, baselines: object = 0.0,
     ``"gausslegendre"`` with ``n_steps`` points, evaluated ``internal_batch_size``
     points (times examples) per engine pass (None: all at once).
     """
+    bound = bound_call(model, x, wrt, inputs, lambda m, xi, i: integrated_gradients(
+        m, xi, pick_baseline(baselines, i, xi), pick_example(target, i), method, n_steps,
+        internal_batch_size, max_pieces))
+    if bound is not None:
+        return bound
     if method not in METHODS:
         raise InputError(f"unknown integration method {method!r}; choose from {list(METHODS)}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)):
