@@ -106,6 +106,14 @@ class NodeContext:
         return self.builder.add_node(self, operator, inputs, tuple(int(n) for n in shape),
                                      part, context, output)
 
+    def check_size(self, shape: Sequence[int], what: str = "the output") -> None:
+        """Refuse a tensor or table of per-example ``shape`` beyond the memory budget
+        before it is built (``bbp_ref.budget``)."""
+        from .. import budget
+
+        budget.check_elements([int(n) for n in shape], f"{what} of node {self.name!r} "
+                              f"({self.op_type}) of shape {[int(n) for n in shape]} per example")
+
     def output_used(self, index: int) -> bool:
         return index < len(self.node.output) and self.builder.is_used(self.node.output[index])
 

@@ -69,6 +69,7 @@ def conv_transpose(ctx: NodeContext) -> list[Var]:
                         f"the strides {strides}")
     natural = [s * (i - 1) + p + (k - 1) * d + 1 for s, i, p, k, d in
                zip(strides, in_spatial, output_padding, kernel, dilations)]
+    ctx.check_size([weight.shape[1] * groups, *natural])
     begin, end = _pads(ctx, natural, in_spatial, strides)
     out_spatial = tuple(n - b - e for n, b, e in zip(natural, begin, end))
     if min(out_spatial) < 1:

@@ -75,6 +75,14 @@ def einsum(ctx: NodeContext) -> list[Var]:
         raise ctx.error("an Einsum of more than two data operands is not supported")
     constants = [np.asarray(v.value, dtype=np.float64) for v in values if isinstance(v, Const)]
     batched = Equation(equation.inputs, equation.output)
+    sizes: dict[str, int] = {}
+    for labels, value in zip(equation.inputs, values):
+        dims = (1, *value.shape) if isinstance(value, Var) else np.shape(value.value)
+        for label, n in zip(labels, dims):
+            if sizes.setdefault(label, int(n)) != int(n) and 1 not in (sizes[label], int(n)):
+                raise ctx.error(f"label {label!r} has sizes {sizes[label]} and {n}")
+            sizes[label] = max(sizes[label], int(n))
+    ctx.check_size([sizes[label] for label in equation.output[1:]])
     try:
         examples = [np.zeros((1, *v.shape)) if isinstance(v, Var)
                     else np.asarray(v.value, dtype=np.float64) for v in values]

@@ -103,6 +103,8 @@ def pad(ctx: NodeContext) -> list[Value]:
         if short:
             raise ctx.error(f"mode 'reflect' needs at least 2 elements along padded axis "
                             f"{short[0]}")
+    ctx.check_size([max(n + int(b) + int(e), 0)
+                    for n, b, e in zip(data.shape, begin[1:], end[1:])])
     table = pad_table(data.shape, begin[1:], end[1:], mode)
     if table.size == 0:
         raise ctx.error(f"pads {pads.tolist()} crop the whole tensor")

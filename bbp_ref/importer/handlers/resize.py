@@ -166,6 +166,7 @@ def _resize(ctx: NodeContext) -> list[Var]:
         sizes = [int(s * n) for s, n in zip(scales, shape)]
     if any(n < 1 for n in sizes):
         raise ctx.error(f"the output size {sizes} is empty")
+    ctx.check_size(sizes[1:])
     mode = ctx.attr("mode", "nearest")
     if mode not in ("nearest", "linear", "cubic") or (mode == "cubic" and ctx.opset < 11):
         raise ctx.error(f"unknown mode {mode!r}")
@@ -204,6 +205,8 @@ def _resize(ctx: NodeContext) -> list[Var]:
     value = float(ctx.attr("extrapolation_value", 0.0))
     if extrapolated is not None:
         extrapolated = np.broadcast_to(extrapolated, (1, *out_shape))
+    taps_per_output = int(np.prod([axis.weight.shape[1] for axis in taps]))
+    ctx.check_size((taps_per_output, *out_shape), "the interpolation weights")
     operator = Interpolate.build(data.shape, taps, extrapolated, value)
     return [ctx.add(operator, [data], out_shape)]
 

@@ -86,6 +86,7 @@ def tile(ctx: NodeContext) -> list[Var]:
         raise ctx.error(f"repeats {repeats} must be {data.rank} positive numbers")
     if repeats[0] != 1:
         raise ctx.error("repeating the batch axis would mix examples")
+    ctx.check_size([n * r for n, r in zip(data.shape, repeats[1:])])
     return _route(ctx, [data], np.tile(_arange(data.shape), repeats[1:]))
 
 
@@ -103,6 +104,7 @@ def expand(ctx: NodeContext) -> list[Var]:
         shape = np.broadcast_shapes(data.shape, tuple(target[1:]))
     except ValueError as exc:
         raise ctx.error(f"{list(data.shape)} does not broadcast to {target}") from exc
+    ctx.check_size(shape)
     return _route(ctx, [data], np.broadcast_to(_arange(data.shape), shape))
 
 
@@ -127,6 +129,7 @@ def gather(ctx: NodeContext) -> list[Var]:
         raise ctx.error("gathering along the batch axis (axis 0) would mix examples")
     axis = onnx_axis - 1
     indices = _indices(ctx, data.shape[axis])
+    ctx.check_size(data.shape[:axis] + indices.shape + data.shape[axis + 1:])
     return _route(ctx, [data], np.take(_arange(data.shape), indices, axis=axis))
 
 
@@ -221,6 +224,7 @@ def where(ctx: NodeContext) -> list[Var]:
         raise ctx.error(f"condition, X and Y do not broadcast: {exc}") from exc
     if len(shape) != rank - 1:
         raise ctx.error("a constant would add axes before the batch axis")
+    ctx.check_size(shape)
     tables, values, offset = [], [], 0
     for k, value in enumerate(branches):
         if isinstance(value, Var):

@@ -33,6 +33,7 @@ def _extremum(ctx: NodeContext, largest: bool) -> list[Var]:
         raise ctx.error(f"the inputs do not broadcast: {exc}") from exc
     if len(shape) != rank - 1:
         raise ctx.error("a constant would add axes before the batch axis")
+    ctx.check_size((len(inputs), *shape), "the candidates")
     if len(inputs) == 1 and shape == data[0].shape:
         return [data[0]]
     return [ctx.add(Extremum(inputs, tuple(shape), largest), data, shape)]
