@@ -650,3 +650,16 @@ def test_exact_integrated_gradients_through_the_new_piecewise_linear_ops() -> No
     expected = m.forward(x).reshape(-1)[7] - m.forward(np.zeros_like(x)).reshape(-1)[7]
     total = float(a.attribution.sum())
     assert abs(total - expected) <= 1e-9 * max(1.0, abs(expected)), (total, expected)
+
+
+@pytest.mark.parametrize(("nodes", "inits"), [
+    ([node("Tile", ["x", "r"], "y", name="big")], {"r": np.array([1, 10**6, 10**6])}),
+    ([node("Resize", ["x", "", "s"], "y", name="big")],
+     {"s": np.array([1, 1e5, 1e5], np.float32)}),
+    ([node("Pad", ["x", "p"], "y", name="big")], {"p": np.array([0, 0, 0, 0, 10**7, 10**7])}),
+    ([node("Expand", ["x", "s"], "y", name="big")], {"s": np.array([1, 10**6, 1, 10**6])}),
+])
+def test_huge_outputs_are_refused_before_they_are_built(nodes: list, inits: dict) -> None:
+    shape = ["N", 1, 1, 1] if nodes[0].op_type == "Expand" else ["N", 1, 2]
+    with pytest.raises(bbp_ref.ModelLoadError, match="big.*budget"):
+        bbp_ref.load(model(nodes, shape, inits))

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .. import budget
 from ..engine.operator import Operator
 from ..errors import UnsupportedOpError
 from .values import Const, PendingPad, Value, Var
@@ -109,8 +110,6 @@ class NodeContext:
     def check_size(self, shape: Sequence[int], what: str = "the output") -> None:
         """Refuse a tensor or table of per-example ``shape`` beyond the memory budget
         before it is built (``bbp_ref.budget``)."""
-        from .. import budget
-
         budget.check_elements([int(n) for n in shape], f"{what} of node {self.name!r} "
                               f"({self.op_type}) of shape {[int(n) for n in shape]} per example")
 
