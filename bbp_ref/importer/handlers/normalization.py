@@ -6,8 +6,7 @@ variance over the normalized axes:
     LayerNormalization        (x - m) * Reciprocal(Sqrt(v + eps)) * scale + B
     InstanceNormalization     the same over the spatial axes, scale and B per channel
     GroupNormalization        the same over each group of channels (a Reshape to
-                              [G, -1] and back), scale and bias per channel (opset 21)
-                              or per group (opset 18)
+                              [G, -1] and back), scale and bias per channel
     MeanVarianceNormalization (x - m) * Reciprocal(Sqrt(v) + 1e-9)
     LpNormalization           x * Reciprocal(Sqrt(ReduceSum(x^2)))  (p = 2)
                               x * Reciprocal(ReduceSum(Abs(x)))     (p = 1)
@@ -28,8 +27,10 @@ from ..compose import Composer
 from ..context import NodeContext, handler, per_example_axis
 from ..values import Var
 
-LAYER_NORM_EPSILON = 1e-5
-MVN_EPSILON = 1e-9  # the constant of MeanVarianceNormalization's function body
+# ONNX attributes and the function bodies' constants are float32: the defaults are too
+LAYER_NORM_EPSILON = float(np.float32(1e-5))
+MVN_EPSILON = float(np.float32(1e-9))  # the constant of MVN's function body
+LRN_ALPHA = float(np.float32(1e-4))
 MVN_DEFAULT_AXES = (0, 2, 3)
 
 
@@ -105,31 +106,25 @@ def instance_normalization(ctx: NodeContext) -> list[Var]:
     return [c.affine(normalized, scale, bias, None)]
 
 
-@handler("GroupNormalization", since=18)
+@handler("GroupNormalization", since=21)
 def group_normalization(ctx: NodeContext) -> list[Var]:
     """Normalizes each group of ``num_groups`` channels over its channels and spatial
     axes, as `Reshape(x, [G, -1])`, the normalization over the last axis, and a Reshape
     back (PyTorch's exporters write the same with InstanceNormalization in the
-    middle). `scale` and `bias` are per channel from opset 21, per group before."""
+    middle); then `scale` and `bias` per channel. (Opset 18's version, with `scale`
+    and `bias` per group, is deprecated: the ONNX checker refuses it at load.)"""
     c = Composer(ctx)
     x = ctx.var(0, "X")
     channels, spatial = _channels_first(ctx, x)
     groups = int(ctx.attr("num_groups", 0))
     if groups < 1 or channels % groups:
         raise ctx.error(f"num_groups={groups} does not divide the {channels} channels")
-    per_group = channels // groups
-    if ctx.opset >= 21:
-        scale = _per_channel(ctx, 1, "scale", channels, len(x.shape))
-        bias = _per_channel(ctx, 2, "bias", channels, len(x.shape))
-    else:
-        scale = _per_channel(ctx, 1, "scale", groups, 2)
-        bias = _per_channel(ctx, 2, "bias", groups, 2)
-    grouped = c.reshape(x, (groups, per_group * int(np.prod(spatial))), "grouped")
+    scale = _per_channel(ctx, 1, "scale", channels, len(x.shape))
+    bias = _per_channel(ctx, 2, "bias", channels, len(x.shape))
+    grouped = c.reshape(x, (groups, channels // groups * int(np.prod(spatial))), "grouped")
     normalized, _, _ = _standardize(c, grouped, (1,), _epsilon(ctx, LAYER_NORM_EPSILON),
                                     "normalized")
-    if ctx.opset >= 21:
-        return [c.affine(c.reshape(normalized, x.shape, "ungrouped"), scale, bias, None)]
-    return [c.reshape(c.affine(normalized, scale, bias, "affine"), x.shape, None)]
+    return [c.affine(c.reshape(normalized, x.shape, "ungrouped"), scale, bias, None)]
 
 
 @handler("MeanVarianceNormalization", since=9)
@@ -175,7 +170,7 @@ def local_response_normalization(ctx: NodeContext) -> list[Var]:
     size = int(ctx.attr("size", 0))
     if size < 1:
         raise ctx.error(f"size must be a positive integer, got {size}")
-    alpha, beta = float(ctx.attr("alpha", 1e-4)), float(ctx.attr("beta", 0.75))
+    alpha, beta = float(ctx.attr("alpha", LRN_ALPHA)), float(ctx.attr("beta", 0.75))
     bias = float(ctx.attr("bias", 1.0))
     if not all(np.isfinite(v) for v in (alpha, beta, bias)):
         raise ctx.error("alpha, beta and bias must be finite")
