@@ -501,3 +501,32 @@ def test_expansions_name_their_nodes() -> None:
     names = [n.name for n in bbp_ref.load(proto).nodes]
     assert names == ["x", "ln/mean", "ln/centered", "ln/square", "ln/variance",
                      "ln/variance_epsilon", "ln/std", "ln/reciprocal", "ln/normalized", "ln"]
+
+
+REFUSED = [
+    ("LayerNormalization", ["x", "s"], {"axis": 0}, {"s": np.ones((2, 3), np.float32)}, 17,
+     "batch axis"),
+    ("LayerNormalization", ["x", "s"], {}, {"s": np.ones(4, np.float32)}, 17,
+     "does not broadcast"),
+    ("LayerNormalization", ["x", "x"], {}, {}, 17, "must be a constant"),
+    ("InstanceNormalization", ["x", "s", "b"], {},
+     {"s": np.ones(2, np.float32), "b": np.ones(2, np.float32)}, 13, r"\[N, C, D1"),
+    ("InstanceNormalization", ["x", "s", "b"], {},
+     {"s": np.ones(3, np.float32), "b": np.ones(2, np.float32)}, 13, "must have shape"),
+    ("LpNormalization", ["x"], {"p": 3}, {}, 13, "p must be 1 or 2"),
+    ("LRN", ["x"], {"size": 0}, {}, 13, "size must be a positive integer"),
+]
+
+
+@pytest.mark.parametrize(("op", "inputs", "attributes", "inits", "opset", "message"), REFUSED,
+                         ids=[f"{r[0]}-{i}" for i, r in enumerate(REFUSED)])
+def test_refused_configurations_name_the_node(op: str, inputs: list, attributes: dict,
+                                              inits: dict, opset: int, message: str) -> None:
+    """Each refused at load with `UnsupportedOpError` naming the op, the node and why
+    (x is [N, 2, 3]: channels 2, one spatial axis of 3; for InstanceNormalization [N, 2])."""
+    shape = ["N", 2] if op == "InstanceNormalization" and message.startswith(r"\[") else \
+        ["N", 2, 3]
+    proto = model([node(op, inputs, "y", name="composite", **attributes)], shape, inits,
+                  opset=opset)
+    with pytest.raises(UnsupportedOpError, match=f"{op} in node 'composite'.*{message}"):
+        bbp_ref.load(proto)

@@ -67,7 +67,11 @@ class Composer:
             shift = np.asarray(bias, dtype=np.float64)
             shift = shift.reshape((1,) * (len(batched) - shift.ndim) + shift.shape)
         shapes = [factor.shape] + ([] if shift is None else [shift.shape])
-        if np.broadcast_shapes(batched, *shapes) != batched:
+        try:
+            fits = np.broadcast_shapes(batched, *shapes) == batched
+        except ValueError:
+            fits = False
+        if not fits:
             raise self.ctx.error(f"a constant of shape {[list(s) for s in shapes]} does not "
                                  f"broadcast to the data's shape {list(u.shape)}")
         return self.ctx.add(Scale(factor, shift, u.shape), [u], u.shape, part=part)
