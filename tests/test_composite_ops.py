@@ -530,3 +530,30 @@ def test_refused_configurations_name_the_node(op: str, inputs: list, attributes:
                   opset=opset)
     with pytest.raises(UnsupportedOpError, match=f"{op} in node 'composite'.*{message}"):
         bbp_ref.load(proto)
+
+
+# -- RMSNormalization -----------------------------------------------------------------------
+@pytest.mark.parametrize(("axis", "epsilon"), [(-1, 1e-5), (1, 0.125)])
+def test_rms_normalization(axis: int, epsilon: float) -> None:
+    """Against what the dynamo exporter writes for nn.RMSNorm below opset 23: Pow,
+    ReduceMean, Add, Sqrt, Reciprocal, Mul, Mul."""
+    rng = np.random.default_rng(13)
+    prefix = [node("Gemm", ["x", "w1", "b1"], "g"), node("Reshape", ["g", "shape"], "h")]
+    suffix = [node("Flatten", ["n"], "flat"), node("Gemm", ["flat", "w2", "b2"], "y")]
+    normalized_shape = [3, 4][axis:] if axis < 0 else [3, 4][axis - 1:]
+    scale = f32(rng, *normalized_shape)
+    shared = {"w1": f32(rng, 6, 12), "b1": f32(rng, 12), "shape": np.array([-1, 3, 4]),
+              "w2": f32(rng, 12, 3), "b2": f32(rng, 3), "scale": scale}
+    axes = list(range(axis % 3, 3))
+    fused_core = [node("RMSNormalization", ["h", "scale"], "n", axis=axis, epsilon=epsilon)]
+    core = [node("Pow", ["h", "two"], "square"),
+            node("ReduceMean", ["square"], "mean_square", axes=axes),
+            node("Add", ["mean_square", "eps"], "shifted"), node("Sqrt", ["shifted"], "rms"),
+            node("Reciprocal", ["rms"], "inverse"), node("Mul", ["h", "inverse"], "normalized"),
+            node("Mul", ["normalized", "scale"], "n")]
+    fused, decomposed = _pair_models(fused_core, core, {},
+                                     {"two": np.float32(2.0), "eps": np.float32(epsilon)},
+                                     ["N", 6], 23, prefix=prefix, suffix=suffix, shared=shared)
+    x = f32(rng, 3, 6)
+    verify(Case(fused, x, reference=decomposed))
+    assert_same_explanations(fused, decomposed, x)

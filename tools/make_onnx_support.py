@@ -18,7 +18,8 @@ KINDS = {
     "gate": "Relu LeakyRelu PRelu Clip MaxPool GlobalMaxPool Abs ThresholdedRelu HardSigmoid",
     "smooth gate": "Sigmoid Tanh Softplus Softsign Elu Selu Celu Erf Exp Log Sqrt Reciprocal "
                    "Pow Sin Cos Atan Sinh Cosh Asinh Mish Gelu HardSwish",
-    "expanded": "Softmax LogSoftmax ReduceLogSumExp LayerNormalization InstanceNormalization "
+    "expanded": "Softmax LogSoftmax ReduceLogSumExp LayerNormalization RMSNormalization "
+                "InstanceNormalization "
                 "GroupNormalization MeanVarianceNormalization LpNormalization LRN ReduceL1 "
                 "ReduceL2 ReduceSumSquare ReduceLogSum",
     "route": "Flatten Reshape Transpose Squeeze Unsqueeze Concat Slice",
@@ -64,6 +65,7 @@ NOTES = {
     "LayerNormalization": "(x - m) / Sqrt(E[(x - m)^2] + eps) * Scale + B (math.md §7.4); "
                           "Mean and InvStdDev outputs; constant Scale and B",
     "InstanceNormalization": "as LayerNormalization over the spatial axes",
+    "RMSNormalization": "x * Reciprocal(Sqrt(ReduceMean(x^2) + eps)) * scale; constant scale",
     "GroupNormalization": "opset 21 (18's per-group scale is deprecated: the checker refuses "
                           "it); Reshape to [G, -1], normalize, Reshape back",
     "MeanVarianceNormalization": "(x - m) / (Sqrt(E[(x - m)^2]) + 1e-9); axes without the "

@@ -10,7 +10,8 @@ exporter at opsets 13 and 17 and by the dynamo exporter. What the exporters writ
   (every exporter); compared with a fused GroupNormalization (opset 21) of the same
   weights;
 * nn.InstanceNorm2d: InstanceNormalization (every exporter); compared with its
-  decomposition written by hand (`test_composite_ops`).
+  decomposition written by hand (`test_composite_ops`);
+* nn.RMSNorm (dynamo): decomposed at the default opset, RMSNormalization at 23.
 
 For each: the fused and the decomposed graph give the same `W^x`, `b^x`, `B(x)` for every
 rule to 1e-12 (invariant 9), and `W^x` and `f(x)` equal torch autograd's in float64 to
@@ -229,3 +230,18 @@ class _Reversed(nn.Module):
 
     def forward(self, h):
         return self.norm(h.flip(1)).flip(1)
+
+
+def test_rms_norm_fused_and_decomposed_exports_agree(tmp_path) -> None:
+    """nn.RMSNorm: the dynamo exporter decomposes it at its default opset (Pow,
+    ReduceMean, Add, Sqrt, Reciprocal, Mul, Mul) and writes RMSNormalization at 23."""
+    module = _randomized(_Sandwich(nn.Linear(5, 8), nn.RMSNorm(8, eps=2.0**-10),
+                                   nn.Linear(8, 3)), 5)
+    x = np.random.default_rng(5).normal(size=(3, 5)).astype(np.float32)
+    decomposed = _export(module, x, tmp_path / "rms.onnx", EXPORTERS["dynamo"])
+    fused = _export(module, x, tmp_path / "rms23.onnx", dict(dynamo=True, opset_version=23))
+    assert "RMSNormalization" not in {n.op_type for n in decomposed.graph.node}
+    assert "RMSNormalization" in {n.op_type for n in fused.graph.node}
+    assert_same_explanations(fused, decomposed, x)
+    for proto in (fused, decomposed):
+        assert_matches_autograd(proto, module, x)

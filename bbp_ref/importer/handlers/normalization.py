@@ -4,6 +4,7 @@ give the same `W^x`, `b^x` and `B(x)` (invariant 9). With `m` and `v` the mean a
 variance over the normalized axes:
 
     LayerNormalization        (x - m) * Reciprocal(Sqrt(v + eps)) * scale + B
+    RMSNormalization          x * Reciprocal(Sqrt(ReduceMean(x^2) + eps)) * scale
     InstanceNormalization     the same over the spatial axes, scale and B per channel
     GroupNormalization        the same over each group of channels (a Reshape to
                               [G, -1] and back), scale and bias per channel
@@ -90,6 +91,21 @@ def layer_normalization(ctx: NodeContext) -> list[Var]:
                                              "normalized")
     y = c.affine(normalized, scale, None if bias is None else np.asarray(bias), None)
     return [y, mean, inverse]
+
+
+@handler("RMSNormalization", since=23)
+def rms_normalization(ctx: NodeContext) -> list[Var]:
+    """`x * Reciprocal(Sqrt(ReduceMean(x^2) + eps)) * scale` over the axes from ``axis``
+    on (what the dynamo exporter writes for nn.RMSNorm below opset 23)."""
+    c = Composer(ctx)
+    x = ctx.var(0, "X")
+    first = per_example_axis(ctx, int(ctx.attr("axis", -1)), x.rank)
+    axes = tuple(range(first, len(x.shape)))
+    scale = ctx.float_const(1, "scale")
+    mean_square = c.reduce(c.power(x, 2.0, "square"), axes, "mean_square", mean=True)
+    shifted = c.affine(mean_square, 1.0, _epsilon(ctx, LAYER_NORM_EPSILON), "epsilon")
+    inverse = c.reciprocal(c.sqrt(shifted, "rms"), "reciprocal")
+    return [c.affine(c.multiply(x, inverse, "normalized"), scale, None, None)]
 
 
 @handler("InstanceNormalization")
