@@ -557,3 +557,60 @@ def test_rms_normalization(axis: int, epsilon: float) -> None:
     x = f32(rng, 3, 6)
     verify(Case(fused, x, reference=decomposed))
     assert_same_explanations(fused, decomposed, x)
+
+
+# -- the tangent model on composite graphs --------------------------------------------------
+def test_layer_normalization_without_epsilon_is_scale_invariant() -> None:
+    """With `eps = 0` and no `B`, LayerNorm is homogeneous of degree 0 (`f(k x) = f(x)`) and
+    invariant under adding a constant to a row: by Euler's theorem `W^x x = 0`, so all of
+    `f(x)` is bias (`b^x = f(x)`), and `W^x 1 = 0`."""
+    rng = np.random.default_rng(14)
+    proto = model([node("LayerNormalization", ["x", "scale"], "y", epsilon=0.0)], ["N", 7],
+                  {"scale": f32(rng, 7)}, opset=17)
+    m = bbp_ref.load(proto)
+    x = f32(rng, 3, 7)
+    jacobian = m.jacobian(x)  # [N, 7, 7]
+    scale = np.abs(jacobian).max() * np.abs(x).max()
+    np.testing.assert_allclose(np.einsum("npq,nq->np", jacobian, x), 0.0, atol=1e-13 * scale)
+    np.testing.assert_allclose(jacobian.sum(axis=2), 0.0, atol=1e-13 * np.abs(jacobian).max())
+    for rule in RULES:
+        e = bbp_ref.explain(m, x, rule=rule)
+        np.testing.assert_allclose(e.bias, e.output, rtol=1e-12)
+        np.testing.assert_allclose(e.bias_attribution.sum(axis=1), e.output, rtol=1e-12)
+
+
+@pytest.mark.parametrize("pair", ["layer", "group", "lrn", "lp"])
+def test_batched_and_single_explanations_agree(pair: str) -> None:
+    """Invariant 7 on the expansions: a batch explains each example as alone."""
+    if pair == "layer":
+        proto, _, x = _layer_norm_pair(-1, 1e-5)
+    elif pair == "group":
+        proto, _, x = _group_norm_pair(21, 2)
+    elif pair == "lrn":
+        proto, _, x = _lrn_pair(3)
+    else:
+        proto = model([node("LpNormalization", ["x"], "y", p=2, axis=1)], ["N", 4])
+        x = f32(np.random.default_rng(15), 3, 4)
+    m = bbp_ref.load(proto)
+    for rule in RULES:
+        batched = bbp_ref.explain(m, x, rule=rule, check=False)
+        for i in range(x.shape[0]):
+            single = bbp_ref.explain(m, x[i], rule=rule, check=False)
+            np.testing.assert_allclose(single.bias_attribution, batched.bias_attribution[i],
+                                       rtol=0, atol=1e-13 * np.abs(batched.bias_attribution).max())
+            np.testing.assert_allclose(single.gradient, batched.gradient[i], rtol=0,
+                                       atol=1e-13 * np.abs(batched.gradient).max())
+
+
+def test_baselines_on_an_expansion() -> None:
+    """DeepLIFT (Rescale on the tangent gates, midpoint multipliers on the products) and
+    quadrature integrated gradients are complete on LayerNorm's expansion; exact
+    integrated gradients refuses it, naming a node of the expansion."""
+    fused, _, x = _layer_norm_pair(-1, 1e-5)
+    m = bbp_ref.load(fused)
+    for attribution in (bbp_ref.deeplift(m, x),
+                        bbp_ref.integrated_gradients(m, x, method="gausslegendre", n_steps=64)):
+        np.testing.assert_allclose(attribution.delta, 0.0,
+                                   atol=1e-10 * np.abs(attribution.attribution).sum())
+    with pytest.raises(UnsupportedOpError, match="layernormalization_n/"):
+        bbp_ref.integrated_gradients(m, x)
