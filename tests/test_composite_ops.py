@@ -100,7 +100,7 @@ def _layer_norm_pair(axis: int, epsilon: float, with_bias: bool = True,
                      seed: int = 0) -> tuple[onnx.ModelProto, onnx.ModelProto, np.ndarray]:
     """x [N, 12] -> Gemm -> [N, 3, 4] (Reshape) -> LayerNorm(axis) -> Flatten -> Gemm."""
     rng = np.random.default_rng(seed)
-    normalized_shape = [3, 4][axis:] if axis >= 0 else [3, 4][axis:]
+    normalized_shape = [3, 4][axis % 3 - 1:]  # the axes from `axis` on, batch axis aside
     scale = f32(rng, *normalized_shape) + np.float32(1.0)
     bias = f32(rng, *normalized_shape)
     prefix = [node("Gemm", ["x", "w1", "b1"], "g"), node("Reshape", ["g", "shape"], "h")]
@@ -109,9 +109,7 @@ def _layer_norm_pair(axis: int, epsilon: float, with_bias: bool = True,
               "w2": f32(rng, 12, 3), "b2": f32(rng, 3), "scale": scale}
     inputs = ["h", "scale", "bias"] if with_bias else ["h", "scale"]
     fused_core = [node("LayerNormalization", inputs, "n", axis=axis, epsilon=epsilon)]
-    rank = 3
-    first = axis % rank
-    core, consts = decomposed_normalization(list(range(first, rank)), epsilon)
+    core, consts = decomposed_normalization(list(range(axis % 3, 3)), epsilon)
     core.append(node("Mul", ["normalized", "scale"], "scaled"))
     core.append(node("Add", ["scaled", "bias"], "n") if with_bias
                 else node("Identity", ["scaled"], "n"))
@@ -540,7 +538,7 @@ def test_rms_normalization(axis: int, epsilon: float) -> None:
     rng = np.random.default_rng(13)
     prefix = [node("Gemm", ["x", "w1", "b1"], "g"), node("Reshape", ["g", "shape"], "h")]
     suffix = [node("Flatten", ["n"], "flat"), node("Gemm", ["flat", "w2", "b2"], "y")]
-    normalized_shape = [3, 4][axis:] if axis < 0 else [3, 4][axis - 1:]
+    normalized_shape = [3, 4][axis % 3 - 1:]
     scale = f32(rng, *normalized_shape)
     shared = {"w1": f32(rng, 6, 12), "b1": f32(rng, 12), "shape": np.array([-1, 3, 4]),
               "w2": f32(rng, 12, 3), "b2": f32(rng, 3), "scale": scale}
