@@ -77,14 +77,6 @@ def decomposed_normalization(axes: list[int], epsilon: float, source: str = "h",
     return nodes, {"two": np.float32(2.0), "eps": np.float32(epsilon)}
 
 
-def _dense_around(rng: np.random.Generator, k: int, hidden: int, outputs: int) -> tuple:
-    prefix = [node("Gemm", ["x", "w1", "b1"], "h")]
-    suffix = [node("Gemm", ["n", "w2", "b2"], "y")]
-    shared = {"w1": f32(rng, k, hidden), "b1": f32(rng, hidden),
-              "w2": f32(rng, hidden, outputs), "b2": f32(rng, outputs)}
-    return prefix, suffix, shared
-
-
 def _conv_around(rng: np.random.Generator, channels: int, hidden: int, spatial: int,
                  outputs: int) -> tuple:
     prefix = [node("Conv", ["x", "wc", "bc"], "h", pads=[1, 1, 1, 1])]
@@ -394,13 +386,12 @@ def test_reduce_l2_equals_its_function_body() -> None:
     """ReduceL2 against its ONNX function body, `Sqrt(ReduceSum(Mul(x, x)))`: the body's
     product of `x` with itself gives the same `B(x)` as the expansion's `Pow` gate."""
     rng = np.random.default_rng(10)
-    prefix, suffix, shared = _dense_around(rng, 4, 6, 1)
+    prefix = [node("Gemm", ["x", "w1", "b1"], "h")]
     suffix = [node("Gemm", ["n", "w2", "b2"], "y")]
+    shared = {"w1": f32(rng, 4, 6), "b1": f32(rng, 6), "w2": f32(rng, 1, 2), "b2": f32(rng, 2)}
     fused_core = [node("ReduceL2", ["h"], "n", axes=[1])]
     core = [node("Mul", ["h", "h"], "square"), node("ReduceSum", ["square", "axes"], "sum"),
             node("Sqrt", ["sum"], "n")]
-    shared["w2"] = f32(rng, 1, 2)
-    shared["b2"] = f32(rng, 2)
     fused, decomposed = _pair_models(fused_core, core, {}, {"axes": np.array([1])},
                                      ["N", 4], 13, prefix=prefix, suffix=suffix,
                                      shared=shared)
