@@ -121,12 +121,14 @@ def test_wrong_type(obj: object) -> None:
     assert type(obj).__name__ in str(info.value)
 
 
-def test_two_data_inputs() -> None:
+def test_two_data_inputs_without_a_binding() -> None:
+    """Several inputs load; explaining needs inputs= for all but one (test_binding.py)."""
     proto = mlp()
     proto.graph.input.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, ["N", 4]))
-    with pytest.raises(ModelLoadError, match="exactly one data input") as info:
-        bbp_ref.load(proto)
-    assert "'x'" in str(info.value) and "'x2'" in str(info.value)
+    loaded = bbp_ref.load(proto)
+    with pytest.raises(InputError, match="several inputs not given") as info:
+        bbp_ref.explain(loaded, np.ones(4, np.float32))
+    assert "x " in str(info.value) and "x2 " in str(info.value)
 
 
 def test_no_data_input() -> None:
