@@ -603,3 +603,14 @@ def test_baselines_on_an_expansion() -> None:
                                    atol=1e-10 * np.abs(attribution.attribution).sum())
     with pytest.raises(UnsupportedOpError, match="layernormalization_n/"):
         bbp_ref.integrated_gradients(m, x)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 2, 2, 3)], ids=["1d", "3d"])
+def test_instance_normalization_other_spatial_ranks(shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(16)
+    channels = shape[0]
+    proto = model([node("InstanceNormalization", ["x", "s", "b"], "h", epsilon=0.01),
+                   node("Flatten", ["h"], "f"), node("Gemm", ["f", "w", "c"], "y")],
+                  ["N", *shape], {"s": f32(rng, channels), "b": f32(rng, channels),
+                                  "w": f32(rng, int(np.prod(shape)), 2), "c": f32(rng, 2)})
+    verify(Case(proto, f32(rng, 2, *shape)))
