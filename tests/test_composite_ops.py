@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 import pytest
 from builders import f32, model, node
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_ops import RULES, Case, assert_forward_close, ort_output, verify
 
 import bbp_ref
@@ -614,3 +616,60 @@ def test_instance_normalization_other_spatial_ranks(shape: tuple[int, ...]) -> N
                   ["N", *shape], {"s": f32(rng, channels), "b": f32(rng, channels),
                                   "w": f32(rng, int(np.prod(shape)), 2), "c": f32(rng, 2)})
     verify(Case(proto, f32(rng, 2, *shape)))
+
+
+# -- invariant 9 as a property ----------------------------------------------------------------
+PROPERTY = settings(max_examples=30, derandomize=True, database=None, deadline=None)
+
+
+@PROPERTY
+@given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+       data=st.data(), epsilon=st.sampled_from([1e-5, 1e-3, 0.5]),
+       offset=st.sampled_from([0.0, 3.0, -1e3]), spread=st.sampled_from([1e-2, 1.0, 30.0]),
+       seed=st.integers(0, 2**16))
+def test_layer_normalization_pairs_agree(shape: list[int], data: st.DataObject,
+                                         epsilon: float, offset: float, spread: float,
+                                         seed: int) -> None:
+    """Random shapes, axes, epsilons and rows (far from 0, nearly constant, constant
+    where a normalized size is 1): fused and exporter-decomposed LayerNorm agree."""
+    rank = len(shape) + 1
+    axis = data.draw(st.integers(1, rank - 1)) - data.draw(st.sampled_from([0, rank]))
+    rng = np.random.default_rng(seed)
+    normalized = shape[axis % rank - 1:]
+    inits = {"scale": f32(rng, *normalized), "bias": f32(rng, *normalized),
+             "w": f32(rng, int(np.prod(shape)), 2), "c": f32(rng, 2)}
+    tail = [node("Flatten", ["n"], "flat"), node("Gemm", ["flat", "w", "c"], "y")]
+    fused = model([node("LayerNormalization", ["x", "scale", "bias"], "n", axis=axis,
+                        epsilon=epsilon)] + tail, ["N", *shape], inits, opset=17)
+    core, consts = decomposed_normalization(list(range(axis % rank, rank)), epsilon, "x")
+    core += [node("Mul", ["normalized", "scale"], "scaled"), node("Add", ["scaled", "bias"], "n")]
+    decomposed = model(core + tail, ["N", *shape], {**inits, **consts}, opset=13)
+    x = (offset + spread * rng.normal(size=(2, *shape))).astype(np.float32)
+    assert_same_explanations(fused, decomposed, x)
+
+
+@PROPERTY
+@given(channels=st.integers(1, 6), size=st.integers(1, 7),
+       alpha=st.sampled_from([1e-4, 0.5, 3.0]), beta=st.sampled_from([0.75, 0.5, 2.0]),
+       bias=st.sampled_from([1.0, 2.0, 0.25]), seed=st.integers(0, 2**16))
+def test_lrn_pairs_agree(channels: int, size: int, alpha: float, beta: float, bias: float,
+                         seed: int) -> None:
+    """Random channel counts (also fewer than the window), sizes and parameters: fused
+    LRN and PyTorch's decomposition (with its zero Pad as the pool's pads) agree."""
+    rng = np.random.default_rng(seed)
+    before = (size - 1) // 2
+    inits = {"w": f32(rng, channels * 6, 2), "c": f32(rng, 2),
+             "rows": np.array([0, 1, channels, 6]), "back": np.array([0, channels, 2, 3]),
+             "alpha": np.float32(alpha), "k": np.float32(bias), "beta": np.float32(beta)}
+    tail = [node("Flatten", ["n"], "flat"), node("Gemm", ["flat", "w", "c"], "y")]
+    fused = model([node("LRN", ["x"], "n", size=size, alpha=alpha, beta=beta, bias=bias)]
+                  + tail, ["N", channels, 2, 3], inits)
+    core = [node("Mul", ["x", "x"], "square"),
+            node("Reshape", ["square", "rows"], "channel_rows"),
+            node("AveragePool", ["channel_rows"], "average", kernel_shape=[size, 1],
+                 pads=[before, 0, size - 1 - before, 0], count_include_pad=1),
+            node("Reshape", ["average", "back"], "restored"),
+            node("Mul", ["restored", "alpha"], "scaled"), node("Add", ["scaled", "k"], "base"),
+            node("Pow", ["base", "beta"], "power"), node("Div", ["x", "power"], "n")]
+    decomposed = model(core + tail, ["N", channels, 2, 3], inits)
+    assert_same_explanations(fused, decomposed, f32(rng, 2, channels, 2, 3, scale=2.0))
