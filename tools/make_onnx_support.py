@@ -20,7 +20,10 @@ KINDS = {
             "Max Min ReduceMax ReduceMin",
     "smooth gate": "Sigmoid Tanh Softplus Softsign Elu Selu Celu Erf Exp Log Sqrt Reciprocal "
                    "Pow Sin Cos Atan Sinh Cosh Asinh Mish Gelu HardSwish",
-    "expanded": "Softmax LogSoftmax ReduceLogSumExp",
+    "expanded": "Softmax LogSoftmax ReduceLogSumExp LayerNormalization RMSNormalization "
+                "InstanceNormalization "
+                "GroupNormalization MeanVarianceNormalization LpNormalization LRN ReduceL1 "
+                "ReduceL2 ReduceSumSquare ReduceLogSum",
     "route": "Flatten Reshape Transpose Squeeze Unsqueeze Concat Slice Split Tile Expand "
              "Gather GatherElements DepthToSpace SpaceToDepth",
     "pass-through": "Identity Dropout Cast CastLike",
@@ -80,6 +83,20 @@ NOTES = {
     "Log": "positive inputs", "Sqrt": "positive inputs", "Reciprocal": "non-zero inputs",
     "Gelu": "exact and tanh", "HardSigmoid": "affine node and Clip",
     "Shape": "of a data tensor: a constant (batch dim taken as 1)",
+    "LayerNormalization": "(x - m) / Sqrt(E[(x - m)^2] + eps) * Scale + B (math.md §7.4); "
+                          "Mean and InvStdDev outputs; constant Scale and B",
+    "InstanceNormalization": "as LayerNormalization over the spatial axes",
+    "RMSNormalization": "x * Reciprocal(Sqrt(ReduceMean(x^2) + eps)) * scale; constant scale",
+    "GroupNormalization": "opset 21 (18's per-group scale is deprecated: the checker refuses "
+                          "it); Reshape to [G, -1], normalize, Reshape back",
+    "MeanVarianceNormalization": "(x - m) / (Sqrt(E[(x - m)^2]) + 1e-9); axes without the "
+                                 "batch axis (the default [0, 2, 3] is refused)",
+    "LpNormalization": "p = 1 or 2: x * Reciprocal(norm)",
+    "LRN": "x * (bias + alpha/size * channel-window-sum(x^2))^(-beta)",
+    "ReduceL1": "ReduceSum(Abs(x)) (piecewise linear), over non-batch axes",
+    "ReduceL2": "Sqrt(ReduceSum(x^2)), over non-batch axes",
+    "ReduceSumSquare": "ReduceSum(x^2), over non-batch axes",
+    "ReduceLogSum": "Log(ReduceSum(x)), over non-batch axes",
 }
 
 

@@ -9,6 +9,8 @@ from . import (  # noqa: F401
     elementwise,
     heads,
     linear,
+    norm_reductions,
+    normalization,
     pad,
     pooling,
     resize,
