@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .. import budget
 from ..engine.operator import Operator
 from ..errors import UnsupportedOpError
 from .values import Const, PendingPad, Value, Var
@@ -151,6 +152,12 @@ class NodeContext:
                                     part, context, output)
         axis = self.batch_axis if batch_axis is None else batch_axis
         return var if axis == 0 else Var(var.node, var.shape, axis)
+
+    def check_size(self, shape: Sequence[int], what: str = "the output") -> None:
+        """Refuse a tensor or table of per-example ``shape`` beyond the memory budget
+        before it is built (``bbp_ref.budget``)."""
+        budget.check_elements([int(n) for n in shape], f"{what} of node {self.name!r} "
+                              f"({self.op_type}) of shape {[int(n) for n in shape]} per example")
 
     def output_used(self, index: int) -> bool:
         return index < len(self.node.output) and self.builder.is_used(self.node.output[index])

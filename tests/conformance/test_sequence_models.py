@@ -12,9 +12,10 @@ ONNX LSTM/GRU/RNN nodes with the batch moved to axis 1 by Transposes. For a floa
 * ``Model.jacobian`` equals torch autograd's per-example Jacobian to 1e-9 relative;
 * for every rule, the decomposition and completeness residuals are <= 1e-10.
 
-``nn.MultiheadAttention`` without ``batch_first`` is refused with a clear error: its
-export merges the batch with the heads (a Reshape to ``[seq, batch * heads, head_dim]``),
-which docs/math.md §7.5 does not track.
+``nn.MultiheadAttention`` without ``batch_first`` is refused with a clear error naming a
+Reshape: its model input is ``[seq, batch, embed]``, whose axis 0 bbp_ref reads as the batch
+(docs/math.md §2 decision 4), and its export reshapes to ``[seq, batch * heads, head_dim]``,
+merging axes with the batch, which docs/math.md §7.5 does not track.
 """
 
 from __future__ import annotations
@@ -83,8 +84,22 @@ class ElmanLastStep(nn.Module):
         return self.head(y[:, -1:, :].squeeze(1))
 
 
+class ElmanFinalState(nn.Module):
+    """A 2-layer nn.RNN; the last layer's final state `h[-1]` (a Gather on the axis before
+    the batch) through a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(FEATURES, 4, num_layers=2, batch_first=True)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h = self.rnn(x)
+        return self.head(h[-1])
+
+
 MODELS = {"lstm_classifier": LSTMClassifier, "gru_tagger": GRUTagger,
-          "rnn_last_step": ElmanLastStep}
+          "rnn_last_step": ElmanLastStep, "rnn_final_state": ElmanFinalState}
 
 
 def _export(module: nn.Module, example: torch.Tensor, dynamo: bool) -> bytes:
@@ -149,9 +164,7 @@ def test_multihead_attention_sequence_first_is_refused(dynamo: bool) -> None:
 
     torch.manual_seed(0)
     proto = _export(Attention().eval(), torch.randn(STEPS, 1, 4), dynamo)
-    # without a Gather handler the Gather picking q, k, v is refused first; with one, the
-    # Reshape merging the batch with the heads
-    with pytest.raises(UnsupportedOpError, match="batch|Gather"):
+    with pytest.raises(UnsupportedOpError, match="Reshape.*batch axis"):
         bbp_ref.load(proto).forward(np.zeros((STEPS, 1, 4), np.float32))
 
 
