@@ -95,12 +95,12 @@ class GraphBuilder:
         if not isinstance(explained, Var):
             raise ModelLoadError(
                 f"output {self.signature.explained!r} does not depend on the model input")
-        if explained.batch_axis != 0:
+        if explained.batch_axis != 0 or explained.merged is not None:
             op_type, name = self._producer(self.signature.explained)
             raise UnsupportedOpError(
                 op_type, name,
                 f"its output {self.signature.explained!r}, the explained output, holds the "
-                f"batch at ONNX axis {explained.batch_axis}; an explained output needs the "
+                f"batch {explained.where_batch}; an explained output needs the "
                 "batch axis at 0 (docs/math.md §7.5)")
         graph = Graph(self.nodes, self.signature.input_name, explained.node,
                       self.signature.stripped)
@@ -183,7 +183,31 @@ class GraphBuilder:
                                      f"it could not be evaluated on its constant inputs: "
                                      f"{exc}") from exc
         check_results(node, name, [np.asarray(r) for r in results])
-        return [Const(np.asarray(r)) for r in results]
+        at_two = self._fold_at_two(node, name, inputs, evaluator)
+        if at_two is None:
+            return [Const(np.asarray(r)) for r in results]
+        return [Const(np.asarray(r), np.asarray(t)) for r, t in zip(results, at_two)]
+
+    def _fold_at_two(self, node: onnx.NodeProto, name: str, inputs: list[Value | None],
+                     evaluator: ReferenceEvaluator) -> list[np.ndarray] | None:
+        """The node's values for a batch of two, if an input depends on the batch size
+        (docs/math.md §7.5); None if none does, or if the node cannot be evaluated (or
+        would not fit the budgets) at that batch size: then a Reshape that needs it
+        refuses what is ambiguous."""
+        if not any(isinstance(v, Const) and v.at_two is not None for v in inputs):
+            return None
+        if subgraph_reads(node):
+            return None
+        arrays = [v.value_at_two if isinstance(v, Const) else None for v in inputs]
+        feeds = {tensor: array for tensor, array in zip(node.input, arrays)
+                 if array is not None}
+        try:
+            check_fold(node, name, arrays)
+            results = [np.asarray(r) for r in evaluator.run(None, feeds)]
+            check_results(node, name, results)
+        except Exception:  # noqa: BLE001 - the batch-two value is only a hint
+            return None
+        return results
 
 
 def _check_finite(ctx: NodeContext, operator: Operator) -> None:

@@ -12,7 +12,7 @@ from onnx import helper
 from .. import budget
 from ..engine.operator import Operator
 from ..errors import UnsupportedOpError
-from .values import Const, PendingPad, Value, Var
+from .values import Const, MergedBatch, PendingPad, Value, Var
 
 if TYPE_CHECKING:
     from .builder import GraphBuilder
@@ -27,13 +27,18 @@ _HANDLERS: dict[str, list[tuple[int, Handler]]] = {}
 SAME_BATCH_AXIS = "same"
 OWN_BATCH_AXIS = "own"
 _BATCH_AXIS_MODES: dict[Handler, str] = {}
+# Handlers that also accept a batch merged into another axis (`Var.merged`): element-wise
+# ones see such a tensor in the engine's layout (batch first, then the ONNX shape for a
+# batch of one), OWN_BATCH_AXIS ones read `Var.merged` themselves.
+_MERGED_BATCH: set[Handler] = set()
 
 
-def handler(*op_types: str, since: int = 1,
-            batch_axis: str | None = None) -> Callable[[Handler], Handler]:
+def handler(*op_types: str, since: int = 1, batch_axis: str | None = None,
+            merged_batch: bool = False) -> Callable[[Handler], Handler]:
     """Register a handler for ``op_types`` from opset ``since`` on (the newest
     registration not newer than the model's opset is used). ``batch_axis``:
-    `SAME_BATCH_AXIS` or `OWN_BATCH_AXIS` if the handler understands a moved batch axis."""
+    `SAME_BATCH_AXIS` or `OWN_BATCH_AXIS` if the handler understands a moved batch axis;
+    ``merged_batch``: whether it also understands a batch merged into another axis."""
 
     def register(fn: Handler) -> Handler:
         for op_type in op_types:
@@ -42,15 +47,45 @@ def handler(*op_types: str, since: int = 1,
             entries.sort(key=lambda entry: entry[0])
         if batch_axis is not None:
             _BATCH_AXIS_MODES[fn] = batch_axis
+        if merged_batch:
+            _MERGED_BATCH.add(fn)
         return fn
 
     return register
+
+
+def _check_merged_batch(ctx: NodeContext, fn: Handler) -> None:
+    """A batch merged into another axis (docs/math.md §7.5) reaches only the handlers
+    that opted in; an element-wise one needs every data input merged the same way and
+    no constant of higher rank (it would add axes before the merged one)."""
+    data = [(i, v) for i, v in enumerate(ctx.inputs) if isinstance(v, Var)]
+    merged = [(i, v) for i, v in data if v.merged is not None]
+    if not merged:
+        return
+    if fn not in _MERGED_BATCH:
+        i, v = merged[0]
+        raise ctx.error(f"input {i} holds the batch {v.where_batch} (a Reshape merged it "
+                        "with another axis); this op does not support a merged batch")
+    if _BATCH_AXIS_MODES.get(fn) == OWN_BATCH_AXIS:
+        return
+    layouts = {(v.merged, v.onnx_rank) for _, v in data}
+    if len(layouts) > 1:
+        found = "; ".join(f"input {i} {v.where_batch}" for i, v in data)
+        raise ctx.error("data operands hold the batch in different places and would "
+                        f"broadcast examples against each other ({found})")
+    rank = merged[0][1].onnx_rank
+    for i, value in enumerate(ctx.inputs):
+        if isinstance(value, Const) and np.ndim(value.value) > rank:
+            raise ctx.error(f"input {i} of shape {list(np.shape(value.value))} has more "
+                            f"axes than the data tensor, whose batch is "
+                            f"{merged[0][1].where_batch}; broadcasting would move it")
 
 
 def check_batch_axes(ctx: NodeContext, fn: Handler) -> None:
     """Refuse, before the handler runs, data inputs whose batch axis it cannot place:
     a moved batch axis for a handler that did not opt in, or data inputs that disagree
     on it for an element-wise handler."""
+    _check_merged_batch(ctx, fn)
     mode = _BATCH_AXIS_MODES.get(fn)
     if mode == OWN_BATCH_AXIS:
         return
@@ -140,17 +175,30 @@ class NodeContext:
         axes = {v.batch_axis for v in self.inputs if isinstance(v, Var)}
         return axes.pop() if len(axes) == 1 else 0
 
+    @property
+    def merged_batch(self) -> MergedBatch | None:
+        """The merged batch the data inputs share (docs/math.md §7.5), if they share
+        one; what an element-wise op's output keeps."""
+        merged = {v.merged for v in self.inputs if isinstance(v, Var)}
+        return merged.pop() if len(merged) == 1 else None
+
     def add(self, operator: Operator, inputs: Sequence[Var], shape: tuple[int, ...],
             part: str | None = None, context: Sequence[Var] = (), output: int = 0,
-            batch_axis: int | None = None) -> Var:
+            batch_axis: int | None = None,
+            merged: MergedBatch | None | str = "inputs") -> Var:
         """Create the canonical node for this ONNX node's first output (``output``: for
         another output, named ``<node>:<output>``), or, with ``part``, an intermediate
         node of its expansion named ``<node>/<part>``. ``context``: operands the
         operator reads that are not structural inputs. ``batch_axis``: the ONNX axis of
-        the batch in the result (default: the one the data inputs share)."""
+        the batch in the result (default: the one the data inputs share); ``merged``:
+        where a batch merged into another axis sits in the result (default: where the
+        data inputs share it, docs/math.md §7.5)."""
         var = self.builder.add_node(self, operator, inputs, tuple(int(n) for n in shape),
                                     part, context, output)
         axis = self.batch_axis if batch_axis is None else batch_axis
+        where = self.merged_batch if isinstance(merged, str) else merged
+        if where is not None:
+            return Var(var.node, var.shape, 0, where)
         return var if axis == 0 else Var(var.node, var.shape, axis)
 
     def check_size(self, shape: Sequence[int], what: str = "the output") -> None:

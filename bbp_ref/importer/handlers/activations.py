@@ -12,13 +12,13 @@ from ..values import Var
 _NO_BOUND = float(np.finfo(np.float32).max)
 
 
-@handler("Relu", batch_axis=SAME_BATCH_AXIS)
+@handler("Relu", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def relu(ctx: NodeContext) -> list[Var]:
     data = ctx.var(0)
     return [ctx.add(PiecewiseLinear(0.0), [data], data.shape)]
 
 
-@handler("LeakyRelu", batch_axis=SAME_BATCH_AXIS)
+@handler("LeakyRelu", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def leaky_relu(ctx: NodeContext) -> list[Var]:
     data = ctx.var(0)
     return [ctx.add(PiecewiseLinear(float(ctx.attr("alpha", 0.01))), [data], data.shape)]

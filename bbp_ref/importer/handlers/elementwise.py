@@ -95,7 +95,7 @@ def _sum(ctx: NodeContext, terms: Sequence[tuple[float, Value | None]]) -> list[
     return [ctx.add(operator, [v for _, v in data], tuple(shape), batch_axis=batch)]
 
 
-@handler("Add", batch_axis=SAME_BATCH_AXIS)
+@handler("Add", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def add(ctx: NodeContext) -> list[Var]:
     a, b = ctx.inputs[0], ctx.inputs[1]
     if isinstance(a, Var) and isinstance(b, Const):
@@ -107,7 +107,7 @@ def add(ctx: NodeContext) -> list[Var]:
     return _sum(ctx, [(1.0, ctx.var(0)), (1.0, ctx.var(1))])
 
 
-@handler("Sub", batch_axis=SAME_BATCH_AXIS)
+@handler("Sub", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def sub(ctx: NodeContext) -> list[Var]:
     a, b = ctx.inputs[0], ctx.inputs[1]
     if isinstance(a, Var) and isinstance(b, Const):
@@ -119,7 +119,7 @@ def sub(ctx: NodeContext) -> list[Var]:
     return _sum(ctx, [(1.0, ctx.var(0)), (-1.0, ctx.var(1))])
 
 
-@handler("Sum", batch_axis=SAME_BATCH_AXIS)
+@handler("Sum", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def sum_(ctx: NodeContext) -> list[Var]:
     return _sum(ctx, [(1.0, v) for v in ctx.inputs])
 
@@ -137,7 +137,7 @@ def _product(ctx: NodeContext, a: Var, b: Var, part: str | None = None) -> Var:
                    batch_axis=a.batch_axis)
 
 
-@handler("Mul", batch_axis=SAME_BATCH_AXIS)
+@handler("Mul", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def mul(ctx: NodeContext) -> list[Var]:
     a, b = ctx.inputs[0], ctx.inputs[1]
     if isinstance(a, Var) and isinstance(b, Var):
@@ -149,7 +149,7 @@ def mul(ctx: NodeContext) -> list[Var]:
     return _scale(ctx, data, _constant_operand(ctx, 0, data), None)
 
 
-@handler("Div", batch_axis=SAME_BATCH_AXIS)
+@handler("Div", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def div(ctx: NodeContext) -> list[Var]:
     """By a constant: a `Scale`. By a data tensor `v`: `u * Reciprocal(v)` (the
     documented expansion, docs/math.md §7), the Reciprocal a node ``<name>/reciprocal``."""
@@ -168,7 +168,7 @@ def div(ctx: NodeContext) -> list[Var]:
     return _scale(ctx, data, 1.0 / divisor, None)
 
 
-@handler("Neg", batch_axis=SAME_BATCH_AXIS)
+@handler("Neg", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def neg(ctx: NodeContext) -> list[Var]:
     data = ctx.var(0)
     return _scale(ctx, data, -np.ones((1,) * data.rank), None)

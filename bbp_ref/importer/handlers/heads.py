@@ -21,13 +21,22 @@ from ...engine.elementwise import ShiftedExp, ShiftedLog, function_gate
 from ...engine.functions import Function
 from ...engine.products import Product
 from ...engine.routes import Reshape
-from ..context import SAME_BATCH_AXIS, NodeContext, handler, per_example_axis
+from ..context import SAME_BATCH_AXIS, NodeContext, handler, normalize_axis, per_example_axis
 from ..values import Var
 
 
 def _softmax_axes(ctx: NodeContext, data: Var) -> tuple[int, ...]:
     """Opset >= 13: the one ``axis`` (default -1); before: ``axis`` (default 1) and
     every axis after it (the input is coerced to 2-D there)."""
+    if ctx.opset >= 13 and data.merged is not None:
+        axis = normalize_axis(ctx, int(ctx.attr("axis", -1)), data.onnx_rank)
+        if axis == data.merged.axis:
+            raise ctx.error(f"normalizing along ONNX axis {axis}, which holds the batch "
+                            f"{data.where_batch}, would mix examples")
+        return (axis,)
+    if data.merged is not None:
+        raise ctx.error(f"before opset 13 this op flattens the axes from `axis` on; the "
+                        f"batch is {data.where_batch}")
     if ctx.opset >= 13:
         return (per_example_axis(ctx, int(ctx.attr("axis", -1)), data.rank, data.batch_axis),)
     if data.batch_axis != 0:
@@ -45,7 +54,7 @@ def _exp_sum(ctx: NodeContext, data: Var, axes: tuple[int, ...]) -> tuple[Var, V
     return exp, total
 
 
-@handler("Softmax", batch_axis=SAME_BATCH_AXIS)
+@handler("Softmax", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def softmax(ctx: NodeContext) -> list[Var]:
     data = ctx.var(0)
     exp, total = _exp_sum(ctx, data, _softmax_axes(ctx, data))
@@ -54,7 +63,7 @@ def softmax(ctx: NodeContext) -> list[Var]:
     return [ctx.add(Product([exp.shape, inverse.shape]), [exp, inverse], data.shape)]
 
 
-@handler("LogSoftmax", batch_axis=SAME_BATCH_AXIS)
+@handler("LogSoftmax", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def log_softmax(ctx: NodeContext) -> list[Var]:
     data = ctx.var(0)
     axes = _softmax_axes(ctx, data)

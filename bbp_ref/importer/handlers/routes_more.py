@@ -211,7 +211,7 @@ def space_to_depth(ctx: NodeContext) -> list[Var]:
 
 
 # -- Where ----------------------------------------------------------------------------------
-@handler("Where")
+@handler("Where", merged_batch=True)
 def where(ctx: NodeContext) -> list[Var]:
     """``Where(condition, X, Y)`` with a constant condition: each output copies an
     element of X or Y; one chosen from a constant is local bias (an `Embed`)."""

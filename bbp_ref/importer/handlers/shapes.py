@@ -9,6 +9,7 @@ from onnx import helper
 
 from ...engine.embed import Embed
 from ...engine.routes import Concat, Reshape, Slice, Transpose
+from ...errors import UnsupportedOpError
 from ..context import (
     OWN_BATCH_AXIS,
     SAME_BATCH_AXIS,
@@ -18,24 +19,26 @@ from ..context import (
     normalize_axis,
     per_example_axis,
 )
-from ..values import Const, Value, Var
+from ..values import Const, MergedBatch, Value, Var
 
 
 def _reshaped(ctx: NodeContext, data: Var, shape: tuple[int, ...],
-              batch_axis: int = 0) -> list[Var]:
-    """``data`` with per-example ``shape`` and the batch at ONNX ``batch_axis``."""
+              batch_axis: int = 0, merged: MergedBatch | None = None) -> list[Var]:
+    """``data`` with per-example ``shape`` and the batch at ONNX ``batch_axis`` (or
+    ``merged`` into an axis, docs/math.md §7.5)."""
     shape = tuple(int(n) for n in shape)
     if shape == data.shape:
-        return [Var(data.node, data.shape, batch_axis)]
-    return [ctx.add(Reshape(data.shape, shape), [data], shape, batch_axis=batch_axis)]
+        return [Var(data.node, data.shape, 0 if merged else batch_axis, merged)]
+    return [ctx.add(Reshape(data.shape, shape), [data], shape, batch_axis=batch_axis,
+                    merged=merged)]
 
 
-@handler("Identity", batch_axis=SAME_BATCH_AXIS)
+@handler("Identity", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def identity(ctx: NodeContext) -> list[Value]:
     return [ctx.var(0)]
 
 
-@handler("Dropout", batch_axis=SAME_BATCH_AXIS)
+@handler("Dropout", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def dropout(ctx: NodeContext) -> list[Value]:
     if ctx.opset >= 12 and ctx.has_input(2) and bool(np.asarray(ctx.const(2, "training_mode"))):
         raise ctx.error("training_mode=True is not supported (inference only)")
@@ -53,7 +56,7 @@ def _float_cast(ctx: NodeContext, elem_type: int) -> list[Value]:
     return [ctx.var(0)]
 
 
-@handler("Cast", batch_axis=SAME_BATCH_AXIS)
+@handler("Cast", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def cast(ctx: NodeContext) -> list[Value]:
     return _float_cast(ctx, int(ctx.attr("to")))
 
@@ -81,12 +84,30 @@ def flatten(ctx: NodeContext) -> list[Var]:
     return _reshaped(ctx, data, (int(np.prod(data.shape[axis - 1:])),))
 
 
-@handler("Reshape", since=5, batch_axis=OWN_BATCH_AXIS)
+@handler("Reshape", since=5, batch_axis=OWN_BATCH_AXIS, merged_batch=True)
 def reshape(ctx: NodeContext) -> list[Var]:
     data = ctx.var(0)
     target = [int(n) for n in np.asarray(ctx.const(1, "shape")).ravel()]
-    if data.batch_axis != 0:
-        return _reshape_moved_batch(ctx, data, target)
+    if data.batch_axis == 0 and data.merged is None:
+        try:
+            return _reshape_batch_first(ctx, data, target)
+        except UnsupportedOpError:
+            tracked = _reshape_tracking_batch(ctx, data)
+            if tracked is None:
+                raise
+            return tracked
+    tracked = _reshape_tracking_batch(ctx, data)
+    if tracked is not None:
+        return tracked
+    if data.merged is not None:
+        raise ctx.error(f"the batch is {data.where_batch}; the target shape {target} is "
+                        "written for a batch of one only (its element count does not "
+                        "grow with the batch), so where the batch goes is ambiguous")
+    return _reshape_moved_batch(ctx, data, target)
+
+
+def _reshape_batch_first(ctx: NodeContext, data: Var, target: list[int]) -> list[Var]:
+    """A Reshape of a tensor whose batch is at ONNX axis 0 that keeps it there."""
     full = (1, *data.shape)  # batch axis taken as 1, as shape subgraphs were folded
     if not ctx.attr("allowzero", 0):
         target = [full[i] if n == 0 and i < len(full) else n for i, n in enumerate(target)]
@@ -101,6 +122,57 @@ def reshape(ctx: NodeContext) -> list[Var]:
         raise ctx.error(f"reshaping per-example shape {list(data.shape)} to {target} "
                         "does not keep the batch axis first")
     return _reshaped(ctx, data, tuple(target[1:]))
+
+
+def _resolved_target(ctx: NodeContext, target: list[int],
+                     full: tuple[int, ...]) -> list[int] | None:
+    """``target`` with its 0s (unless ``allowzero``) and -1 filled in from ``full``, or
+    None if it does not fit ``full``."""
+    if not ctx.attr("allowzero", 0):
+        target = [full[i] if n == 0 and i < len(full) else n for i, n in enumerate(target)]
+    if target.count(-1) > 1 or any(n < -1 for n in target):
+        return None
+    if -1 in target:
+        known = int(np.prod([n for n in target if n != -1]))
+        if known == 0 or int(np.prod(full)) % known:
+            return None
+        target[target.index(-1)] = int(np.prod(full)) // known
+    return target if int(np.prod(target)) == int(np.prod(full)) else None
+
+
+def _reshape_tracking_batch(ctx: NodeContext, data: Var) -> list[Var] | None:
+    """A Reshape placed by its target for a batch of two (docs/math.md §7.5): the
+    target is read for a batch of one and of two (a target folded from the data's
+    Shape has both values, a literal one the same; its 0s and -1 follow the batch).
+    Exactly one axis `j` must double: the batch is in it. The ONNX tensor is, flattened,
+    `[before, N, after]`; with `P` the per-example length of the target axes before `j`
+    the batch is a factor of axis `j` with `O = before / P` positions major to it, so
+    its own axis if the axis has length 1 for a batch of one, else merged into it with
+    `inner = t_j / O` positions minor to it. None if the target does not grow with the
+    batch (written for a batch of one only)."""
+    shape = ctx.inputs[1]
+    assert isinstance(shape, Const)
+    one = _resolved_target(ctx, [int(n) for n in np.asarray(shape.value).ravel()],
+                           data.onnx_shape)
+    two = _resolved_target(ctx, [int(n) for n in np.asarray(shape.value_at_two).ravel()],
+                           data.onnx_shape_for(2))
+    if one is None or two is None or len(one) != len(two) \
+            or int(np.prod(two)) != 2 * int(np.prod(one)):
+        return None
+    grown = [j for j, (a, b) in enumerate(zip(one, two)) if a != b]
+    if len(grown) != 1 or two[grown[0]] != 2 * one[grown[0]]:
+        raise ctx.error(f"the target shape is {one} for a batch of one and {two} for a "
+                        "batch of two: the batch is not one factor of one axis")
+    j = grown[0]
+    before, preceding = data.elements_before_batch, int(np.prod(one[:j]))
+    if before % preceding or one[j] % (before // preceding):
+        raise ctx.error(f"reshaping {list(data.onnx_shape)} (batch {data.where_batch}) to "
+                        f"{one} (a batch of one) would interleave the examples' elements")
+    major = before // preceding
+    if one[j] == 1:
+        return _reshaped(ctx, data, tuple(one[:j] + one[j + 1:]), j)
+    ctx.check_size(one)
+    return _reshaped(ctx, data, tuple(one), merged=MergedBatch(j, one[j] // major))
 
 
 def _reshape_moved_batch(ctx: NodeContext, data: Var, target: list[int]) -> list[Var]:
@@ -134,15 +206,23 @@ def _reshape_moved_batch(ctx: NodeContext, data: Var, target: list[int]) -> list
     return _reshaped(ctx, data, tuple(target[:batch] + target[batch + 1:]), batch)
 
 
-@handler("Transpose", batch_axis=OWN_BATCH_AXIS)
+@handler("Transpose", batch_axis=OWN_BATCH_AXIS, merged_batch=True)
 def transpose(ctx: NodeContext) -> list[Var]:
     """A permutation of the per-example axes; moving the batch axis needs no node (the
-    engine keeps the batch first), only a new ``batch_axis`` (docs/math.md §7.5)."""
+    engine keeps the batch first), only a new ``batch_axis`` (docs/math.md §7.5). A
+    merged batch moves with its axis."""
     data = ctx.var(0)
     perm = ctx.attr("perm")
-    perm = list(range(data.rank))[::-1] if perm is None else [int(p) for p in perm]
-    if sorted(perm) != list(range(data.rank)):
-        raise ctx.error(f"perm {perm} is not a permutation of {data.rank} axes")
+    rank = data.onnx_rank
+    perm = list(range(rank))[::-1] if perm is None else [int(p) for p in perm]
+    if sorted(perm) != list(range(rank)):
+        raise ctx.error(f"perm {perm} is not a permutation of {rank} axes")
+    if data.merged is not None:
+        merged = MergedBatch(perm.index(data.merged.axis), data.merged.inner)
+        if perm == sorted(perm):
+            return [Var(data.node, data.shape, 0, merged)]
+        shape = tuple(data.shape[p] for p in perm)
+        return [ctx.add(Transpose(tuple(perm)), [data], shape, merged=merged)]
     batch = perm.index(data.batch_axis)
     example_perm = tuple(data.example_axis(p) for p in perm if p != data.batch_axis)
     if example_perm == tuple(range(len(example_perm))):
@@ -159,10 +239,12 @@ def _axes(ctx: NodeContext, since_input: int) -> list[int] | None:
     return None if value is None else [int(a) for a in np.asarray(value).ravel()]
 
 
-@handler("Squeeze", batch_axis=OWN_BATCH_AXIS)
+@handler("Squeeze", batch_axis=OWN_BATCH_AXIS, merged_batch=True)
 def squeeze(ctx: NodeContext) -> list[Var]:
     data = ctx.var(0)
     axes = _axes(ctx, 13)
+    if data.merged is not None:
+        return _squeeze_merged(ctx, data, axes)
     if axes is None:
         drop = {a for a, n in enumerate(data.shape) if n == 1}
     else:
@@ -174,18 +256,40 @@ def squeeze(ctx: NodeContext) -> list[Var]:
                      batch)
 
 
-@handler("Unsqueeze", batch_axis=OWN_BATCH_AXIS)
+def _squeeze_merged(ctx: NodeContext, data: Var, axes: list[int] | None) -> list[Var]:
+    """Squeeze of a tensor whose batch is merged into an axis (docs/math.md §7.5): the
+    squeezed axes must be named and must not be that axis."""
+    assert data.merged is not None
+    if axes is None:
+        raise ctx.error(f"the batch is {data.where_batch}; a Squeeze without axes is "
+                        "ambiguous for it (the axes of length 1 depend on the batch size)")
+    drop = {normalize_axis(ctx, a, data.onnx_rank) for a in axes}
+    if data.merged.axis in drop or any(data.shape[a] != 1 for a in drop):
+        raise ctx.error(f"cannot squeeze axes {axes} of {list(data.onnx_shape)} (a batch "
+                        f"of one), whose batch is {data.where_batch}")
+    merged = MergedBatch(data.merged.axis - sum(1 for a in drop if a < data.merged.axis),
+                         data.merged.inner)
+    shape = tuple(n for a, n in enumerate(data.shape) if a not in drop)
+    return _reshaped(ctx, data, shape, merged=merged)
+
+
+@handler("Unsqueeze", batch_axis=OWN_BATCH_AXIS, merged_batch=True)
 def unsqueeze(ctx: NodeContext) -> list[Var]:
     """Inserting axes before the batch axis moves it (docs/math.md §7.5)."""
     data = ctx.var(0)
     axes = _axes(ctx, 13)
     if not axes:
         raise ctx.error("axes are required")
-    rank = data.rank + len(axes)
+    rank = data.onnx_rank + len(axes)
     inserted = {normalize_axis(ctx, a, rank) for a in axes}
     if len(inserted) != len(axes):
         raise ctx.error(f"axes {axes} repeat an axis")
     kept = [a for a in range(rank) if a not in inserted]
+    if data.merged is not None:
+        dims = iter(data.shape)
+        shape = tuple(1 if a in inserted else next(dims) for a in range(rank))
+        merged = MergedBatch(kept[data.merged.axis], data.merged.inner)
+        return _reshaped(ctx, data, shape, merged=merged)
     batch = kept[data.batch_axis]
     dims = iter(data.onnx_shape)
     full = [1 if a in inserted else next(dims) for a in range(rank)]
@@ -284,14 +388,17 @@ def slice_(ctx: NodeContext) -> list[Var]:
     return [ctx.add(Slice(data.shape, tuple(index)), [data], shape)]
 
 
-@handler("Shape", batch_axis=OWN_BATCH_AXIS)
+@handler("Shape", batch_axis=OWN_BATCH_AXIS, merged_batch=True)
 def shape_(ctx: NodeContext) -> list[Const]:
+    """The ONNX shape for a batch of one, and (``at_two``) of two (docs/math.md §7.5)."""
     data = ctx.var(0)
-    dims = np.array(data.onnx_shape, dtype=np.int64)
     start, end = int(ctx.attr("start", 0)), ctx.attr("end")
-    return [Const(dims[start:None if end is None else int(end)])]
+    window = slice(start, None if end is None else int(end))
+    return [Const(np.array(data.onnx_shape, dtype=np.int64)[window],
+                  np.array(data.onnx_shape_for(2), dtype=np.int64)[window])]
 
 
-@handler("Size", batch_axis=OWN_BATCH_AXIS)
+@handler("Size", batch_axis=OWN_BATCH_AXIS, merged_batch=True)
 def size(ctx: NodeContext) -> list[Const]:
-    return [Const(np.array(int(np.prod(ctx.var(0).shape)), dtype=np.int64))]
+    count = int(np.prod(ctx.var(0).shape))
+    return [Const(np.array(count, dtype=np.int64), np.array(2 * count, dtype=np.int64))]

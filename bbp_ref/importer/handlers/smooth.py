@@ -50,7 +50,7 @@ FUNCTIONS: dict[str, Callable[[NodeContext], Function]] = {
 }
 
 
-@handler(*FUNCTIONS, batch_axis=SAME_BATCH_AXIS)
+@handler(*FUNCTIONS, batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def elementwise_function(ctx: NodeContext) -> list[Var]:
     if ctx.op_type == "Gelu" and ctx.attr("approximate", "none") not in ("none", "tanh"):
         raise ctx.error(f"unknown approximate={ctx.attr('approximate')!r}")
@@ -58,7 +58,7 @@ def elementwise_function(ctx: NodeContext) -> list[Var]:
     return [ctx.add(function_gate(FUNCTIONS[ctx.op_type](ctx)), [data], data.shape)]
 
 
-@handler("Pow", batch_axis=SAME_BATCH_AXIS)
+@handler("Pow", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def power(ctx: NodeContext) -> list[Var]:
     """`u ** p` with a constant exponent `p` (a constant base to a data exponent is
     `exp(p log c)`, not supported)."""
