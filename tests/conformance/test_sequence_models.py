@@ -12,10 +12,11 @@ ONNX LSTM/GRU/RNN nodes with the batch moved to axis 1 by Transposes. For a floa
 * ``Model.jacobian`` equals torch autograd's per-example Jacobian to 1e-9 relative;
 * for every rule, the decomposition and completeness residuals are <= 1e-10.
 
-``nn.MultiheadAttention`` without ``batch_first`` is refused with a clear error naming a
-Reshape: its model input is ``[seq, batch, embed]``, whose axis 0 bbp_ref reads as the batch
-(docs/math.md §2 decision 4), and its export reshapes to ``[seq, batch * heads, head_dim]``,
-merging axes with the batch, which docs/math.md §7.5 does not track.
+``nn.MultiheadAttention`` without ``batch_first`` *as the model input* is refused with a
+clear error naming a Reshape: the model input is ``[seq, batch, embed]``, whose axis 0
+bbp_ref reads as the batch (docs/math.md §2 decision 4), and the static export's Reshape
+targets are literal shapes for that sequence length. Attention with the batch first at the
+model input, heads merged with the batch inside, is tested in ``test_attention.py``.
 """
 
 from __future__ import annotations
