@@ -90,7 +90,7 @@ def _torch_jacobian(function, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         xi = torch.from_numpy(x[i].astype(np.float64))
         with torch.no_grad():
             outs.append(function(xi, i).numpy())
-        rows.append(torch.autograd.functional.jacobian(lambda v: function(v, i), xi,
+        rows.append(torch.autograd.functional.jacobian(lambda v, i=i: function(v, i), xi,
                                                        vectorize=True).numpy())
     return np.stack(outs), np.stack(rows)
 
