@@ -744,3 +744,20 @@ def test_zero_pad_read_by_more_than_pools_stays_a_node() -> None:
     proto, x = _pad_pool([1, 1, 1, 1], [0, 0, 0, 0], 1, 3, 1, also_read=True)
     m, _ = verify(Case(proto, x))
     assert "Pad" in {n.op for n in m.nodes}
+
+
+def test_zero_pad_before_a_ceil_mode_pool_stays_a_node() -> None:
+    """With ceil_mode a pool drops a last window starting in its end padding, which the
+    Pad's zeros are not: onnxruntime keeps that window (5 + 2 elements, kernel 2,
+    stride 3: 3 windows, the last starting at element 6), so the Pad is not folded."""
+    rng = np.random.default_rng(18)
+    nodes = [node("Conv", ["x", "wc", "bc"], "c"),
+             node("Pad", ["c", "pads"], "p", mode="constant"),
+             node("AveragePool", ["p"], "a", kernel_shape=[2, 2], strides=[3, 3],
+                  ceil_mode=1),
+             node("Flatten", ["a"], "f"), node("Gemm", ["f", "w", "b"], "y")]
+    inits = {"wc": f32(rng, 3, 2, 1, 1), "bc": f32(rng, 3),
+             "pads": np.array([0, 0, 0, 0, 0, 0, 2, 2]), "w": f32(rng, 27, 2),
+             "b": f32(rng, 2)}
+    m, _ = verify(Case(model(nodes, ["N", 2, 5, 5], inits), f32(rng, 3, 2, 5, 5)))
+    assert "Pad" in {n.op for n in m.nodes}

@@ -13,6 +13,7 @@ Negative pads crop. The batch axis cannot be padded or cropped.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from ...engine.embed import Embed
 from ...engine.routes import IndexRoute
@@ -69,7 +70,14 @@ def _folds_into_window(ctx: NodeContext, pads: np.ndarray, value: float, mode: s
                if tensor in builder.model.graph.node[i].input]
     return bool(readers) and all(n.op_type in WINDOW_READERS
                                  and list(n.input).index(tensor) == 0
-                                 and list(n.input).count(tensor) == 1 for n in readers)
+                                 and list(n.input).count(tensor) == 1
+                                 and not _ceil_mode(n) for n in readers)
+
+
+def _ceil_mode(node: onnx.NodeProto) -> bool:
+    """A pool with ceil_mode drops a last window that starts in its end padding: after
+    folding, the Pad's zeros would count as padding there, so such a pool is not folded."""
+    return any(a.name == "ceil_mode" and a.i for a in node.attribute)
 
 
 def pad_table(shape: tuple[int, ...], begin: np.ndarray, end: np.ndarray,
