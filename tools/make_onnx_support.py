@@ -51,7 +51,10 @@ NOTES = {
     "MaxPool": "1-3-D, pads, strides, dilations, ceil_mode; ties to the lowest index; the "
                "Indices output is rejected",
     "Flatten": "axis >= 1 with the leading per-example dims of size 1",
-    "Reshape": "constant target (folded shape subgraphs included) keeping the batch axis",
+    "Reshape": "constant target (folded shape subgraphs included) keeping the batch axis, "
+               "or merging it into another axis as attention exports do (`[T, N * H, Dh]`, "
+               "`[T * N, E]`; placed by the target for a batch of one and of two, "
+               "docs/math.md §7.5)",
     "Transpose": "any perm; moving the batch axis makes no node (docs/math.md §7.5)",
     "Squeeze": "attribute (< 13) and input (13+) axes",
     "Unsqueeze": "attribute (< 13) and input (13+) axes",
