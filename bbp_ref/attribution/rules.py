@@ -165,7 +165,8 @@ def _rescaled(factors: list[list[Array]]) -> list[list[Array]]:
     largest = np.zeros(n)
     for term in factors:
         for f in term:
-            largest = np.maximum(largest, np.abs(f).reshape(f.shape[0], -1).max(axis=1))
+            largest = np.maximum(largest, np.abs(f).reshape(f.shape[0], -1).max(axis=1,
+                                                                             initial=0.0))
     _, exponent = np.frexp(largest)
     scale = np.ldexp(1.0, -exponent)
     return [[f * scale.reshape(-1, *([1] * (f.ndim - 1))) for f in term] for term in factors]
