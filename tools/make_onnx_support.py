@@ -10,26 +10,51 @@ import onnx
 import onnx.defs
 
 from bbp_ref.importer.context import supported_ops
+from bbp_ref.importer.handlers.smooth import FUNCTIONS
 from bbp_ref.importer.loading import MIN_OPSET
 
+# The canonical node kinds an op imports as (docs/math.md §2 and §7). The element-wise
+# functions come from the function table (a smooth gate, or a piecewise-linear one); every
+# other op is listed here, and `test_docs` fails on a supported op with no kind.
 KINDS = {
-    "affine": "Gemm MatMul Conv BatchNormalization Add Sub Mul Div Neg Sum AveragePool "
+    "affine": "Gemm Conv BatchNormalization Add Sub Neg Sum AveragePool "
               "GlobalAveragePool ReduceMean ReduceSum",
+    "affine or product": "Mul MatMul",
+    "affine or product, with a Reciprocal": "Div",
     "gate": "Relu LeakyRelu PRelu Clip MaxPool GlobalMaxPool",
-    "route": "Flatten Reshape Transpose Squeeze Unsqueeze Concat Slice",
+    "affine + gate": "HardSigmoid",
+    "smooth": "Pow",
+    "route": "Flatten Reshape Transpose Squeeze Unsqueeze Slice",
+    "route, or affine with constants": "Concat",
     "pass-through": "Identity Dropout Cast CastLike",
     "constant": "Shape Size",
     "folded into Conv": "Pad",
-    "output head": "Softmax LogSoftmax",
+    "output head, or expanded (smooth)": "Softmax LogSoftmax",
+    "expanded (smooth)": "ReduceLogSumExp",
 }
+
+
+def kind_of(op: str) -> str:
+    """The kind column for ``op`` ("?" if nobody declared it)."""
+    if op in FUNCTIONS:
+        return "gate" if op in PIECEWISE_LINEAR_FUNCTIONS else "smooth"
+    return {o: kind for kind, ops in KINDS.items() for o in ops.split()}.get(op, "?")
+
+
+PIECEWISE_LINEAR_FUNCTIONS = ("Abs", "ThresholdedRelu")
 NOTES = {
     "Gemm": "data input A only, transA=0; alpha, beta, transB; C of shape [M], [1, M] or scalar",
-    "MatMul": "one constant operand (either side), NumPy matmul broadcasting off the batch axis",
+    "MatMul": "one constant operand of rank >= 2 (either side; affine), or two data operands "
+              "of the same rank (product); NumPy matmul broadcasting off the batch axis",
     "Conv": "1-, 2-, 3-D; strides, pads, dilations, group, auto_pad; bias per output channel",
     "BatchNormalization": "inference only; folded into a directly preceding Conv/Gemm/MatMul, "
                           "else a diagonal affine node; spatial=0 (opset < 9) supported",
     "Add": "with a constant (broadcast) or of two data tensors; opset-6 broadcast/axis",
-    "Sub": "as Add", "Mul": "by a constant only", "Div": "by a non-zero constant only",
+    "Sub": "as Add",
+    "Mul": "by a constant (affine) or of two data tensors of the same rank (product, "
+           "broadcast; docs/math.md §7.1)",
+    "Div": "by a non-zero constant (affine); by data: Reciprocal gate and product "
+           "(docs/math.md §7.2 decision 4)",
     "Sum": "data tensors and constants",
     "AveragePool": "pads, strides, dilations (19+), ceil_mode, count_include_pad",
     "ReduceMean": "over non-batch axes (attribute < 18, input 18+), keepdims",
@@ -42,12 +67,22 @@ NOTES = {
     "Flatten": "axis >= 1 with the leading per-example dims of size 1",
     "Reshape": "constant target (folded shape subgraphs included) keeping the batch axis",
     "Transpose": "perm[0] = 0", "Squeeze": "attribute (< 13) and input (13+) axes",
-    "Unsqueeze": "attribute (< 13) and input (13+) axes", "Concat": "of data tensors, axis != 0",
+    "Unsqueeze": "attribute (< 13) and input (13+) axes",
+    "Concat": "axis != 0; of data tensors (route), or with constants (affine: the constants "
+              "are local bias spread over the data input, docs/math.md §7.2 decision 6)",
     "Slice": "constant starts/ends/axes/steps (attribute form < 10), off the batch axis",
     "Dropout": "inference (training_mode false, mask unused)", "Cast": "to a float type",
     "Pad": "constant 0 on spatial axes directly before a Conv; all-zero pads anywhere",
-    "Softmax": "only as the last op: stripped, the logits are explained",
-    "LogSoftmax": "as Softmax",
+    "Softmax": "as the last op: stripped, the logits are explained; in the middle: Exp, "
+               "ReduceSum, Reciprocal, product (docs/math.md §7.2 decision 5)",
+    "LogSoftmax": "as Softmax; in the middle: x - Log(ReduceSum(Exp(x)))",
+    "ReduceLogSumExp": "Log(ReduceSum(Exp(x))) over non-batch axes, evaluated stably",
+    "Pow": "constant exponent (docs/math.md §7.2 decision 3 for its domain)",
+    "HardSigmoid": "alpha u + beta (affine) then Clip to [0, 1]",
+    "Log": "positive inputs", "Sqrt": "positive inputs", "Reciprocal": "non-zero inputs",
+    "Exp": "inputs up to 709", "Gelu": "approximate none or tanh",
+    "Abs": "slope 0 at 0", "ThresholdedRelu": "slope 0 at alpha",
+    "HardSwish": "one smooth gate (piecewise quadratic); slopes at -3 and 3 as autograd",
     "Shape": "of a data tensor: a constant (batch dim taken as 1)",
 }
 
@@ -66,13 +101,19 @@ def versions(op: str) -> list[int]:
 
 
 def render() -> str:
-    kind_of = {op: kind for kind, ops in KINDS.items() for op in ops.split()}
+    order = ["affine", "affine or product", "affine or product, with a Reciprocal", "gate",
+             "affine + gate", "smooth", *[k for k in KINDS if k not in (
+                 "affine", "affine or product", "affine or product, with a Reciprocal", "gate",
+                 "affine + gate", "smooth")], "?"]
     lines = [
         "# ONNX support",
         "",
         "Generated by `python tools/make_onnx_support.py` from the importer's handler",
         f"registry and the operator schemas of onnx {onnx.__version__} (opsets {MIN_OPSET} to "
         f"{onnx.defs.onnx_opset_version()}); a test keeps it in sync.",
+        "",
+        "Kinds (docs/math.md §2 and §7): affine, gate and route nodes are piecewise linear;",
+        "smooth gates and products make the explanation a tangent model at `x` (§7).",
         "",
         "Every listed op is supported at every opset from 6 to the newest: the versions column",
         "lists the op versions (the opsets where its definition changed) that the handlers",
@@ -82,10 +123,9 @@ def render() -> str:
         "| op | kind | op versions | notes |",
         "| --- | --- | --- | --- |",
     ]
-    for op in sorted(supported_ops(), key=lambda o: (list(KINDS).index(kind_of.get(o, "route")),
-                                                     o)):
+    for op in sorted(supported_ops(), key=lambda o: (order.index(kind_of(o)), o)):
         listed = ", ".join(str(v) for v in versions(op))
-        lines.append(f"| {op} | {kind_of.get(op, '?')} | {listed} | {NOTES.get(op, '')} |")
+        lines.append(f"| {op} | {kind_of(op)} | {listed} | {NOTES.get(op, '')} |")
     return "\n".join(lines) + "\n"
 
 
