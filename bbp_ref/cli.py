@@ -26,6 +26,7 @@ import numpy as np
 
 from . import oracle
 from .attribution.rules import RULES
+from .binding import tensor_types
 from .defaults import default_input, default_model_path
 from .errors import BBpError, InputError
 from .experiments import digit_flip
@@ -64,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="draw the per-layer bias attribution (needs matplotlib)")
     ex.add_argument("--labels", type=int, nargs="+", metavar="K",
                     help="true classes of the examples, shown in the plots")
+    _add_binding_arguments(ex)
     nodes = commands.add_parser("nodes", help="list a model's canonical nodes")
     nodes.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
     verify = commands.add_parser("verify", help="check another implementation's arrays")
@@ -74,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                         "'target' field, else the argmax)")
     verify.add_argument("--rtol", type=float, default=oracle.RTOL)
     verify.add_argument("--atol", type=float, default=oracle.ATOL)
+    _add_binding_arguments(verify)
     rep = commands.add_parser("reproduce", help="the paper's table and figures on digits "
                               "(docs/reproduction.md; needs the 'experiments' extra)")
     rep.add_argument("--models", default="models/digits", help="folder of the digits models")
@@ -87,6 +90,35 @@ def _parser() -> argparse.ArgumentParser:
     gold.add_argument("pairs", nargs="+", metavar="MODEL INPUT",
                       help="ONNX model and .npy input, repeated")
     return parser
+
+
+def _add_binding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wrt", metavar="NAME",
+                        help="explain with respect to this tensor: a graph input or any "
+                             "intermediate tensor ('bbp-ref nodes MODEL' lists them); INPUT "
+                             "then holds the graph input's value")
+    parser.add_argument("--input", dest="inputs", action="append", default=[],
+                        metavar="NAME=FILE.npy",
+                        help="the value of another graph input, a constant at the point "
+                             "(repeat for each)")
+
+
+def _binding(args: argparse.Namespace) -> dict[str, object]:
+    """``wrt=``/``inputs=`` keyword arguments from ``--wrt`` and ``--input``."""
+    inputs: dict[str, np.ndarray] = {}
+    for item in args.inputs:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--input takes NAME=FILE.npy, got {item!r}")
+        if name in inputs:
+            raise InputError(f"--input gives {name!r} twice")
+        inputs[name] = _read_input(path)
+    bound: dict[str, object] = {}
+    if args.wrt is not None:
+        bound["wrt"] = args.wrt
+    if inputs:
+        bound["inputs"] = inputs
+    return bound
 
 
 def _read_input(path: str) -> np.ndarray:
@@ -115,8 +147,19 @@ def _summary(e: Explanation, source: str, x: np.ndarray) -> str:
         rows.append(f"{label}target {t}   f_t(x) = {out:.6g}   W^x x = {weights_times_x[i]:.6g}   "
                     f"b^x = {b:.6g}   sum B(x) = {attributions[i].sum():.6g}")
     rows.append(f"rule         {e.rule}")
+    rows.append(f"model kind   {_model_kind(e)}")
     rows.append(e.checks.summary())
     return "\n".join(rows)
+
+
+def _model_kind(e: Explanation) -> str:
+    """Which of the two local models was explained (docs/math.md §1 and §7)."""
+    if e.piecewise_linear:
+        return "piecewise linear: W^x and b^x hold on the whole linear region around x"
+    names = e.tangent_nodes
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"tangent model at x only: {len(names)} node(s) are not piecewise linear "
+            f"({shown})")
 
 
 def _save(path: str, e: Explanation) -> None:
@@ -155,14 +198,24 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _nodes(args: argparse.Namespace) -> int:
-    for node in load(args.model or str(default_model_path())).nodes:
-        print(f"{node.name:40s} {node.kind:7s} {node.op:30s} {list(node.shape)}")
+    model = load(args.model or str(default_model_path()))
+    print("graph inputs:")
+    for info in model.graph_inputs:
+        print(f"  {info.describe()}")
+    if not model.needs_binding:
+        print("canonical nodes (name, kind, op, per-example shape):")
+        for node in model.nodes:
+            print(f"  {node.name:40s} {node.kind:7s} {node.op:30s} {list(node.shape)}")
+    print("tensors --wrt can name (type, shape):")
+    for name, text in tensor_types(model.proto).items():
+        print(f"  {name:40s} {text}")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
     report = oracle.compare(args.model, _read_input(args.input), _read_candidate(args.candidate),
-                            target=args.target, rtol=args.rtol, atol=args.atol)
+                            target=args.target, rtol=args.rtol, atol=args.atol,
+                            **_binding(args))  # type: ignore[arg-type]
     print(report)
     return 0 if report.passed else 1
 
@@ -201,9 +254,13 @@ def _explain(args: argparse.Namespace) -> int:
         raise InputError("give an INPUT.npy file after the model")
     x = default_input() if args.model is None else _read_input(args.input)
     model = load(source)  # once, for the explanation and the figures
+    bound = _binding(args)
+    if bound and (args.plot or args.plot_layers):
+        raise InputError("--plot and --plot-layers do not support --wrt/--input yet")
     e = explain(model, x, target=args.target, rule=args.rule, layers=args.layers,
-                check=not args.no_check)
-    print(_summary(e, source, np.asarray(x, dtype=np.float64)))
+                check=not args.no_check, **bound)  # type: ignore[arg-type]
+    explained = x if e.wrt_value is None else e.wrt_value
+    print(_summary(e, source, np.asarray(explained, dtype=np.float64)))
     if args.out:
         _save(args.out, e)
         print(f"saved        {args.out}")

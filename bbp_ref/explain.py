@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .attribution.baselines import setup
 from .attribution.bbp import bias_backpropagation
 from .attribution.rules import resolve_rule
+from .binding import Binding, for_each_example, needs_binding, pick_example
 from .checks.onnxruntime_check import check_output
 from .checks.residuals import Checks, relative_residual
 from .engine.trace import Trace, linear_parts
 from .errors import InputError
 from .graph import Graph
+from .model import load
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,12 @@ class Explanation:
     its contribution `sum_p e_v[p]` to `b^x`; ``layers``: the nodes whose biases were
     attributed; ``logits``: the whole explained output `f(x)`; ``stripped``: the final
     ops cut off before explaining (e.g. a Softmax); ``checks``: the residuals and the
-    onnxruntime comparison.
+    onnxruntime comparison; ``piecewise_linear``: whether the explained graph is
+    piecewise linear (`W^x` holds on a whole linear region) or only tangent at `x`
+    (docs/math.md §7); ``tangent_nodes``: the names of its nodes that are not piecewise
+    linear (smooth gates, products); ``wrt_value``: with ``wrt``/``inputs``, the value of
+    the explained tensor (what ``gradient`` and ``bias_attribution`` are shaped like and
+    multiply), else None.
     """
 
     output: np.ndarray
@@ -43,10 +50,14 @@ class Explanation:
     logits: np.ndarray
     stripped: tuple[str, ...]
     checks: Checks
+    piecewise_linear: bool = True
+    tangent_nodes: tuple[str, ...] = ()
+    wrt_value: np.ndarray | None = None
 
 
 def explain(model: object, x: object, target: object = None, rule: object = "abs",
-            layers: object = None, check: bool = True) -> Explanation:
+            layers: object = None, check: bool = True, *, wrt: str | None = None,
+            inputs: Mapping[str, object] | None = None) -> Explanation:
     """Explain output ``target`` of ``model`` at ``x`` by BBp (SPEC §4).
 
     ``model``: a path, bytes, ``onnx.ModelProto`` or `Model`; ``x``: one example
@@ -54,10 +65,20 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
     index into one example's flattened output (default: its argmax), or one per
     example; ``rule``: ``"abs"``, ``"signed"``, ``"uniform"`` or a callable (see
     `bbp_ref.rules`); ``layers``: node names whose biases are attributed (None: all);
-    ``check``: compare the output with onnxruntime as well.
+    ``check``: compare the output with onnxruntime as well; ``wrt``: the tensor to explain
+    with respect to (a graph input, or any intermediate tensor: then ``x`` is the value of
+    the graph input and the fields are shaped like ``wrt``), ``inputs``: the values of the
+    other graph inputs, constants at the point (`bbp_ref.binding`, docs/math.md §7).
     """
+    binding = Binding.of(wrt, inputs)
+    loaded = load(model)
+    if needs_binding(loaded, binding):
+        return for_each_example(
+            loaded, x, binding,
+            lambda m, xi, i: explain(m, xi, pick_example(target, i), rule, layers, check),
+            lambda e, value: replace(e, wrt_value=value))
     chosen_rule = resolve_rule(rule)
-    s = setup(model, x, target)
+    s = setup(loaded, x, target)
     loaded, batch, single, trace, targets = s.model, s.batch, s.single, s.trace, s.targets
     logits, output, n = s.logits, s.output, batch.shape[0]
     selected = _layers(trace.graph, layers)
@@ -80,7 +101,8 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
         output=output, target=targets, gradient=result.gradient, bias=bias,
         bias_attribution=result.bias_attribution, rule=chosen_rule.name,
         layer_bias=dict(result.layer_bias), layers=layer_names, logits=logits,
-        stripped=loaded.stripped, checks=checks)
+        stripped=loaded.stripped, checks=checks,
+        piecewise_linear=trace.graph.piecewise_linear, tangent_nodes=trace.graph.tangent_nodes)
     return _unbatched(explanation) if single else explanation
 
 
@@ -118,4 +140,5 @@ def _unbatched(e: Explanation) -> Explanation:
         layer_bias={k: v[0] for k, v in e.layer_bias.items()}, layers=e.layers,
         logits=e.logits[0], stripped=e.stripped,
         checks=Checks(e.checks.decomposition[0], e.checks.completeness[0],
-                      e.checks.linear_passes[0], e.checks.onnxruntime))
+                      e.checks.linear_passes[0], e.checks.onnxruntime),
+        piecewise_linear=e.piecewise_linear, tangent_nodes=e.tangent_nodes)

@@ -23,21 +23,21 @@ KINDS = {
     "affine or product, with a Reciprocal": "Div",
     "gate": "Relu LeakyRelu PRelu Clip MaxPool GlobalMaxPool",
     "affine + gate": "HardSigmoid",
-    "smooth": "Pow",
+    "smooth gate": "Pow",
     "route": "Flatten Reshape Transpose Squeeze Unsqueeze Slice",
     "route, or affine with constants": "Concat",
     "pass-through": "Identity Dropout Cast CastLike",
     "constant": "Shape Size",
     "folded into Conv": "Pad",
-    "output head, or expanded (smooth)": "Softmax LogSoftmax",
-    "expanded (smooth)": "ReduceLogSumExp",
+    "output head, or expanded": "Softmax LogSoftmax",
+    "expanded": "ReduceLogSumExp",
 }
 
 
 def kind_of(op: str) -> str:
     """The kind column for ``op`` ("?" if nobody declared it)."""
     if op in FUNCTIONS:
-        return "gate" if op in PIECEWISE_LINEAR_FUNCTIONS else "smooth"
+        return "gate" if op in PIECEWISE_LINEAR_FUNCTIONS else "smooth gate"
     return {o: kind for kind, ops in KINDS.items() for o in ops.split()}.get(op, "?")
 
 
@@ -77,7 +77,8 @@ NOTES = {
                "ReduceSum, Reciprocal, product (docs/math.md §7.2 decision 5)",
     "LogSoftmax": "as Softmax; in the middle: x - Log(ReduceSum(Exp(x)))",
     "ReduceLogSumExp": "Log(ReduceSum(Exp(x))) over non-batch axes, evaluated stably",
-    "Pow": "constant exponent (docs/math.md §7.2 decision 3 for its domain)",
+    "Pow": "constant exponent; the derivative at 0 is its limit (docs/math.md §7.2 "
+           "decision 3)",
     "HardSigmoid": "alpha u + beta (affine) then Clip to [0, 1]",
     "Log": "positive inputs", "Sqrt": "positive inputs", "Reciprocal": "non-zero inputs",
     "Exp": "inputs up to 709", "Gelu": "approximate none or tanh",
@@ -101,10 +102,7 @@ def versions(op: str) -> list[int]:
 
 
 def render() -> str:
-    order = ["affine", "affine or product", "affine or product, with a Reciprocal", "gate",
-             "affine + gate", "smooth", *[k for k in KINDS if k not in (
-                 "affine", "affine or product", "affine or product, with a Reciprocal", "gate",
-                 "affine + gate", "smooth")], "?"]
+    order = [*KINDS, "?"]
     lines = [
         "# ONNX support",
         "",

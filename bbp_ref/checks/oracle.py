@@ -122,15 +122,26 @@ def compare_arrays(field: str, candidate: object, reference: np.ndarray,
 class _Reference:
     """Computes reference fields lazily, one `explain` per rule."""
 
-    def __init__(self, model: Model, x: np.ndarray, target: object) -> None:
+    def __init__(self, model: Model, x: np.ndarray, target: object,
+                 bind: Mapping[str, object] | None = None) -> None:
         self.model, self.x, self.target = model, x, target
+        self.bind = dict(bind or {})  # wrt= and inputs=, passed on to every computation
         self._explained: dict[str, Explanation] = {}
+
+    @property
+    def bound(self) -> bool:
+        return bool(self.bind) or self.model.needs_binding
 
     def explanation(self, rule: str = "abs") -> Explanation:
         if rule not in self._explained:
             self._explained[rule] = explain(self.model, self.x, target=self.target, rule=rule,
-                                            check=False)
+                                            check=False, **self.bind)  # type: ignore[arg-type]
         return self._explained[rule]
+
+    def explained_input(self) -> np.ndarray:
+        """The value of the explained tensor (``x``, or ``wrt``'s value)."""
+        value = self.explanation().wrt_value
+        return self.x if value is None else value
 
     def field(self, name: str) -> np.ndarray:
         simple: dict[str, Callable[[], np.ndarray]] = {
@@ -139,9 +150,9 @@ class _Reference:
             "logits": lambda: self.explanation().logits,
             "target": lambda: self.explanation().target,
             "gradient": lambda: self.explanation().gradient,
-            "gradient_x_input": lambda: self.explanation().gradient * self.x,
+            "gradient_x_input": lambda: self.explanation().gradient * self.explained_input(),
             "bias": lambda: self.explanation().bias,
-            "jacobian": lambda: self.model.jacobian(self.x),
+            "jacobian": lambda: self.model.jacobian(self.x, **self.bind),  # type: ignore
             "integrated_gradients": self._integrated_gradients,
             "deeplift": self._deeplift,
         }
@@ -152,7 +163,8 @@ class _Reference:
             return self.explanation(member).bias_attribution
         if family == "layer_bias" and member:
             layer_bias = self.explanation().layer_bias
-            resolved = self.model.graph_for(self._example_shape()).resolve(member)
+            resolved = member if self.bound else self.model.graph_for(
+                self._example_shape()).resolve(member)
             if resolved is not None and resolved in layer_bias:
                 return np.asarray(layer_bias[resolved])
             raise InputError(f"field {name!r}: no node {member!r} with a bias; choose from "
@@ -165,10 +177,12 @@ class _Reference:
 
     def _integrated_gradients(self) -> np.ndarray:
         return np.asarray(integrated_gradients(self.model, self.x, target=self.target,
-                                               method="exact").attribution)
+                                               method="exact",
+                                               **self.bind).attribution)  # type: ignore
 
     def _deeplift(self) -> np.ndarray:
-        return np.asarray(deeplift(self.model, self.x, target=self.target).attribution)
+        return np.asarray(deeplift(self.model, self.x, target=self.target,
+                                   **self.bind).attribution)  # type: ignore
 
 
 def known_fields() -> list[str]:
@@ -177,15 +191,18 @@ def known_fields() -> list[str]:
 
 
 def compare(model: object, x: object, candidate: Mapping[str, object], target: object = None,
-            rtol: float = RTOL, atol: float = ATOL) -> Report:
+            rtol: float = RTOL, atol: float = ATOL, *, wrt: str | None = None,
+            inputs: Mapping[str, object] | None = None) -> Report:
     """Compare ``candidate`` (field name -> array from another implementation) with
     bbp_ref's exact values for ``model`` at ``x``. The target is ``target``, else the
-    candidate's own ``target`` field, else the argmax of each example's output."""
+    candidate's own ``target`` field, else the argmax of each example's output.
+    ``wrt``/``inputs`` as in `bbp_ref.explain` (the fields are then shaped like ``wrt``)."""
     loaded = load(model)
     x_array = np.asarray(x)
     if target is None and "target" in candidate:
         target = np.asarray(candidate["target"]).astype(np.int64)
-    reference = _Reference(loaded, x_array, target)
+    bind = {k: v for k, v in (("wrt", wrt), ("inputs", inputs)) if v is not None}
+    reference = _Reference(loaded, x_array, target, bind)
     results = [compare_arrays(name, value, reference.field(name), rtol, atol)
                for name, value in candidate.items()]
     if not results:
