@@ -122,7 +122,7 @@ def bound_model(model: Model, x: np.ndarray, binding: Binding, free: GraphInput,
         key = _digest(wrt, constants)
         if key not in model.bound:
             model.bound[key] = Model(_with_constants(model.proto, constants),
-                                     model.output_name, model.source)
+                                     model.output_name, model.source, model.max_bytes)
         return model.bound[key], explained
     cut = _Cut(model, wrt)
     values = _onnxruntime_values(model, [wrt, *cut.boundary], {free.name: x, **constants})
@@ -133,7 +133,7 @@ def bound_model(model: Model, x: np.ndarray, binding: Binding, free: GraphInput,
     key = _digest(wrt, boundary)
     if key not in model.bound:
         model.bound[key] = Model(cut.proto(explained, boundary), model.output_name,
-                                 model.source)
+                                 model.source, model.max_bytes)
     return model.bound[key], explained.astype(np.float64)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from . import budget
 from .engine.trace import Trace, forward, input_gradient, linear_parts
 from .errors import InputError
 from .graph import Graph
@@ -37,9 +38,10 @@ class Model:
     """
 
     def __init__(self, proto: onnx.ModelProto, output: str | None = None,
-                 source: str | None = None) -> None:
+                 source: str | None = None, max_bytes: int | None = None) -> None:
         self.proto = proto
         self.source = source
+        self.max_bytes = budget.max_bytes() if max_bytes is None else budget.validated(max_bytes)
         self.output_name = output
         self.graph_inputs = graph_inputs(proto)
         self._graphs: dict[tuple[int, ...], Graph] = {}
@@ -75,7 +77,8 @@ class Model:
     def graph_for(self, example_shape: tuple[int, ...]) -> Graph:
         graph = self._graphs.get(example_shape)
         if graph is None:
-            graph = build_graph(self.proto, self.signature, example_shape)
+            with budget.limit(self.max_bytes):
+                graph = build_graph(self.proto, self.signature, example_shape)
             self._graphs[example_shape] = graph
         return graph
 
@@ -132,17 +135,32 @@ class Model:
                                  f"{axis + (0 if single else 1)}")
         if batch.shape[0] == 0:
             raise InputError("the batch is empty")
+        with budget.limit(self.max_bytes):
+            self._check_working_set(batch.shape)
         batch = batch.astype(np.float64)
         if not np.isfinite(batch).all():
             raise InputError("input contains NaN or infinite values")
         return batch, single
 
+    def _check_working_set(self, shape: tuple[int, ...]) -> None:
+        """The engine keeps every node's value (and a local map of about the same size)
+        for the whole batch: refuse a batch whose values alone exceed the budget."""
+        graph = self.graph_for(tuple(shape[1:]))
+        per_example = sum(budget.count(node.shape) for node in graph)
+        budget.check_bytes(shape[0] * per_example * budget.FLOAT64_BYTES,
+                           f"the engine's values for a batch of {shape[0]}", InputError)
+
     def _dim_names(self) -> list[object]:
         return [d if d is not None else "?" for d in self.signature.example_dims]
 
     def trace(self, batch: np.ndarray, linearize: bool = True) -> Trace:
-        """The engine's forward trace of a prepared float64 batch."""
-        return forward(self.graph_for(tuple(batch.shape[1:])), batch, linearize=linearize)
+        """The engine's forward trace of a prepared float64 batch. A value that
+        overflows to infinity (or NaN) is an `InputError` naming the first such node."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            trace = forward(self.graph_for(tuple(batch.shape[1:])), batch,
+                            linearize=linearize)
+        _check_finite_values(trace)
+        return trace
 
     def forward(self, x: object, *, inputs: Mapping[str, object] | None = None,
                 wrt: str | None = None) -> np.ndarray:
@@ -191,11 +209,21 @@ class Model:
                                 lambda m, xi, _: run(m, xi), lambda result, _: result)
 
 
-def load(model: object, output: str | None = None) -> Model:
+def _check_finite_values(trace: Trace) -> None:
+    for node in trace.graph:
+        if not np.isfinite(trace.values[node.name]).all():
+            raise InputError(f"the value of node {node.name!r} ({node.op}) is not finite: "
+                             "the input or the model's weights overflow float64 there")
+
+
+def load(model: object, output: str | None = None, max_bytes: int | None = None) -> Model:
     """Import an ONNX model (a path, bytes, an ``onnx.ModelProto``, or a `Model`,
     returned as is). ``output`` names the graph output to explain (default: the
-    first float output)."""
+    first float output). ``max_bytes`` is the byte budget for everything the model's
+    declarations make bbp_ref allocate (default: ``BBP_MAX_BYTES`` or 4 GiB;
+    docs/security.md)."""
     if isinstance(model, Model):
         return model
     source = str(Path(model)) if isinstance(model, (str, Path)) else None
-    return Model(read_model(model), output, source)
+    with budget.limit(max_bytes) as chosen:
+        return Model(read_model(model), output, source, chosen)

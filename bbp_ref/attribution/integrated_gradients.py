@@ -38,6 +38,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .. import budget
 from ..binding import pick_baseline, pick_example
 from ..engine.gates import MaxPool, PiecewiseLinear
 from ..engine.operator import ROUTE, AffineOperator
@@ -56,7 +57,11 @@ LOCK_STEP_MAX_VALUES = 20_000
 
 
 def approximation_parameters(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Captum's ``(step_sizes, alphas)`` for a quadrature ``method``, in float64."""
+    """Captum's ``(step_sizes, alphas)`` for a quadrature ``method``, in float64. The
+    arrays (and Gauss-Legendre's n x n companion matrix) must fit the byte budget."""
+    what = f"n_steps={n_steps} for {method}"
+    needed = [n_steps, n_steps] if method == "gausslegendre" else [n_steps]
+    budget.check_elements(needed, what, error=InputError)
     if method in RIEMANN:
         if n_steps < 2:
             raise InputError(f"{method} needs n_steps > 1, got {n_steps}")
@@ -162,6 +167,10 @@ def _weighted_gradients(s: Setup, base: np.ndarray, steps: np.ndarray, alphas: n
     n = s.batch.shape[0]
     direction = s.batch - base
     per_pass = len(alphas) if internal_batch_size is None else max(1, internal_batch_size // n)
+    per_point = sum(budget.count(node.shape) for node in s.graph)
+    budget.check_elements([min(per_pass, len(alphas)), n, per_point],
+                          f"the engine's values for {min(per_pass, len(alphas))} path points "
+                          "per pass (lower internal_batch_size)", error=InputError)
     total = np.zeros_like(s.batch)
     for first in range(0, len(alphas), per_pass):
         a = alphas[first:first + per_pass]
