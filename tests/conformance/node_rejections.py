@@ -6,7 +6,7 @@ reducing, normalising, concatenating, slicing, transposing or flattening along i
 constant operand (the case's second input, made an initializer) that varies along it.
 The ``_stacked`` variant of a binary case (every float input data) is accepted where the
 plain one is refused for this reason. The rest are documented domain limits and op forms;
-``NOT_IMPLEMENTED`` reasons are limitations no decision of docs/math.md asks for.
+The ``NOT_IMPLEMENTED`` reason is a limitation no decision of docs/math.md asks for.
 
 Each reason: (a regular expression the error message must match, why).
 """
@@ -44,10 +44,11 @@ REASONS: dict[str, tuple[str, str]] = {
                     "derivative, docs/math.md §7.2 decision 3"),
     "matmul_vector": ("must be at least 2-D", "NOT_IMPLEMENTED: MatMul by a 1-D constant "
                       "(a matrix-vector product); no decision of docs/math.md excludes it"),
-    "if_outer_scope": ("could not be evaluated on its constant inputs",
-                       "NOT_IMPLEMENTED: AffineGrid's function body has an If whose branches "
-                       "read tensors of the enclosing graph; constant folding (docs/math.md "
-                       "§2 decision 5) evaluates each node alone and cannot feed them"),
+    "if_outer_scope": ("computes a constant, but bbp_ref evaluates only ops whose cost is "
+                       "bounded",
+                       "AffineGrid's function body folds its constant part with an If, which "
+                       "constant folding refuses (control flow is not on the allow-list of ops "
+                       "whose cost their shapes bound, docs/math.md §2 decision 5)"),
 }
 
 REJECTED: dict[str, str] = {
