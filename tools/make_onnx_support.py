@@ -17,21 +17,25 @@ from bbp_ref.importer.loading import MIN_OPSET
 # functions come from the function table (a smooth gate, or a piecewise-linear one); every
 # other op is listed here, and `test_docs` fails on a supported op with no kind.
 KINDS = {
-    "affine": "Gemm Conv BatchNormalization Add Sub Neg Sum AveragePool "
-              "GlobalAveragePool ReduceMean ReduceSum",
-    "affine or product": "Mul MatMul",
+    "affine": "Gemm Conv BatchNormalization Add Sub Neg Sum AveragePool GlobalAveragePool "
+              "ReduceMean ReduceSum ConvTranspose",
+    "affine or product": "Mul MatMul Einsum",
     "affine or product, with a Reciprocal": "Div",
-    "gate": "Relu LeakyRelu PRelu Clip MaxPool GlobalMaxPool",
+    "affine or route": "Pad Resize Upsample Where",
+    "gate": "Relu LeakyRelu PRelu Clip MaxPool GlobalMaxPool Max Min ReduceMax ReduceMin",
     "affine + gate": "HardSigmoid",
     "smooth gate": "Pow",
-    "route": "Flatten Reshape Transpose Squeeze Unsqueeze Slice",
+    "route": "Flatten Reshape Transpose Squeeze Unsqueeze Slice Split Tile Expand Gather "
+             "GatherElements DepthToSpace SpaceToDepth",
     "route, or affine with constants": "Concat",
     "pass-through": "Identity Dropout Cast CastLike",
     "constant": "Shape Size",
-    "folded into Conv": "Pad",
     "output head, or expanded": "Softmax LogSoftmax",
-    "expanded": "ReduceLogSumExp",
+    "expanded": "ReduceLogSumExp LayerNormalization RMSNormalization InstanceNormalization "
+                "GroupNormalization MeanVarianceNormalization LpNormalization LRN ReduceL1 "
+                "ReduceL2 ReduceSumSquare ReduceLogSum",
 }
+PIECEWISE_LINEAR_FUNCTIONS = ("Abs", "ThresholdedRelu")
 
 
 def kind_of(op: str) -> str:
@@ -41,20 +45,16 @@ def kind_of(op: str) -> str:
     return {o: kind for kind, ops in KINDS.items() for o in ops.split()}.get(op, "?")
 
 
-PIECEWISE_LINEAR_FUNCTIONS = ("Abs", "ThresholdedRelu")
 NOTES = {
-    "Gemm": "data input A only, transA=0; alpha, beta, transB; C of shape [M], [1, M] or scalar",
-    "MatMul": "one constant operand of rank >= 2 (either side; affine), or two data operands "
-              "of the same rank (product); NumPy matmul broadcasting off the batch axis",
+    "Gemm": "data input A only (a data B would mix examples), transA=0; alpha, beta, transB; "
+            "C of shape [M], [1, M] or scalar",
     "Conv": "1-, 2-, 3-D; strides, pads, dilations, group, auto_pad; bias per output channel",
     "BatchNormalization": "inference only; folded into a directly preceding Conv/Gemm/MatMul, "
                           "else a diagonal affine node; spatial=0 (opset < 9) supported",
     "Add": "with a constant (broadcast) or of two data tensors; opset-6 broadcast/axis",
     "Sub": "as Add",
-    "Mul": "by a constant (affine) or of two data tensors of the same rank (product, "
-           "broadcast; docs/math.md §7.1)",
-    "Div": "by a non-zero constant (affine); by data: Reciprocal gate and product "
-           "(docs/math.md §7.2 decision 4)",
+    "Mul": "by a constant (affine) or of two data tensors of the same rank (a product node)",
+    "Div": "by a non-zero constant, or by a data tensor: Mul by its Reciprocal",
     "Sum": "data tensors and constants",
     "AveragePool": "pads, strides, dilations (19+), ceil_mode, count_include_pad",
     "ReduceMean": "over non-batch axes (attribute < 18, input 18+), keepdims",
@@ -72,19 +72,50 @@ NOTES = {
               "are local bias spread over the data input, docs/math.md §7.2 decision 6)",
     "Slice": "constant starts/ends/axes/steps (attribute form < 10), off the batch axis",
     "Dropout": "inference (training_mode false, mask unused)", "Cast": "to a float type",
-    "Pad": "constant 0 on spatial axes directly before a Conv; all-zero pads anywhere",
-    "Softmax": "as the last op: stripped, the logits are explained; in the middle: Exp, "
-               "ReduceSum, Reciprocal, product (docs/math.md §7.2 decision 5)",
-    "LogSoftmax": "as Softmax; in the middle: x - Log(ReduceSum(Exp(x)))",
-    "ReduceLogSumExp": "Log(ReduceSum(Exp(x))) over non-batch axes, evaluated stably",
-    "Pow": "constant exponent; the derivative at 0 is its limit (docs/math.md §7.2 "
-           "decision 3)",
-    "HardSigmoid": "alpha u + beta (affine) then Clip to [0, 1]",
+    "Pad": "every mode (constant: an Embed node whose border is local bias; reflect, edge, "
+           "wrap: a route); negative pads crop; a zero Pad read only by Convs folds into them",
+    "Resize": "constant scales or sizes (axes, keep_aspect_ratio_policy); nearest (a route), "
+              "linear and cubic (affine; antialias, exclude_outside, cubic_coeff_a); every "
+              "coordinate_transformation_mode; tf_crop_and_resize extrapolates constants",
+    "Upsample": "constant scales; nearest and linear (asymmetric, as Resize 10)",
+    "ConvTranspose": "1-, 2-, 3-D; strides, pads, dilations, group, auto_pad, output_padding, "
+                     "output_shape (not larger than the natural size); outputs no input "
+                     "reaches are the bias alone",
+    "Einsum": "one data operand (affine) or two (a product); the batch label leads the output",
+    "Where": "constant condition; X and Y data or constants",
+    "Max": "data tensors and constants, broadcast; ties to the first operand",
+    "Min": "as Max", "ReduceMax": "over non-batch axes; ties to the lowest index",
+    "ReduceMin": "as ReduceMax",
+    "Split": "every opset form (split attribute/input, num_outputs), off the batch axis",
+    "Tile": "constant repeats, 1 on the batch axis", "Expand": "of data; constant shape",
+    "Gather": "constant indices, axis != 0",
+    "GatherElements": "constant indices equal for every example, axis != 0",
+    "DepthToSpace": "DCR and CRD", "SpaceToDepth": "",
+    "Softmax": "as the last op: stripped, the logits are explained; elsewhere Exp, ReduceSum, "
+               "Reciprocal, Mul (stable)",
+    "LogSoftmax": "as the last op: stripped; elsewhere x - Log(ReduceSum(Exp(x))) (stable)",
+    "ReduceLogSumExp": "Log(ReduceSum(Exp(x))) (stable), over non-batch axes",
+    "MatMul": "one constant operand (affine), or two data tensors of the same rank (a product)",
+    "Pow": "constant exponent; the derivative at 0 is its limit",
     "Log": "positive inputs", "Sqrt": "positive inputs", "Reciprocal": "non-zero inputs",
-    "Exp": "inputs up to 709", "Gelu": "approximate none or tanh",
-    "Abs": "slope 0 at 0", "ThresholdedRelu": "slope 0 at alpha",
+    "Gelu": "exact and tanh", "HardSigmoid": "alpha u + beta (affine) then Clip to [0, 1]",
+    "Exp": "inputs up to 709", "Abs": "slope 0 at 0", "ThresholdedRelu": "slope 0 at alpha",
     "HardSwish": "one smooth gate (piecewise quadratic); slopes at -3 and 3 as autograd",
     "Shape": "of a data tensor: a constant (batch dim taken as 1)",
+    "LayerNormalization": "(x - m) / Sqrt(E[(x - m)^2] + eps) * Scale + B (math.md §7.4); "
+                          "Mean and InvStdDev outputs; constant Scale and B",
+    "InstanceNormalization": "as LayerNormalization over the spatial axes",
+    "RMSNormalization": "x * Reciprocal(Sqrt(ReduceMean(x^2) + eps)) * scale; constant scale",
+    "GroupNormalization": "opset 21 (18's per-group scale is deprecated: the checker refuses "
+                          "it); Reshape to [G, -1], normalize, Reshape back",
+    "MeanVarianceNormalization": "(x - m) / (Sqrt(E[(x - m)^2]) + 1e-9); axes without the "
+                                 "batch axis (the default [0, 2, 3] is refused)",
+    "LpNormalization": "p = 1 or 2: x * Reciprocal(norm)",
+    "LRN": "x * (bias + alpha/size * channel-window-sum(x^2))^(-beta)",
+    "ReduceL1": "ReduceSum(Abs(x)) (piecewise linear), over non-batch axes",
+    "ReduceL2": "Sqrt(ReduceSum(x^2)), over non-batch axes",
+    "ReduceSumSquare": "ReduceSum(x^2), over non-batch axes",
+    "ReduceLogSum": "Log(ReduceSum(x)), over non-batch axes",
 }
 
 

@@ -51,13 +51,14 @@ class GraphBuilder:
 
     def add_node(self, ctx: NodeContext, operator: Operator, inputs: Sequence[Var],
                  shape: tuple[int, ...], part: str | None = None,
-                 context: Sequence[Var] = ()) -> Var:
+                 context: Sequence[Var] = (), output: int = 0) -> Var:
         _check_finite(ctx, operator)
         budget.check_elements(shape, f"the output of node {ctx.name!r} ({ctx.op_type}) of "
                               f"shape {list(shape)} per example")
-        tensor = ctx.node.output[0] if ctx.node.output else ctx.name
+        tensor = ctx.node.output[output] if len(ctx.node.output) > output else ctx.name
         if part is None:
-            name, op = self._unique(ctx.name), ctx.op_type
+            base = ctx.name if output == 0 else f"{ctx.name}:{output}"
+            name, op = self._unique(base), ctx.op_type
         else:
             name, op, tensor = self._unique(f"{ctx.name}/{part}"), f"{ctx.op_type}/{part}", ""
         self.nodes[name] = Node(name, op, operator, tuple(v.node for v in inputs), shape,
