@@ -17,13 +17,15 @@ middle*, not a stripped output head), float32 weights and an input batch. The la
 - ``SoftmaxMid``: Softmax or LogSoftmax over the last axis;
 - ``ConcatConst``: Concat of the data with a constant (expanded to the batch as exporters
   write it) along a per-example axis;
-- ``Composite``: Gelu, HardSwish, Mish.
+- ``Composite``: Gelu, HardSwish, Mish;
+- ``LayerNorm``: LayerNormalization over the last axis (constant scale and bias).
 
 Composites have two writings (`TangentNet.onnx(form=...)`): ``"fused"`` (Gelu, HardSwish,
 Mish, Softmax, LogSoftmax, Div as single ONNX ops) and ``"decomposed"`` (as exporters write
 them: ``0.5 x (1 + Erf(x / sqrt 2))``, ``x * Clip(x / 6 + 1/2, 0, 1)`` (HardSigmoid's),
 ``x * Tanh(Softplus(x))``, ``Exp / ReduceSum(Exp)``, ``x - Log(ReduceSum(Exp(x)))``,
-``Mul(a, Reciprocal(b))``): invariant 9 says both give the same `W^x`, `b^x`, `B(x)`. It is
+``Mul(a, Reciprocal(b))``, LayerNormalization as ReduceMean, Sub, Pow, ReduceMean, Add,
+Sqrt, Div, Mul, Add): invariant 9 says both give the same `W^x`, `b^x`, `B(x)`. It is
 compared on the float64 writing (``dtype=np.float64``), where the constants `sqrt 2` and
 `1/6` of the two forms are the same numbers (in float32 they would differ by rounding).
 ``reference=True`` writes Gelu out for `onnx.reference`. `torch_forward` (in
@@ -54,9 +56,17 @@ SMOOTH_FUNCTIONS: dict[str, dict[str, object]] = {
     "Atan": {}, "Sinh": {}, "Cosh": {}, "Asinh": {}, "Gelu": {}, "GeluTanh": {},
 }
 BOUNDED_FIRST = ("Exp", "Sinh", "Cosh")
+# a jump in a derivative: Elu/Selu at 0 (slopes alpha and 1), Celu's second derivative at 0,
+# HardSwish at -3 and 3; left out of the kink-free networks (finite differences)
+KINKED = ("Elu", "Selu", "Celu", "HardSwish")
+# DEGENERATE: Softmax, LogSoftmax and LayerNorm over a single element are constants (1, 0,
+# the bias): one writing computes `g = 0` exactly where the other leaves a rounding residue,
+# and the signed rule's `sigma = sign(beta g)` then splits mass differently (docs/math.md
+# §7.7 decision 4). They are not drawn over an axis of length 1.
 POSITIVE_FUNCTIONS = ("Log", "Sqrt", "Reciprocal", "Pow")
 COMPOSITES = ("Gelu", "HardSwish", "Mish")
 SQRT_2 = math.sqrt(2.0)
+LAYER_NORM_EPSILON = 2.0 ** -10  # a float32 attribute: exact, so both forms hold the same eps
 
 
 @dataclass(frozen=True)
@@ -80,14 +90,6 @@ class TangentNet:
 
     def all_layers(self) -> list[Layer]:
         return [inner for layer in self.layers for inner in layer.walk()]
-
-    @property
-    def piecewise_linear_free(self) -> bool:
-        """No kink anywhere (no Relu/LeakyRelu/Abs, no HardSwish): finite differences
-        apply at every point."""
-        return not any(layer.op == "Gate" or (layer.op == "Composite"
-                                                and layer["kind"] == "HardSwish")
-                       for layer in self.all_layers())
 
     def onnx(self, form: str = "fused", dtype: type = np.float32,
              reference: bool = False) -> onnx.ModelProto:
@@ -124,11 +126,13 @@ class TangentDrawer:
 
     def layer(self, shape: tuple[int, ...], key: str) -> tuple[Layer, tuple[int, ...]]:
         ops = ["Linear", "Smooth", "Smooth", "Positive", "Product", "Divide", "SoftmaxMid",
-               "ConcatConst", "Composite", "Residual"]
+               "ConcatConst", "Composite", "Residual", "LayerNorm"]
         if self.piecewise:
             ops.append("Gate")
         if len(shape) == 2:
             ops.append("MatMulProduct")
+        if shape[-1] == 1:  # over one element Softmax and LayerNorm are constants (see
+            ops = [o for o in ops if o not in ("SoftmaxMid", "LayerNorm")]  # DEGENERATE)
         op = self.pick(ops)
         if op == "Linear":
             return self.linear(shape, key, self.draw(st.integers(1, 4)))
@@ -136,7 +140,7 @@ class TangentDrawer:
             gate = self.pick(PIECEWISE_LINEAR_GATES)
             return Layer("Gate", key, (("gate", gate),)), shape
         if op == "Smooth":
-            return Layer("Smooth", key, (("fn", self.pick(sorted(SMOOTH_FUNCTIONS))),)), shape
+            return Layer("Smooth", key, (("fn", self.pick(self.smooth_functions())),)), shape
         if op == "Positive":
             fn = self.pick(POSITIVE_FUNCTIONS)
             exponent = self.pick([0.5, -1.5, 2.0, 3.0]) if fn == "Pow" else None
@@ -169,19 +173,30 @@ class TangentDrawer:
             first = self.draw(st.booleans())
             return Layer("ConcatConst", key, (("axis", axis), ("const_first", first))), out
         if op == "Composite":
-            return Layer("Composite", key, (("kind", self.pick(COMPOSITES)),)), shape
+            return Layer("Composite", key, (("kind", self.pick(self.composites())),)), shape
+        if op == "LayerNorm":
+            rng = layer_rng(self.seed, key)
+            self.weights[key + "_scale"] = rng.normal(1, 0.5, shape[-1]).astype(np.float32)
+            self.weights[key + "_bias"] = rng.normal(0, 0.5, shape[-1]).astype(np.float32)
+            return Layer("LayerNorm", key), shape
         # Residual: x + branch(x)
         inner = self.pick(["Smooth", "Composite", "Product"])
         branch_layer, _ = self.layer_of(inner, shape, key + "r")
         branch = (self.same_width(shape, key + "w"), branch_layer)
         return Layer("Residual", key, (), (branch,)), shape
 
+    def smooth_functions(self) -> list[str]:
+        return [f for f in sorted(SMOOTH_FUNCTIONS) if self.piecewise or f not in KINKED]
+
+    def composites(self) -> list[str]:
+        return [c for c in COMPOSITES if self.piecewise or c not in KINKED]
+
     def layer_of(self, op: str, shape: tuple[int, ...], key: str) -> tuple[Layer, tuple]:
         """A layer of a given op (the inner layer of a residual block)."""
         if op == "Smooth":
-            return Layer("Smooth", key, (("fn", self.pick(sorted(SMOOTH_FUNCTIONS))),)), shape
+            return Layer("Smooth", key, (("fn", self.pick(self.smooth_functions())),)), shape
         if op == "Composite":
-            return Layer("Composite", key, (("kind", self.pick(COMPOSITES)),)), shape
+            return Layer("Composite", key, (("kind", self.pick(self.composites())),)), shape
         first = (self.same_width(shape, key + "a"),)
         second = (self.same_width(shape, key + "b"),)
         return Layer("Product", key, (("broadcast", False),), (first, second)), shape
@@ -196,8 +211,8 @@ def input_shapes() -> st.SearchStrategy[tuple[int, ...]]:
 def tangent_networks(draw: Callable, piecewise: bool = True, max_batch: int = 3,
                      kinds: Sequence[str] | None = None) -> TangentNet:
     """A random network with smooth gates, products, Div of data, Softmax in the middle,
-    Concat with constants and composites; ``piecewise=False``: no kinks at all (for
-    finite differences)."""
+    Concat with constants and composites; ``piecewise=False``: no kinks at all, in values
+    or derivatives (no PL gates, Elu, Selu, Celu, HardSwish: for finite differences)."""
     input_shape = draw(input_shapes())
     seed = draw(st.integers(0, 2**16))
     drawer = TangentDrawer(draw, seed, piecewise)
@@ -366,6 +381,25 @@ class TangentEmitter:
             return self.node("Mul", [x, gate], key)
         softplus = self.node("Softplus", [x], key + "_softplus")  # Mish
         return self.node("Mul", [x, self.node("Tanh", [softplus], key + "_tanh")], key)
+
+    def emit_LayerNorm(self, layer: Layer, x: str) -> str:
+        """LayerNormalization over the last axis, or as PyTorch's exporters decompose it:
+        `(x - m) / Sqrt(ReduceMean((x - m)^2) + eps) * scale + bias`."""
+        key = layer.key
+        scale = self.const(key + "_scale", self.net.weights[key + "_scale"])
+        bias = self.const(key + "_bias", self.net.weights[key + "_bias"])
+        if self.form == "fused":
+            return self.node("LayerNormalization", [x, scale, bias], key, axis=-1,
+                             epsilon=LAYER_NORM_EPSILON)
+        axes = self.const(key + "_axes", np.array([-1]))
+        mean = self.node("ReduceMean", [x, axes], key + "_mean", keepdims=1)
+        centred = self.node("Sub", [x, mean], key + "_sub")
+        square = self.node("Pow", [centred, self.scalar(2.0)], key + "_pow")
+        variance = self.node("ReduceMean", [square, axes], key + "_var", keepdims=1)
+        shifted = self.node("Add", [variance, self.scalar(LAYER_NORM_EPSILON)], key + "_eps")
+        normed = self.node("Div", [centred, self.node("Sqrt", [shifted], key + "_sqrt")],
+                           key + "_div")
+        return self.node("Add", [self.node("Mul", [normed, scale], key + "_mul"), bias], key)
 
     def emit_Residual(self, layer: Layer, x: str) -> str:
         (branch,) = layer.branches

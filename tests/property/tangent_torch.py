@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from strategies import Layer
-from tangent_strategies import BOUNDED_FIRST, SMOOTH_FUNCTIONS, TangentNet
+from tangent_strategies import BOUNDED_FIRST, LAYER_NORM_EPSILON, SMOOTH_FUNCTIONS, TangentNet
 
 
 def torch_forward(net: TangentNet, x: object) -> object:
@@ -103,6 +103,9 @@ def _layer(net: TangentNet, layer: Layer, x: object) -> object:
         return torch.cat(parts, dim=layer["axis"] + 1)
     if op == "Composite":
         return _smooth(layer["kind"], x)
+    if op == "LayerNorm":
+        return F.layer_norm(x, (x.shape[-1],), _weight(net, key + "_scale"),
+                            _weight(net, key + "_bias"), eps=LAYER_NORM_EPSILON)
     if op == "Residual":
         (branch,) = layer.branches
         return x + _layers(net, branch, x)
