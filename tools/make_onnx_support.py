@@ -34,6 +34,7 @@ KINDS = {
     "expanded": "ReduceLogSumExp LayerNormalization RMSNormalization InstanceNormalization "
                 "GroupNormalization MeanVarianceNormalization LpNormalization LRN ReduceL1 "
                 "ReduceL2 ReduceSumSquare ReduceLogSum",
+    "unrolled": "LSTM GRU RNN",
 }
 PIECEWISE_LINEAR_FUNCTIONS = ("Abs", "ThresholdedRelu")
 
@@ -66,7 +67,8 @@ NOTES = {
                "Indices output is rejected",
     "Flatten": "axis >= 1 with the leading per-example dims of size 1",
     "Reshape": "constant target (folded shape subgraphs included) keeping the batch axis",
-    "Transpose": "perm[0] = 0", "Squeeze": "attribute (< 13) and input (13+) axes",
+    "Transpose": "any perm; moving the batch axis makes no node (docs/math.md §7.5)",
+    "Squeeze": "attribute (< 13) and input (13+) axes",
     "Unsqueeze": "attribute (< 13) and input (13+) axes",
     "Concat": "axis != 0; of data tensors (route), or with constants (affine: the constants "
               "are local bias spread over the data input, docs/math.md §7.2 decision 6)",
@@ -102,6 +104,10 @@ NOTES = {
     "Exp": "inputs up to 709", "Abs": "slope 0 at 0", "ThresholdedRelu": "slope 0 at alpha",
     "HardSwish": "one smooth gate (piecewise quadratic); slopes at -3 and 3 as autograd",
     "Shape": "of a data tensor: a constant (batch dim taken as 1)",
+    "LSTM": "unrolled over the sequence (math.md §7.7): all directions, layout 0/1, "
+            "initial states, peepholes, clip, input_forget, listed activations; "
+            "sequence_lens equal to the sequence length",
+    "GRU": "as LSTM; linear_before_reset", "RNN": "as LSTM",
     "LayerNormalization": "(x - m) / Sqrt(E[(x - m)^2] + eps) * Scale + B (math.md §7.4); "
                           "Mean and InvStdDev outputs; constant Scale and B",
     "InstanceNormalization": "as LayerNormalization over the spatial axes",
@@ -147,7 +153,9 @@ def render() -> str:
         "Every listed op is supported at every opset from 6 to the newest: the versions column",
         "lists the op versions (the opsets where its definition changed) that the handlers",
         "cover. Any op, supported or not, whose inputs are all constants is folded to a",
-        "constant with `onnx.reference` at import. Any other op raises `UnsupportedOpError`.",
+        "constant with `onnx.reference` at import. If (with a constant condition), Loop",
+        "(constant trip count) and Scan are inlined or unrolled (docs/math.md §7.8). Any",
+        "other op raises `UnsupportedOpError`.",
         "",
         "| op | kind | op versions | notes |",
         "| --- | --- | --- | --- |",

@@ -41,7 +41,7 @@ REASONS: dict[str, tuple[str, str]] = {
                      f"(docs/math.md §7.3); {_BATCH}"),
     "empty_extremum": ("reducing an empty set",
                        "ReduceMax/ReduceMin over an empty set: no element to select, the "
-                       "output is -inf/+inf (docs/math.md §7.7 decision 1)"),
+                       "output is -inf/+inf (docs/math.md §7.9 decision 1)"),
     "empty_split": ("output 1 is empty",
                     "NOT_IMPLEMENTED: a Split with an empty output (RotaryEmbedding's function "
                     "body splits off a zero-width part); no decision of docs/math.md excludes "

@@ -62,7 +62,7 @@ KINKED = ("Elu", "Selu", "Celu", "HardSwish")
 # DEGENERATE: Softmax, LogSoftmax and LayerNorm over a single element are constants (1, 0,
 # the bias): one writing computes `g = 0` exactly where the other leaves a rounding residue,
 # and the signed rule's `sigma = sign(beta g)` then splits mass differently (docs/math.md
-# §7.7 decision 4). They are not drawn over an axis of length 1.
+# §7.9 decision 4). They are not drawn over an axis of length 1.
 POSITIVE_FUNCTIONS = ("Log", "Sqrt", "Reciprocal", "Pow")
 COMPOSITES = ("Gelu", "HardSwish", "Mish")
 SQRT_2 = math.sqrt(2.0)
