@@ -91,10 +91,15 @@ def reshape(ctx: NodeContext) -> list[Var]:
     if data.batch_axis == 0 and data.merged is None:
         try:
             return _reshape_batch_first(ctx, data, target)
-        except UnsupportedOpError:
-            tracked = _reshape_tracking_batch(ctx, data)
+        except UnsupportedOpError as refusal:
+            # merging the batch into an axis: placed as for a moved batch, the refusal
+            # of the batch-first rule standing if that fails too
+            try:
+                tracked = _reshape_tracking_batch(ctx, data)
+            except UnsupportedOpError:
+                tracked = None
             if tracked is None:
-                raise
+                raise refusal from None
             return tracked
     tracked = _reshape_tracking_batch(ctx, data)
     if tracked is not None:
