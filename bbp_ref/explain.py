@@ -4,26 +4,34 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, overload
 
 import numpy as np
 
-from .attribution.baselines import setup
-from .attribution.bbp import bias_backpropagation
+from .attribution.bbp import bias_backpropagations
 from .attribution.rules import resolve_rule
+from .attribution.targets import resolve_target_sets
+from .checks.modes import check_mode
 from .checks.onnxruntime_check import check_output
 from .checks.residuals import Checks, relative_residual
+from .engine.repeat import repeat_trace
 from .engine.trace import Trace, linear_parts
 from .errors import InputError
 from .graph import Graph
+from .model import load
 
 
 @dataclass(frozen=True)
 class Explanation:
     """The decomposition `f_t(x) = sum_q W^x[t, q] x[q] + b^x` and its bias attribution.
 
-    For a batch every field has a leading batch axis; for one example it has none.
+    For a batch every field has a leading batch axis; for one example it has none. With
+    several targets the fields that depend on the target (all but ``logits`` and the
+    linear-pass and onnxruntime checks) have a target axis next: [N, T, ...], or [T, ...]
+    for one example.
     ``output``: `f_t(x)`; ``target``: `t`, an index into the flattened output of one
-    example; ``gradient``: `W^x[t]`, shaped like `x`; ``bias``: `b^x`;
+    example; ``gradient``: `W^x[t]`, shaped like `x`; ``bias``: `b^x` (its part that
+    reaches `f_t`);
     ``bias_attribution``: `B(x)`, shaped like `x`, summing to the injected biases;
     ``rule``: the rule's name; ``layer_bias``: each node with a local bias mapped to
     its contribution `sum_p e_v[p]` to `b^x`; ``layers``: the nodes whose biases were
@@ -45,43 +53,82 @@ class Explanation:
     checks: Checks
 
 
+@overload
+def explain(  # type: ignore[overload-overlap]
+        model: object, x: object, target: object = None, *,
+        rule: list[Any] | tuple[Any, ...], layers: object = None,
+        check: object = True) -> tuple[Explanation, ...]: ...
+
+
+@overload
 def explain(model: object, x: object, target: object = None, rule: object = "abs",
-            layers: object = None, check: bool = True) -> Explanation:
+            layers: object = None, check: object = True) -> Explanation: ...
+
+
+def explain(model: object, x: object, target: object = None, rule: object = "abs",
+            layers: object = None, check: object = True) -> Any:
     """Explain output ``target`` of ``model`` at ``x`` by BBp (SPEC §4).
 
     ``model``: a path, bytes, ``onnx.ModelProto`` or `Model`; ``x``: one example
     shaped like the model input without its batch axis, or a batch; ``target``: an
-    index into one example's flattened output (default: its argmax), or one per
-    example; ``rule``: ``"abs"``, ``"signed"``, ``"uniform"`` or a callable (see
-    `bbp_ref.rules`); ``layers``: node names whose biases are attributed (None: all);
-    ``check``: compare the output with onnxruntime as well.
+    index into one example's flattened output (default: its argmax), one per example,
+    or several: a list for one example, an array [N, T] for a batch, ``"all"`` for a
+    small output (the fields then have a target axis after the batch axis); ``rule``:
+    ``"abs"``, ``"signed"``, ``"uniform"`` or a callable (see `bbp_ref.rules`), or a list
+    of them (a tuple of explanations, one per rule, sharing the forward trace and the
+    reverse pass); ``layers``: node names whose biases are attributed (None: all);
+    ``check``: ``True`` (the residuals and the onnxruntime comparison), ``False`` (the
+    residuals only), ``"full"`` (also SPEC §3's two linear passes); see `check_mode`.
     """
-    chosen_rule = resolve_rule(rule)
-    s = setup(model, x, target)
-    loaded, batch, single, trace, targets = s.model, s.batch, s.single, s.trace, s.targets
-    logits, output, n = s.logits, s.output, batch.shape[0]
+    mode = check_mode(check)
+    several_rules = isinstance(rule, (list, tuple))
+    rules = [resolve_rule(r) for r in (rule if isinstance(rule, (list, tuple)) else [rule])]
+    if not rules:
+        raise InputError("rule is an empty list")
+    loaded = load(model)
+    batch, single = loaded.prepare(x)
+    trace = loaded.trace(batch)
+    logits, n = trace.output, batch.shape[0]
+    flat = logits.reshape(n, -1)
+    targets, target_axis = resolve_target_sets(target, flat, single)
+    count = targets.shape[1]
+    seed = np.zeros((n * count, flat.shape[1]))
+    seed[np.arange(n * count), targets.ravel()] = 1.0
     selected = _layers(trace.graph, layers)
-    result = bias_backpropagation(trace, s.seed, chosen_rule, selected)
+    results = bias_backpropagations(repeat_trace(trace, count),
+                                    seed.reshape(n * count, *logits.shape[1:]), rules, selected)
+    output = flat[np.arange(n)[:, None], targets]
+    linear_passes = _linear_pass_residual(trace, batch, logits) if mode.linear_passes else None
+    onnxruntime = check_output(loaded, batch, logits) if mode.onnxruntime else None
 
-    gradient_x_input = (result.gradient * batch).reshape(n, -1)
-    bias = sum(result.layer_bias.values(), np.zeros(n))
-    injected = sum((result.layer_bias[name] for name in result.injected), np.zeros(n))
-    bias_magnitude = result.bias_magnitude
-    checks = Checks(
-        decomposition=relative_residual(gradient_x_input.sum(axis=1) + bias, output,
-                                        np.abs(gradient_x_input).sum(axis=1) + bias_magnitude),
-        completeness=relative_residual(result.bias_attribution.reshape(n, -1).sum(axis=1),
-                                       injected, bias_magnitude),
-        linear_passes=_linear_pass_residual(trace, batch, logits),
-        onnxruntime=check_output(loaded, batch, logits) if check else None,
-    )
-    layer_names = result.injected
-    explanation = Explanation(
-        output=output, target=targets, gradient=result.gradient, bias=bias,
-        bias_attribution=result.bias_attribution, rule=chosen_rule.name,
-        layer_bias=dict(result.layer_bias), layers=layer_names, logits=logits,
-        stripped=loaded.stripped, checks=checks)
-    return _unbatched(explanation) if single else explanation
+    def per_target(a: np.ndarray) -> np.ndarray:
+        """[N * T, ...] -> [N, T, ...] (or [N, ...] without a target axis)."""
+        return a.reshape(n, count, *a.shape[1:]) if target_axis else a.reshape(n, *a.shape[1:])
+
+    explanations = []
+    for chosen_rule, result in zip(rules, results):
+        gradient = result.gradient.reshape(n, count, -1)
+        gradient_x_input = (gradient * batch.reshape(n, 1, -1)).reshape(n * count, -1)
+        bias = sum(result.layer_bias.values(), np.zeros(n * count))
+        injected = sum((result.layer_bias[name] for name in result.injected),
+                       np.zeros(n * count))
+        magnitude = result.bias_magnitude
+        checks = Checks(
+            decomposition=per_target(relative_residual(
+                gradient_x_input.sum(axis=1) + bias, output.ravel(),
+                np.abs(gradient_x_input).sum(axis=1) + magnitude)),
+            completeness=per_target(relative_residual(
+                result.bias_attribution.reshape(n * count, -1).sum(axis=1), injected,
+                magnitude)),
+            linear_passes=linear_passes, onnxruntime=onnxruntime)
+        explanation = Explanation(
+            output=per_target(output.ravel()), target=per_target(targets.ravel()),
+            gradient=per_target(result.gradient), bias=per_target(bias),
+            bias_attribution=per_target(result.bias_attribution), rule=chosen_rule.name,
+            layer_bias={k: per_target(v) for k, v in result.layer_bias.items()},
+            layers=result.injected, logits=logits, stripped=loaded.stripped, checks=checks)
+        explanations.append(_unbatched(explanation) if single else explanation)
+    return tuple(explanations) if several_rules else explanations[0]
 
 
 def _layers(graph: Graph, layers: object) -> set[str] | None:
@@ -118,4 +165,5 @@ def _unbatched(e: Explanation) -> Explanation:
         layer_bias={k: v[0] for k, v in e.layer_bias.items()}, layers=e.layers,
         logits=e.logits[0], stripped=e.stripped,
         checks=Checks(e.checks.decomposition[0], e.checks.completeness[0],
-                      e.checks.linear_passes[0], e.checks.onnxruntime))
+                      None if e.checks.linear_passes is None else e.checks.linear_passes[0],
+                      e.checks.onnxruntime))

@@ -114,37 +114,47 @@ def resolve_rule(rule: object) -> Rule:
 
 
 def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
-    """The bias mass each operand of an affine node receives: `sum_p alpha[p, q] beta[p]`."""
+    """The bias mass each operand of an affine node receives: `sum_p alpha[p, q] beta[p]`.
+
+    The mass may hold several rows per example (several targets, `engine.repeat`): with
+    operands [N, ...] and mass [N * T, ...], a built-in rule's forward runs once per example
+    and is shared by its T rows; a user rule sees the operands repeated. Terms that vanish
+    (an all-zero operand factor, e.g. `u-` after a Relu, or no selected row) are skipped:
+    they add exact zeros."""
+    repeats = view.mass.shape[0] // view.operands[0].shape[0]
+    if repeats > 1 and not rule.builtin:
+        view = NodeView(view.name, view.op, [np.repeat(u, repeats, axis=0)
+                                             for u in view.operands], view.gradient, view.mass)
+        repeats = 1
     terms = rule.terms(view)
     if not rule.builtin:
         _check_terms(view, rule, terms)
-    operator = local.operator
-    by_map: dict[CoefficientMap, AffineOperator] = {}
-    for term in terms:
-        if term.coefficients not in by_map:
-            by_map[term.coefficients] = operator.map_coefficients(term.coefficients)
-    mapped = [by_map[t.coefficients] for t in terms]
-    if not rule.builtin and any((c < 0).any() for op in mapped for c in op.coefficients):
-        raise RuleError(f"rule {rule.name!r} maps the coefficients of node {view.name!r} "
-                        "to negative values; scores must be non-negative")
-    shapes = [u.shape for u in local.operands]
+    shapes = [u.shape for u in view.operands]
     factors = _rescaled([[np.broadcast_to(f, s) for f, s in zip(t.operands, shapes)]
                          for t in terms])
-    denominator = None
-    for term, op, operands in zip(terms, mapped, factors):
-        part = op.linear(operands)
-        if term.rows is not None:
-            part = part * term.rows
-        denominator = part if denominator is None else denominator + part
-    assert denominator is not None
+    kept = [(term, operands) for term, operands in zip(terms, factors)
+            if not _vanishes(term, operands)]
+    operator = local.operator
+    by_map: dict[CoefficientMap, AffineOperator] = {}
+    for term, _ in kept:
+        if term.coefficients not in by_map:
+            by_map[term.coefficients] = operator.map_coefficients(term.coefficients)
+    if not rule.builtin and any((c < 0).any() for op in by_map.values()
+                                for c in op.coefficients):
+        raise RuleError(f"rule {rule.name!r} maps the coefficients of node {view.name!r} "
+                        "to negative values; scores must be non-negative")
+    denominator = np.zeros(view.mass.shape)
+    for term, operands in kept:
+        part = _repeated(by_map[term.coefficients].linear(operands), repeats)
+        denominator += part if term.rows is None else part * term.rows
     # a row whose scores vanish, or are too small to divide by (subnormal), has none
     empty = denominator < np.finfo(float).tiny
     ratio = np.where(empty, 0.0, view.mass / np.where(empty, 1.0, denominator))
-    shares = [np.zeros(s) for s in shapes]
-    for term, op, operands in zip(terms, mapped, factors):
-        back = op.vjp(ratio if term.rows is None else ratio * term.rows)
+    shares = [np.zeros((view.mass.shape[0], *s[1:])) for s in shapes]
+    for term, operands in kept:
+        back = by_map[term.coefficients].vjp(ratio if term.rows is None else ratio * term.rows)
         for j, (factor, part) in enumerate(zip(operands, back)):
-            shares[j] += factor * part
+            shares[j] += _repeated(factor, repeats) * part
     pending = empty & (view.mass != 0)
     if pending.any():
         if rule.fallback is None:
@@ -155,6 +165,20 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
         for j, part in enumerate(distribute(local, rest, rule.fallback)):
             shares[j] += part
     return shares
+
+
+def _vanishes(term: Term, factors: Sequence[Array]) -> bool:
+    """Whether a term's scores are all zero: no row selected, or every factor zero."""
+    if term.rows is not None and not np.any(term.rows):
+        return True
+    return not any(np.any(f) for f in factors)
+
+
+def _repeated(a: Array, repeats: int) -> Array:
+    """``a`` with each example's row repeated ``repeats`` times (its targets' rows)."""
+    if repeats == 1 or a.shape[0] == 1:
+        return a
+    return np.repeat(a, repeats, axis=0)
 
 
 def _rescaled(factors: list[list[Array]]) -> list[list[Array]]:

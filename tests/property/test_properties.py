@@ -120,7 +120,7 @@ def test_1_local_linear_model_reproduces_every_output(net):
         n_out = logits.shape[1]
         jacobian = model.jacobian(x).reshape(n * n_out, -1)
         xt, targets = all_targets(x, n_out)
-        e = bbp_ref.explain(model, xt, target=targets, rule="abs", check=False)
+        e = bbp_ref.explain(model, xt, target=targets, rule="abs", check="full")
         scales = Scales(load_unfolded(net.onnx()), xt, targets)
         assert_close(e.gradient.reshape(n * n_out, -1), jacobian,
                      scales.tolerance(scales.gradient.reshape(n * n_out, -1)),
