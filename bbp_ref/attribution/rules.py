@@ -36,6 +36,17 @@ def _negative(w: Array) -> Array:
     return np.maximum(-w, 0.0)
 
 
+def _parts(u: Array) -> tuple[Array, Array]:
+    """`(u+, u-)` with `u = u+ - u-`; a part that is all zero (`u-` after a Relu) is a
+    one-element zero, so that the terms it enters are skipped without a full array."""
+    zero = np.zeros((1,) * u.ndim)
+    if u.size and u.min() >= 0:
+        return u, zero
+    if u.size and u.max() <= 0:
+        return zero, np.negative(u)
+    return _positive(u), _negative(u)
+
+
 def _connectivity(w: Array) -> Array:
     """Ones in the shape of ``w``, as a read-only view that takes no memory."""
     return np.broadcast_to(np.ones((), dtype=float), np.shape(w))
@@ -85,8 +96,7 @@ def _abs_terms(view: NodeView) -> list[Term]:
 def _signed_terms(view: NodeView) -> list[Term]:
     sigma = np.sign(view.mass * view.gradient)
     up, down = (sigma > 0).astype(float), (sigma < 0).astype(float)
-    pos = [_positive(u) for u in view.operands]
-    neg = [_negative(u) for u in view.operands]
+    pos, neg = (list(parts) for parts in zip(*(_parts(u) for u in view.operands)))
     return [Term(_positive, pos, up), Term(_negative, neg, up),
             Term(_positive, neg, down), Term(_negative, pos, down)]
 
@@ -130,13 +140,13 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
     if not rule.builtin:
         _check_terms(view, rule, terms)
     shapes = [u.shape for u in view.operands]
-    factors = _rescaled([[np.broadcast_to(f, s) for f, s in zip(t.operands, shapes)]
-                         for t in terms])
-    kept = [(term, operands) for term, operands in zip(terms, factors)
-            if not _vanishes(term, operands)]
+    kept = [term for term in terms if not _vanishes(term)]
+    scale = _power_of_two_scale([f for term in kept for f in term.operands], shapes[0][0])
+    factors = [[np.broadcast_to(_scaled(f, scale, len(s)), s)
+                for f, s in zip(term.operands, shapes)] for term in kept]
     operator = local.operator
     by_map: dict[CoefficientMap, AffineOperator] = {}
-    for term, _ in kept:
+    for term in kept:
         if term.coefficients not in by_map:
             by_map[term.coefficients] = operator.map_coefficients(term.coefficients)
     if not rule.builtin and any((c < 0).any() for op in by_map.values()
@@ -144,14 +154,14 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
         raise RuleError(f"rule {rule.name!r} maps the coefficients of node {view.name!r} "
                         "to negative values; scores must be non-negative")
     denominator = np.zeros(view.mass.shape)
-    for term, operands in kept:
+    for term, operands in zip(kept, factors):
         part = _repeated(by_map[term.coefficients].linear(operands), repeats)
         denominator += part if term.rows is None else part * term.rows
     # a row whose scores vanish, or are too small to divide by (subnormal), has none
     empty = denominator < np.finfo(float).tiny
     ratio = np.where(empty, 0.0, view.mass / np.where(empty, 1.0, denominator))
     shares = [np.zeros((view.mass.shape[0], *s[1:])) for s in shapes]
-    for term, operands in kept:
+    for term, operands in zip(kept, factors):
         back = by_map[term.coefficients].vjp(ratio if term.rows is None else ratio * term.rows)
         for j, (factor, part) in enumerate(zip(operands, back)):
             shares[j] += _repeated(factor, repeats) * part
@@ -167,11 +177,11 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
     return shares
 
 
-def _vanishes(term: Term, factors: Sequence[Array]) -> bool:
+def _vanishes(term: Term) -> bool:
     """Whether a term's scores are all zero: no row selected, or every factor zero."""
     if term.rows is not None and not np.any(term.rows):
         return True
-    return not any(np.any(f) for f in factors)
+    return not any(np.any(f) for f in term.operands)
 
 
 def _repeated(a: Array, repeats: int) -> Array:
@@ -181,18 +191,28 @@ def _repeated(a: Array, repeats: int) -> Array:
     return np.repeat(a, repeats, axis=0)
 
 
-def _rescaled(factors: list[list[Array]]) -> list[list[Array]]:
-    """The operand factors of all terms times one power of two per example, bringing the
-    largest to [0.5, 1). `alpha` does not change (numerator and denominator scale
+def _power_of_two_scale(factors: list[Array], n: int) -> Array:
+    """One power of two per example that brings the largest operand factor to [0.5, 1).
+    Multiplying every factor by it changes no `alpha` (numerator and denominator scale
     alike, exactly), but tiny inputs no longer make the denominator subnormal."""
-    n = factors[0][0].shape[0]
     largest = np.zeros(n)
-    for term in factors:
-        for f in term:
-            largest = np.maximum(largest, np.abs(f).reshape(f.shape[0], -1).max(axis=1))
+    for f in factors:
+        f = np.asarray(f)
+        row_max = np.abs(f).max(axis=tuple(range(1, f.ndim))) if f.ndim > 1 else np.abs(f)
+        largest = np.maximum(largest, row_max)
     _, exponent = np.frexp(largest)
-    scale = np.ldexp(1.0, -exponent)
-    return [[f * scale.reshape(-1, *([1] * (f.ndim - 1))) for f in term] for term in factors]
+    return np.ldexp(1.0, -exponent)
+
+
+def _scaled(f: Array, scale: Array, ndim: int) -> Array:
+    """``f`` (broadcastable to a batched operand of ``ndim`` axes) times each example's
+    ``scale``; one multiplication if they are all equal, so that a factor broadcast along
+    the batch axis stays small."""
+    f = np.asarray(f, dtype=float)
+    if (scale == scale[0]).all():
+        return f * scale[0]
+    f = f.reshape((1,) * (ndim - f.ndim) + f.shape)
+    return f * scale.reshape(-1, *([1] * (ndim - 1)))
 
 
 def _check_terms(view: NodeView, rule: Rule, terms: Sequence[Term]) -> None:
