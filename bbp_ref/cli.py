@@ -7,6 +7,9 @@
 - ``bbp-ref verify MODEL INPUT.npy CANDIDATE.npz`` compares another implementation's
   arrays with bbp_ref's (exit code 1 on a mismatch).
 - ``bbp-ref golden OUT_DIR MODEL INPUT.npy [MODEL INPUT.npy ...]`` writes golden vectors.
+- ``bbp-ref explain-dataset MODEL DATA [--out PATH] [--scheduler ADDRESS] [--workers N]``
+  explains every example of a dataset into a Zarr store (docs/scaling.md; needs the
+  'dataset' extra).
 - ``bbp-ref reproduce`` and ``bbp-ref digit-flip``: the paper's claims on the digits models
   (docs/reproduction.md).
 
@@ -82,11 +85,47 @@ def _parser() -> argparse.ArgumentParser:
     flip = commands.add_parser("digit-flip", help="the paper's digit-flip test (Claim 3) on "
                                "digits (docs/reproduction.md; needs the 'experiments' extra)")
     digit_flip.add_arguments(flip)
+    _add_explain_dataset(commands)
     gold = commands.add_parser("golden", help="write golden vectors for models and inputs")
     gold.add_argument("out", help="output folder")
     gold.add_argument("pairs", nargs="+", metavar="MODEL INPUT",
                       help="ONNX model and .npy input, repeated")
     return parser
+
+
+def _add_explain_dataset(commands: argparse._SubParsersAction) -> None:
+    ds = commands.add_parser("explain-dataset", help="explain every example of a dataset into "
+                             "a Zarr store (docs/scaling.md; needs the 'dataset' extra)")
+    ds.add_argument("model", help="ONNX model")
+    ds.add_argument("data", help=".npy file (a batch) or a folder of .npy files")
+    ds.add_argument("--out", default="explanations.zarr",
+                    help="Zarr store to write or resume [%(default)s]")
+    ds.add_argument("--target", type=int, help="output index (default: each argmax)")
+    ds.add_argument("--rule", default="abs", choices=sorted(RULES), help="BBp rule")
+    ds.add_argument("--batch-size", type=int, help="examples per task and chunk [16]")
+    ds.add_argument("--scheduler", metavar="ADDRESS",
+                    help="a running Dask scheduler (default: a local cluster)")
+    ds.add_argument("--workers", type=int,
+                    help="local worker processes (default: the CPU count; 0: this process)")
+    ds.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+
+
+def _explain_dataset(args: argparse.Namespace) -> int:
+    from .dataset import connect, explain_dataset
+
+    client = None if args.scheduler is None else connect(args.scheduler)
+    try:
+        run = explain_dataset(args.model, args.data, target=args.target, rule=args.rule,
+                              batch_size=args.batch_size, out=args.out, client=client,
+                              workers=args.workers, check=not args.no_check)
+    finally:
+        if client is not None:
+            client.close()
+    print(f"wrote        {run.path} ({run.examples} examples, {len(run.computed)} of "
+          f"{run.chunks} chunks computed now, {run.seconds:.1f} s)")
+    for index, reason in sorted(run.failures.items()):
+        print(f"failed       example {index}: {reason}")
+    return 0
 
 
 def _read_input(path: str) -> np.ndarray:
@@ -150,7 +189,8 @@ def _read_candidate(path: str) -> dict[str, np.ndarray]:
 
 def _run(args: argparse.Namespace) -> int:
     commands = {"explain": _explain, "nodes": _nodes, "verify": _verify, "golden": _golden,
-                "reproduce": _reproduce, "digit-flip": _digit_flip}
+                "reproduce": _reproduce, "digit-flip": _digit_flip,
+                "explain-dataset": _explain_dataset}
     return commands[args.command](args)
 
 
