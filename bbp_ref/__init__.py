@@ -19,8 +19,8 @@ from .model import Model, NodeInfo, load
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attribution", "BBpError", "DatasetRun", "Explanation", "InputError", "Model", "ModelLoadError",
-    "NodeInfo", "NodeView", "Rule", "RuleError", "Term", "UnsupportedOpError", "deeplift",
-    "explain", "explain_dataset", "first_divergence", "gradient", "gradient_x_input", "integrated_gradients",
-    "load", "oracle",
+    "Attribution", "BBpError", "DatasetRun", "Explanation", "InputError", "Model",
+    "ModelLoadError", "NodeInfo", "NodeView", "Rule", "RuleError", "Term",
+    "UnsupportedOpError", "deeplift", "explain", "explain_dataset", "first_divergence",
+    "gradient", "gradient_x_input", "integrated_gradients", "load", "oracle",
 ]
