@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="attribute only the biases of these nodes")
     ex.add_argument("--out", help="save the arrays to this .npz file")
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    ex.add_argument("--full-check", action="store_true",
+                    help="also run the two linear passes of SPEC §3 (check='full')")
     ex.add_argument("--plot", metavar="OUT.png",
                     help="draw the attribution grid (needs matplotlib: the 'plot' extra)")
     ex.add_argument("--plot-layers", metavar="OUT.png",
@@ -241,8 +243,8 @@ def _explain(args: argparse.Namespace) -> int:
         raise InputError("give an INPUT.npy file after the model")
     x = default_input() if args.model is None else _read_input(args.input)
     model = load(source)  # once, for the explanation and the figures
-    e = explain(model, x, target=args.target, rule=args.rule, layers=args.layers,
-                check=not args.no_check)
+    check = "full" if args.full_check else not args.no_check
+    e = explain(model, x, target=args.target, rule=args.rule, layers=args.layers, check=check)
     print(_summary(e, source, np.asarray(x, dtype=np.float64)))
     if args.out:
         _save(args.out, e)
