@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from .attribution.rules import RULES
-from .checks.modes import check_mode
-from .checks.residuals import RESIDUAL_TOL
+from .checks.onnxruntime_check import Unavailable
+from .checks.residuals import RESIDUAL_TOL, check_mode
 from .dataset_store import DatasetStore
 from .errors import BBpError, InputError
 from .experiments.optional import require
@@ -105,7 +105,7 @@ def _worker_model(digest: str, source: bytes) -> Model:
 
 
 def explain_chunk(model: Model, x: np.ndarray, targets: np.ndarray | None, rule: str,
-                  check: str, layers: list[str]) -> tuple[dict[str, np.ndarray],
+                  check: object, layers: list[str]) -> tuple[dict[str, np.ndarray],
                                                           dict[int, str]]:
     """One batch's fields (arrays over its examples; NaN where an example failed) and its
     failures (index in the batch -> reason)."""
@@ -143,13 +143,15 @@ def explain_chunk(model: Model, x: np.ndarray, targets: np.ndarray | None, rule:
         ok = (e.checks.decomposition <= RESIDUAL_TOL) & (e.checks.completeness <= RESIDUAL_TOL)
         if e.checks.linear_passes is not None:
             ok &= e.checks.linear_passes <= RESIDUAL_TOL
-        fields["passed"][rows] = ok & (e.checks.onnxruntime is None or e.checks.onnxruntime.ok)
+        ort = e.checks.onnxruntime
+        ort_ok = ort is None or (not e.checks.strict if isinstance(ort, Unavailable) else ort.ok)
+        fields["passed"][rows] = ok & ort_ok
     fields["failed"][list(failures)] = True
     return fields, failures
 
 
 def _task(digest: str, source: bytes, x: np.ndarray, targets: np.ndarray | None, rule: str,
-          check: str, layers: list[str]) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+          check: object, layers: list[str]) -> tuple[dict[str, np.ndarray], dict[int, str]]:
     return explain_chunk(_worker_model(digest, source), x, targets, rule, check, layers)
 
 
@@ -177,6 +179,7 @@ def explain_dataset(model: object, data: object, *, target: object = None,
         raise InputError(f"explain_dataset takes a built-in rule name, one of {sorted(RULES)}; "
                          f"got {rule!r}")
     mode = check_mode(check)
+    check_argument = {"on": True, "off": False}.get(mode, mode)  # explain's check=
     size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -188,7 +191,7 @@ def explain_dataset(model: object, data: object, *, target: object = None,
     layers = [node.name for node in graph if node.has_bias]
     source = loaded.proto.SerializeToString()
     digest = hashlib.sha256(source).hexdigest()
-    settings = {"model": digest, "rule": rule, "check": mode.name,
+    settings = {"model": digest, "rule": rule, "check": mode,
                 "target": None if targets is None else hashlib.sha256(
                     targets.tobytes()).hexdigest()}
     store = DatasetStore(out, settings, examples.count, examples.shape, size, layers)
@@ -210,11 +213,11 @@ def explain_dataset(model: object, data: object, *, target: object = None,
         if client is None and workers == 0:
             for chunk in todo:
                 x, t = batch(chunk)
-                finished(chunk, explain_chunk(loaded, x, t, rule, mode.name, layers))
+                finished(chunk, explain_chunk(loaded, x, t, rule, check_argument, layers))
         else:
             with _client(client, workers) as running:
-                _run_on(running, todo, batch, finished, digest, source, rule, mode.name,
-                        layers)
+                _run_on(running, todo, batch, finished, digest, source, rule,
+                        check_argument, layers)
     finally:
         bar.close()
     return DatasetRun(store.path, examples.count, store.chunks, tuple(todo), store.failures,
@@ -269,7 +272,7 @@ def _client(client: Any, workers: int | None) -> Iterator[Any]:
 
 def _run_on(client: Any, todo: list[int], batch: Callable[[int], tuple[Any, Any]],
             finished: Callable[[int, Any], None], digest: str, source: bytes, rule: str,
-            check: str, layers: list[str]) -> None:
+            check: object, layers: list[str]) -> None:
     """Submit the chunks a few per worker at a time; write each as it completes."""
     distributed = require("distributed", "'bbp_ref[dataset]'")
     model = client.scatter(source, broadcast=True, hash=False)

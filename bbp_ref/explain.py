@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, overload
 
 import numpy as np
@@ -11,9 +11,9 @@ import numpy as np
 from .attribution.bbp import bias_backpropagations
 from .attribution.rules import resolve_rule
 from .attribution.targets import resolve_target_sets
-from .checks.modes import check_mode
+from .binding import Binding, for_each_example, needs_binding, pick_example
 from .checks.onnxruntime_check import check_output
-from .checks.residuals import Checks, relative_residual
+from .checks.residuals import Checks, check_mode, relative_residual
 from .engine.repeat import repeat_trace
 from .engine.trace import Trace, linear_parts
 from .errors import InputError
@@ -37,7 +37,12 @@ class Explanation:
     its contribution `sum_p e_v[p]` to `b^x`; ``layers``: the nodes whose biases were
     attributed; ``logits``: the whole explained output `f(x)`; ``stripped``: the final
     ops cut off before explaining (e.g. a Softmax); ``checks``: the residuals and the
-    onnxruntime comparison.
+    onnxruntime comparison; ``piecewise_linear``: whether the explained graph is
+    piecewise linear (`W^x` holds on a whole linear region) or only tangent at `x`
+    (docs/math.md §7); ``tangent_nodes``: the names of its nodes that are not piecewise
+    linear (smooth gates, products); ``wrt_value``: with ``wrt``/``inputs``, the value of
+    the explained tensor (what ``gradient`` and ``bias_attribution`` are shaped like and
+    multiply), else None.
     """
 
     output: np.ndarray
@@ -51,22 +56,28 @@ class Explanation:
     logits: np.ndarray
     stripped: tuple[str, ...]
     checks: Checks
+    piecewise_linear: bool = True
+    tangent_nodes: tuple[str, ...] = ()
+    wrt_value: np.ndarray | None = None
 
 
 @overload
 def explain(  # type: ignore[overload-overlap]
         model: object, x: object, target: object = None, *,
-        rule: list[Any] | tuple[Any, ...], layers: object = None,
-        check: object = True) -> tuple[Explanation, ...]: ...
+        rule: list[Any] | tuple[Any, ...], layers: object = None, check: object = True,
+        wrt: str | None = None, inputs: Mapping[str, object] | None = None
+) -> tuple[Explanation, ...]: ...
 
 
 @overload
 def explain(model: object, x: object, target: object = None, rule: object = "abs",
-            layers: object = None, check: object = True) -> Explanation: ...
+            layers: object = None, check: object = True, *, wrt: str | None = None,
+            inputs: Mapping[str, object] | None = None) -> Explanation: ...
 
 
 def explain(model: object, x: object, target: object = None, rule: object = "abs",
-            layers: object = None, check: object = True) -> Any:
+            layers: object = None, check: object = True, *, wrt: str | None = None,
+            inputs: Mapping[str, object] | None = None) -> Any:
     """Explain output ``target`` of ``model`` at ``x`` by BBp (SPEC §4).
 
     ``model``: a path, bytes, ``onnx.ModelProto`` or `Model`; ``x``: one example
@@ -77,15 +88,30 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
     ``"abs"``, ``"signed"``, ``"uniform"`` or a callable (see `bbp_ref.rules`), or a list
     of them (a tuple of explanations, one per rule, sharing the forward trace and the
     reverse pass); ``layers``: node names whose biases are attributed (None: all);
-    ``check``: ``True`` (the residuals and the onnxruntime comparison), ``False`` (the
-    residuals only), ``"full"`` (also SPEC §3's two linear passes); see `check_mode`.
+    ``check``: True compares the output with onnxruntime as well (reported as
+    unavailable, not failed, if onnxruntime cannot load or run the model), ``"strict"``
+    requires that comparison to run and agree, ``"full"`` also runs the two linear passes
+    of SPEC §3, False only computes the free residuals (`check_mode`); ``wrt``: the tensor
+    to explain with respect to (a graph input, or any intermediate tensor: then ``x`` is
+    the value of the graph input and the fields are shaped like ``wrt``), ``inputs``: the
+    values of the other graph inputs, constants at the point (`bbp_ref.binding`,
+    docs/math.md §7).
     """
     mode = check_mode(check)
+    binding = Binding.of(wrt, inputs)
     several_rules = isinstance(rule, (list, tuple))
     rules = [resolve_rule(r) for r in (rule if isinstance(rule, (list, tuple)) else [rule])]
     if not rules:
         raise InputError("rule is an empty list")
     loaded = load(model)
+    if needs_binding(loaded, binding):
+        if several_rules:  # each rule on its own bound models
+            return tuple(explain(loaded, x, target, r, layers, check, wrt=wrt, inputs=inputs)
+                         for r in rules)
+        return for_each_example(
+            loaded, x, binding,
+            lambda m, xi, i: explain(m, xi, pick_example(target, i), rule, layers, check),
+            lambda e, value: replace(e, wrt_value=value))
     batch, single = loaded.prepare(x)
     trace = loaded.trace(batch)
     logits, n = trace.output, batch.shape[0]
@@ -98,8 +124,8 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
     results = bias_backpropagations(repeat_trace(trace, count),
                                     seed.reshape(n * count, *logits.shape[1:]), rules, selected)
     output = flat[np.arange(n)[:, None], targets]
-    linear_passes = _linear_pass_residual(trace, batch, logits) if mode.linear_passes else None
-    onnxruntime = check_output(loaded, batch, logits) if mode.onnxruntime else None
+    linear_passes = _linear_pass_residual(trace, batch, logits) if mode == "full" else None
+    onnxruntime = check_output(loaded, batch, logits) if mode != "off" else None
 
     def per_target(a: np.ndarray) -> np.ndarray:
         """[N * T, ...] -> [N, T, ...] (or [N, ...] without a target axis)."""
@@ -120,13 +146,15 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
             completeness=per_target(relative_residual(
                 result.bias_attribution.reshape(n * count, -1).sum(axis=1), injected,
                 magnitude)),
-            linear_passes=linear_passes, onnxruntime=onnxruntime)
+            linear_passes=linear_passes, onnxruntime=onnxruntime, strict=mode == "strict")
         explanation = Explanation(
             output=per_target(output.ravel()), target=per_target(targets.ravel()),
             gradient=per_target(result.gradient), bias=per_target(bias),
             bias_attribution=per_target(result.bias_attribution), rule=chosen_rule.name,
             layer_bias={k: per_target(v) for k, v in result.layer_bias.items()},
-            layers=result.injected, logits=logits, stripped=loaded.stripped, checks=checks)
+            layers=result.injected, logits=logits, stripped=loaded.stripped, checks=checks,
+            piecewise_linear=trace.graph.piecewise_linear,
+            tangent_nodes=trace.graph.tangent_nodes)
         explanations.append(_unbatched(explanation) if single else explanation)
     return tuple(explanations) if several_rules else explanations[0]
 
@@ -164,6 +192,8 @@ def _unbatched(e: Explanation) -> Explanation:
         bias_attribution=e.bias_attribution[0], rule=e.rule,
         layer_bias={k: v[0] for k, v in e.layer_bias.items()}, layers=e.layers,
         logits=e.logits[0], stripped=e.stripped,
-        checks=Checks(e.checks.decomposition[0], e.checks.completeness[0],
-                      None if e.checks.linear_passes is None else e.checks.linear_passes[0],
-                      e.checks.onnxruntime))
+        checks=replace(e.checks, decomposition=e.checks.decomposition[0],
+                       completeness=e.checks.completeness[0],
+                       linear_passes=None if e.checks.linear_passes is None
+                       else e.checks.linear_passes[0]),
+        piecewise_linear=e.piecewise_linear, tangent_nodes=e.tangent_nodes)

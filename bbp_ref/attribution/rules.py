@@ -21,11 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 
 from ..engine.operator import AffineLocal, AffineOperator, Array, CoefficientMap
-from ..errors import InputError, RuleError
+from ..errors import BBpError, InputError, RuleError
+
+T = TypeVar("T")
 
 
 def _positive(w: Array) -> Array:
@@ -136,35 +140,42 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
         view = NodeView(view.name, view.op, [np.repeat(u, repeats, axis=0)
                                              for u in view.operands], view.gradient, view.mass)
         repeats = 1
-    terms = rule.terms(view)
-    if not rule.builtin:
+    if rule.builtin:
+        terms = rule.terms(view)
+    else:
+        terms = _user_call(rule, view, lambda: rule.terms(view))
         _check_terms(view, rule, terms)
-    shapes = [u.shape for u in view.operands]
+    operator = local.operator.rule_view()
     kept = [term for term in terms if not _vanishes(term)]
-    scale = _power_of_two_scale([f for term in kept for f in term.operands], shapes[0][0])
-    factors = [[np.broadcast_to(_scaled(f, scale, len(s)), s)
-                for f, s in zip(term.operands, shapes)] for term in kept]
-    operator = local.operator
     by_map: dict[CoefficientMap, AffineOperator] = {}
     for term in kept:
         if term.coefficients not in by_map:
-            by_map[term.coefficients] = operator.map_coefficients(term.coefficients)
-    if not rule.builtin and any((c < 0).any() for op in by_map.values()
-                                for c in op.coefficients):
+            mapping = partial(operator.map_coefficients, term.coefficients)
+            by_map[term.coefficients] = mapping() if rule.builtin \
+                else _user_call(rule, view, mapping)
+    if not rule.builtin and not all(_non_negative(c) for op in by_map.values()
+                                    for c in op.coefficients):
         raise RuleError(f"rule {rule.name!r} maps the coefficients of node {view.name!r} "
-                        "to negative values; scores must be non-negative")
+                        "to negative values (or NaN); scores must be non-negative numbers")
+    shapes = [u.shape for u in view.operands]
+    exponent = _largest_exponent([f for term in kept for f in term.operands], shapes[0][0])
+    factors = [[np.broadcast_to(_scaled(f, exponent, len(s)), s)
+                for f, s in zip(term.operands, shapes)] for term in kept]
+    mass, mass_exponent = _normalised(view.mass)
     denominator = np.zeros(view.mass.shape)
     for term, operands in zip(kept, factors):
         part = _repeated(by_map[term.coefficients].linear(operands), repeats)
         denominator += part if term.rows is None else part * term.rows
     # a row whose scores vanish, or are too small to divide by (subnormal), has none
     empty = denominator < np.finfo(float).tiny
-    ratio = np.where(empty, 0.0, view.mass / np.where(empty, 1.0, denominator))
+    ratio = np.where(empty, 0.0, mass / np.where(empty, 1.0, denominator))
     shares = [np.zeros((view.mass.shape[0], *s[1:])) for s in shapes]
     for term, operands in zip(kept, factors):
         back = by_map[term.coefficients].vjp(ratio if term.rows is None else ratio * term.rows)
         for j, (factor, part) in enumerate(zip(operands, back)):
             shares[j] += _repeated(factor, repeats) * part
+    with np.errstate(over="ignore"):
+        shares = [np.ldexp(share, _per_example(mass_exponent, share.ndim)) for share in shares]
     pending = empty & (view.mass != 0)
     if pending.any():
         if rule.fallback is None:
@@ -191,38 +202,85 @@ def _repeated(a: Array, repeats: int) -> Array:
     return np.repeat(a, repeats, axis=0)
 
 
-def _power_of_two_scale(factors: list[Array], n: int) -> Array:
-    """One power of two per example that brings the largest operand factor to [0.5, 1).
-    Multiplying every factor by it changes no `alpha` (numerator and denominator scale
-    alike, exactly), but tiny inputs no longer make the denominator subnormal."""
+def _largest_exponent(factors: list[Array], n: int) -> Array:
+    """Per example, the binary exponent of the largest operand factor: scaling every
+    factor by `2^-exponent` brings the largest to [0.5, 1). `alpha` does not change
+    (numerator and denominator scale alike, exactly), but tiny inputs no longer make the
+    denominator subnormal."""
     largest = np.zeros(n)
     for f in factors:
-        f = np.asarray(f)
+        f = np.asarray(f, dtype=float)
         row_max = np.abs(f).max(axis=tuple(range(1, f.ndim))) if f.ndim > 1 else np.abs(f)
         largest = np.maximum(largest, row_max)
-    _, exponent = np.frexp(largest)
-    return np.ldexp(1.0, -exponent)
+    return np.frexp(largest)[1]
 
 
-def _scaled(f: Array, scale: Array, ndim: int) -> Array:
-    """``f`` (broadcastable to a batched operand of ``ndim`` axes) times each example's
-    ``scale``; one multiplication if they are all equal, so that a factor broadcast along
-    the batch axis stays small."""
+def _scaled(f: Array, exponent: Array, ndim: int) -> Array:
+    """``f`` (broadcastable to a batched operand of ``ndim`` axes) times `2^-exponent` of
+    each example; one scaling if the exponents are all equal, so that a factor broadcast
+    along the batch axis stays small. ldexp, not a product with `2^-exponent`: for a
+    subnormal largest factor (1e-310) that power of two itself would overflow."""
     f = np.asarray(f, dtype=float)
-    if (scale == scale[0]).all():
-        return f * scale[0]
+    if (exponent == exponent[0]).all():
+        return np.ldexp(f, -exponent[0])
     f = f.reshape((1,) * (ndim - f.ndim) + f.shape)
-    return f * scale.reshape(-1, *([1] * (ndim - 1)))
+    return np.ldexp(f, _per_example(-exponent, ndim))
 
 
-def _check_terms(view: NodeView, rule: Rule, terms: Sequence[Term]) -> None:
+def _normalised(mass: Array) -> tuple[Array, Array]:
+    """``mass`` times one power of two per example bringing its largest magnitude to
+    [0.5, 1), and the exponent that undoes it. Exact; it keeps `beta / den` finite for
+    masses near the float64 limit (a bias of 1.5e308) and for subnormal ones."""
+    n = mass.shape[0]
+    _, exponent = np.frexp(np.abs(mass).reshape(n, -1).max(axis=1, initial=0.0))
+    return np.ldexp(mass, _per_example(-exponent, mass.ndim)), exponent
+
+
+def _per_example(exponent: Array, ndim: int) -> Array:
+    return exponent.reshape(-1, *([1] * (ndim - 1)))
+
+
+def _user_call(rule: Rule, view: NodeView, call: Callable[[], T]) -> T:
+    """Run a user rule's code; its exceptions become a `RuleError` naming the node."""
+    try:
+        return call()
+    except BBpError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code raises anything
+        raise RuleError(f"rule {rule.name!r} failed at node {view.name!r} ({view.op}): "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
+def _non_negative(values: object) -> bool:
+    """All >= 0 (NaN is not: ``NaN < 0`` is False, so test ``>= 0``)."""
+    try:
+        return bool((np.asarray(values, dtype=float) >= 0).all())
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_terms(view: NodeView, rule: Rule, terms: object) -> None:
+    if not isinstance(terms, (list, tuple)) or not all(isinstance(t, Term) for t in terms):
+        raise RuleError(f"rule {rule.name!r} must return a list of bbp_ref.Term for node "
+                        f"{view.name!r}, got {type(terms).__name__}")
     if not terms:
         raise RuleError(f"rule {rule.name!r} returned no terms for node {view.name!r}")
     for term in terms:
+        if not isinstance(term.operands, (list, tuple)) or not callable(term.coefficients):
+            raise RuleError(f"rule {rule.name!r} gives node {view.name!r} a Term whose "
+                            "coefficients are not a function or whose operands are not a list")
         if len(term.operands) != len(view.operands):
             raise RuleError(f"rule {rule.name!r} gives {len(term.operands)} operand factors "
                             f"for node {view.name!r}, which has {len(view.operands)}")
-        if any((np.asarray(f) < 0).any() for f in term.operands) or (
-                term.rows is not None and (np.asarray(term.rows) < 0).any()):
+        for factor, operand in zip(term.operands, view.operands):
+            try:
+                np.broadcast_to(np.asarray(factor, dtype=float), operand.shape)
+            except (TypeError, ValueError):
+                raise RuleError(f"rule {rule.name!r} gives node {view.name!r} an operand "
+                                f"factor that is not a number array broadcasting to "
+                                f"{list(operand.shape)}") from None
+        if not all(_non_negative(f) for f in term.operands) or (
+                term.rows is not None and not _non_negative(term.rows)):
             raise RuleError(f"rule {rule.name!r} gives node {view.name!r} a negative "
-                            "operand factor or row weight; scores must be non-negative")
+                            "operand factor or row weight (or NaN); scores must be non-negative "
+                            "numbers")

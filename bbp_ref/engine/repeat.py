@@ -2,8 +2,8 @@
 (or several seeds) of the same examples.
 
 Example `n`'s copies are rows `n * times ... n * times + times - 1` (example-major). The
-local maps of the known affine operators take any batch in their vector-Jacobian product
-and are shared as they are: their operands keep the original batch, which is what lets
+local maps of the known affine operators whose coefficients and bias are the same for every
+example take any batch in their vector-Jacobian product and are shared as they are: their operands keep the original batch, which is what lets
 the attribution rules run each rule's forward once per example and share it across the
 targets (`attribution.rules.distribute`). Gates get their per-example arrays (`d`, `c`,
 `s`) repeated; routes are their own maps; any other local map is frozen again at the
@@ -31,6 +31,16 @@ def repeat_rows(a: Array | None, times: int, n: int) -> Array | None:
     return np.repeat(a, times, axis=0)
 
 
+def _batch_free(frozen: LocalMap, batched_rank: int) -> bool:
+    """A known affine operator whose coefficients and bias are the same for every example
+    (no leading batch axis longer than 1: a product's coefficients are per example)."""
+    if not isinstance(frozen, AffineLocal) or type(frozen.operator) not in BATCH_FREE_AFFINE:
+        return False
+    arrays = (*frozen.operator.coefficients, frozen.operator.bias)
+    return all(np.ndim(a) < batched_rank or np.shape(a)[0] == 1 for a in arrays
+               if a is not None)
+
+
 def repeat_trace(trace: Trace, times: int) -> Trace:
     """``trace`` with every example repeated ``times`` times. Its ``values`` hold only
     the (repeated) input; the reverse pass and the bias backpropagation need no more."""
@@ -42,9 +52,7 @@ def repeat_trace(trace: Trace, times: int) -> Trace:
         if node.operator is None:
             continue
         frozen = trace.local[node.name]
-        if isinstance(frozen, RouteOperator) or (
-                isinstance(frozen, AffineLocal)
-                and type(frozen.operator) in BATCH_FREE_AFFINE):
+        if isinstance(frozen, RouteOperator) or _batch_free(frozen, len(node.shape) + 1):
             local[node.name] = frozen
         elif type(frozen) is ElementwiseLocal:
             # one example: its arrays broadcast against the repeated rows as they are
@@ -57,7 +65,8 @@ def repeat_trace(trace: Trace, times: int) -> Trace:
             assert index is not None
             local[node.name] = MaxPoolLocal(index, (n * times, *frozen.in_shape[1:]))
         else:
-            operands = [repeat_rows(trace.values[name], times, n) for name in node.inputs]
+            operands = [repeat_rows(trace.values[name], times, n)
+                        for name in node.inputs + node.context]
             local[node.name] = node.operator.linearize(operands)  # type: ignore[arg-type]
     values = {graph.input: np.repeat(trace.values[graph.input], times, axis=0)}
     return Trace(graph, values, local)
