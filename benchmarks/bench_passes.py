@@ -105,7 +105,8 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
             times[step].append(time.perf_counter() - start)
     peaks = {step: _traced_peak_mib(steps[step]) for step in traced
              if step not in errors and not args.no_tracemalloc}
-    return {"model": name, "repo": str(Path(args.repo).resolve()), "threads": args.threads,
+    return {"model": name, "repo": str(Path(bbp_ref.__file__).resolve().parent.parent),
+            "threads": args.threads,
             "times": times, "errors": errors, "tracemalloc_mib": peaks,
             "maxrss_mib": _maxrss_mib(), "batch": args.batch, "top": args.top}
 
