@@ -3,10 +3,11 @@
 
 Example `n`'s copies are rows `n * times ... n * times + times - 1` (example-major). The
 local maps of the known affine operators whose coefficients and bias are the same for every
-example take any batch in their vector-Jacobian product and are shared as they are: their operands keep the original batch, which is what lets
-the attribution rules run each rule's forward once per example and share it across the
-targets (`attribution.rules.distribute`). Gates get their per-example arrays (`d`, `c`,
-`s`) repeated; routes are their own maps; any other local map is frozen again at the
+example take any batch in their vector-Jacobian product and are shared as they are: their
+operands keep the original batch, which is what lets the attribution rules run each rule's
+forward once per example and share it across the targets (`attribution.rules.distribute`).
+Gates get their per-example arrays (`d`, `c`, `s`) repeated; routes are their own maps; any
+other local map (a product's, whose coefficients are per example) is frozen again at the
 repeated operand values.
 """
 
