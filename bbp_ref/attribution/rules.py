@@ -210,7 +210,8 @@ def _largest_exponent(factors: list[Array], n: int) -> Array:
     largest = np.zeros(n)
     for f in factors:
         f = np.asarray(f, dtype=float)
-        row_max = np.abs(f).max(axis=tuple(range(1, f.ndim))) if f.ndim > 1 else np.abs(f)
+        row_max = np.abs(f).max(axis=tuple(range(1, f.ndim)), initial=0.0) \
+            if f.ndim > 1 else np.abs(f)
         largest = np.maximum(largest, row_max)
     return np.frexp(largest)[1]
 
