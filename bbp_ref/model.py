@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from .graph import Graph
 from .importer.builder import build_graph
 from .importer.loading import read_model
 from .importer.signature import Signature, read_signature
+from .importer.torch_export import as_numpy, export_module, is_torch_module, require_torch
+from .importer.torch_export import weights_digest
 
 
 @dataclass(frozen=True)
@@ -36,9 +39,11 @@ class Model:
     """
 
     def __init__(self, proto: onnx.ModelProto, output: str | None = None,
-                 source: str | None = None) -> None:
+                 source: str | None = None, exporter: str | None = None) -> None:
         self.proto = proto
         self.source = source
+        #: for a torch module: the exporter that wrote ``proto`` (`load`); else None
+        self.exporter = exporter
         self.signature: Signature = read_signature(proto, output)
         self._graphs: dict[tuple[int, ...], Graph] = {}
         self.sessions: dict[tuple[str, ...], Any] = {}  # onnxruntime, by extra outputs
@@ -77,14 +82,16 @@ class Model:
 
     def __repr__(self) -> str:
         name = self.source or "<in memory>"
-        return f"Model({name!r}, input_shape={self.input_shape}, nodes={len(self.graph)})"
+        nodes = f"nodes={len(self.graph)}" if self._graphs else "dynamic input shape"
+        exported = f", exported by {self.exporter}" if self.exporter else ""
+        return f"Model({name!r}, input_shape={self.input_shape}, {nodes}{exported})"
 
     # -- computation -------------------------------------------------------------
     def prepare(self, x: object) -> tuple[np.ndarray, bool]:
         """``x`` as a float64 batch, and whether it was a single example."""
         try:
-            array = np.asarray(x)
-        except (TypeError, ValueError) as exc:
+            array = np.asarray(as_numpy(x))
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise InputError(f"input is not an array: {exc}") from exc
         if not np.issubdtype(array.dtype, np.floating):
             raise InputError(f"input must be a float array, got dtype {array.dtype}")
@@ -145,11 +152,46 @@ class Model:
         return jac[0] if single else jac
 
 
-def load(model: object, output: str | None = None) -> Model:
-    """Import an ONNX model (a path, bytes, an ``onnx.ModelProto``, or a `Model`,
-    returned as is). ``output`` names the graph output to explain (default: the
-    first float output)."""
+def load(model: object, output: str | None = None, example: object = None) -> Model:
+    """Import an ONNX model: a path, bytes, an ``onnx.ModelProto``, a `Model` (returned
+    as is), or a ``torch.nn.Module`` (exported to ONNX in memory; needs ``example``, a
+    batch whose axis 0 is the batch axis, for the input shape; see `_load_module`).
+    ``output`` names the tensor to explain: a graph output or any float tensor inside
+    the graph (default: the first float graph output)."""
     if isinstance(model, Model):
         return model
+    if is_torch_module(model):
+        return _load_module(model, output, example)
     source = str(Path(model)) if isinstance(model, (str, Path)) else None
     return Model(read_model(model), output, source)
+
+
+#: Exported modules: module -> {(example shape, output, weights digest): Model}.
+_EXPORTED: weakref.WeakKeyDictionary[Any, dict[tuple[object, ...], Model]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _load_module(module: Any, output: str | None, example: object) -> Model:
+    """A torch module exported to ONNX (`importer.torch_export`), cached per module,
+    per-example input shape, ``output`` and digest of its weights, so that changed
+    weights are exported again. Axis 0 of ``example`` is the batch axis."""
+    require_torch()
+    if example is None:
+        raise InputError("a torch.nn.Module is exported to ONNX for an input shape: give "
+                         "the input (a batch; axis 0 is the batch axis)")
+    try:
+        array = np.asarray(as_numpy(example))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"input is not an array: {exc}") from exc
+    if array.ndim < 1 or array.shape[0] == 0:
+        raise InputError(f"the input of a torch.nn.Module must be a non-empty batch (axis 0 "
+                         f"is the batch axis), got shape {list(array.shape)}")
+    digest = weights_digest(module)
+    cache = _EXPORTED.setdefault(module, {})
+    key = (tuple(array.shape[1:]), output, digest)
+    if key not in cache:
+        exported = export_module(module, array[0])
+        cache[key] = Model(exported.proto, output,
+                           source=f"{type(module).__name__} (torch.nn.Module)",
+                           exporter=exported.exporter)
+    return cache[key]

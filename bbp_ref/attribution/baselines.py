@@ -134,7 +134,7 @@ class Setup:
 
 def setup(model: object, x: object, target: object, linearize: bool = True) -> Setup:
     """Load, prepare ``x``, run the forward trace and resolve ``target`` (`explain`'s rules)."""
-    loaded = load(model)
+    loaded = load(model, example=x)
     batch, single = loaded.prepare(x)
     trace = loaded.trace(batch, linearize=linearize)
     n = batch.shape[0]

@@ -36,6 +36,7 @@ from ..attribution.integrated_gradients import integrated_gradients
 from ..attribution.rules import RULES
 from ..errors import InputError
 from ..explain import Explanation, explain
+from ..importer.torch_export import as_numpy
 from ..model import Model, load
 
 RTOL = 1e-4
@@ -181,8 +182,8 @@ def compare(model: object, x: object, candidate: Mapping[str, object], target: o
     """Compare ``candidate`` (field name -> array from another implementation) with
     bbp_ref's exact values for ``model`` at ``x``. The target is ``target``, else the
     candidate's own ``target`` field, else the argmax of each example's output."""
-    loaded = load(model)
-    x_array = np.asarray(x)
+    loaded = load(model, example=x)
+    x_array = np.asarray(as_numpy(x))
     if target is None and "target" in candidate:
         target = np.asarray(candidate["target"]).astype(np.int64)
     reference = _Reference(loaded, x_array, target)
@@ -206,7 +207,7 @@ class GoldenCase:
 
 def golden_fields(model: object, x: np.ndarray, fields: Sequence[str] = STANDARD_FIELDS,
                   target: object = None) -> dict[str, np.ndarray]:
-    reference = _Reference(load(model), x, target)
+    reference = _Reference(load(model, example=x), x, target)
     return {name: reference.field(name) for name in fields}
 
 
