@@ -46,20 +46,23 @@ class Explanation:
 
 
 def explain(model: object, x: object, target: object = None, rule: object = "abs",
-            layers: object = None, check: bool = True) -> Explanation:
-    """Explain output ``target`` of ``model`` at ``x`` by BBp (SPEC §4).
+            layers: object = None, check: bool = True,
+            output: str | None = None) -> Explanation:
+    """Explain output ``target`` of ``model`` at ``x`` by BBp (docs/math.md §4).
 
-    ``model``: a path, bytes, ``onnx.ModelProto`` or `Model`; ``x``: one example
+    ``model``: a path, bytes, ``onnx.ModelProto``, `Model` or ``torch.nn.Module``
+    (exported to ONNX in memory, `load`; then ``x`` is always a batch); ``x``: one example
     shaped like the model input without its batch axis, or a batch; ``target``: an
     index into one example's flattened output (default: its argmax), or one per
     example; ``rule``: ``"abs"``, ``"signed"``, ``"uniform"`` or a callable (see
     `bbp_ref.rules`); ``layers``: node names whose biases are attributed (None: all);
-    ``check``: compare the output with onnxruntime as well.
+    ``check``: compare the output with onnxruntime as well; ``output``: the tensor to
+    explain, a graph output or any float tensor inside the graph (see `load`).
     """
     chosen_rule = resolve_rule(rule)
-    s = setup(model, x, target)
+    s = setup(model, x, target, output=output)
     loaded, batch, single, trace, targets = s.model, s.batch, s.single, s.trace, s.targets
-    logits, output, n = s.logits, s.output, batch.shape[0]
+    logits, explained, n = s.logits, s.output, batch.shape[0]
     selected = _layers(trace.graph, layers)
     result = bias_backpropagation(trace, s.seed, chosen_rule, selected)
 
@@ -68,7 +71,7 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
     injected = sum((result.layer_bias[name] for name in result.injected), np.zeros(n))
     bias_magnitude = result.bias_magnitude
     checks = Checks(
-        decomposition=relative_residual(gradient_x_input.sum(axis=1) + bias, output,
+        decomposition=relative_residual(gradient_x_input.sum(axis=1) + bias, explained,
                                         np.abs(gradient_x_input).sum(axis=1) + bias_magnitude),
         completeness=relative_residual(result.bias_attribution.reshape(n, -1).sum(axis=1),
                                        injected, bias_magnitude),
@@ -77,7 +80,7 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
     )
     layer_names = result.injected
     explanation = Explanation(
-        output=output, target=targets, gradient=result.gradient, bias=bias,
+        output=explained, target=targets, gradient=result.gradient, bias=bias,
         bias_attribution=result.bias_attribution, rule=chosen_rule.name,
         layer_bias=dict(result.layer_bias), layers=layer_names, logits=logits,
         stripped=loaded.stripped, checks=checks)

@@ -16,8 +16,13 @@ from .graph import Graph
 from .importer.builder import build_graph
 from .importer.loading import read_model
 from .importer.signature import Signature, read_signature
-from .importer.torch_export import as_numpy, export_module, is_torch_module, require_torch
-from .importer.torch_export import weights_digest
+from .importer.torch_export import (
+    as_numpy,
+    export_module,
+    is_torch_module,
+    require_torch,
+    weights_digest,
+)
 
 
 @dataclass(frozen=True)

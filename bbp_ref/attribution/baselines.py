@@ -132,9 +132,15 @@ class Setup:
         return attribution.unbatched() if self.single else attribution
 
 
-def setup(model: object, x: object, target: object, linearize: bool = True) -> Setup:
-    """Load, prepare ``x``, run the forward trace and resolve ``target`` (`explain`'s rules)."""
-    loaded = load(model, example=x)
+def setup(model: object, x: object, target: object, linearize: bool = True,
+          output: str | None = None) -> Setup:
+    """Load (``output``: the tensor to explain, see `load`), prepare ``x``, run the forward
+    trace and resolve ``target`` (`explain`'s rules)."""
+    if isinstance(model, Model) and output is not None and output not in (
+            model.signature.output, model.signature.explained):
+        raise InputError(f"the model was loaded to explain {model.signature.output!r}, not "
+                         f"{output!r}: load it with output={output!r}, or pass its path")
+    loaded = load(model, output=output, example=x)
     batch, single = loaded.prepare(x)
     trace = loaded.trace(batch, linearize=linearize)
     n = batch.shape[0]

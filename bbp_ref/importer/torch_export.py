@@ -15,7 +15,8 @@ import io
 import re
 import sys
 import warnings
-from contextlib import redirect_stderr, redirect_stdout
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,20 +126,13 @@ def _torchscript(torch: Any, module: Any, example: Any) -> onnx.ModelProto:
     return onnx.load_model_from_string(buffer.getvalue())
 
 
-class _quiet:
+@contextmanager
+def _quiet() -> Iterator[None]:
     """Silence the exporters' progress messages and warnings."""
-
-    def __enter__(self) -> None:
-        self._sink = io.StringIO()
-        self._contexts = [warnings.catch_warnings(), redirect_stdout(self._sink),
-                          redirect_stderr(self._sink)]
-        for context in self._contexts:
-            context.__enter__()
+    sink = io.StringIO()
+    with warnings.catch_warnings(), redirect_stdout(sink), redirect_stderr(sink):
         warnings.simplefilter("ignore")
-
-    def __exit__(self, *exc: object) -> None:
-        for context in reversed(self._contexts):
-            context.__exit__(*exc)
+        yield
 
 
 def _one_line(exc: BaseException) -> str:
