@@ -21,7 +21,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("scipy")
 from bbp_ref.experiments.digits import digits_split  # noqa: E402
 
-DIGITS = Path(__file__).resolve().parent.parent / "models" / "digits"
+DIGITS = Path(__file__).resolve().parent.parent / "bbp_ref" / "data" / "digits"
 PNG = b"\x89PNG\r\n\x1a\n"
 #: Student-t quantiles t_{0.975, dof} from a printed table.
 T_TABLE = {2: 4.302653, 4: 2.776445}

@@ -1,5 +1,5 @@
-"""The digits models of models/digits/ (accuracy as recorded), Claim 1 (bias_importance)
-and the attribution maps behind the figures (bbp_ref.experiments)."""
+"""The digits models of bbp_ref/data/digits/ (accuracy as recorded in models/digits/),
+Claim 1 (bias_importance) and the attribution maps behind the figures (bbp_ref.experiments)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ from bbp_ref.experiments.optional import MissingDependencyError, require
 pytest.importorskip("sklearn")
 from bbp_ref.experiments.digits import digits_split  # noqa: E402
 
-DIGITS = Path(__file__).resolve().parent.parent / "models" / "digits"
-MANIFEST = json.loads((DIGITS / "manifest.json").read_text())
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "bbp_ref" / "data" / "digits"
+MANIFEST = json.loads((ROOT / "models" / "digits" / "manifest.json").read_text())
 NAMES = ("mlp_bias", "mlp_nobias", "cnn_bias", "cnn_nobias")
 
 

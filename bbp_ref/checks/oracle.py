@@ -7,7 +7,12 @@ Field names: ``input`` (checked against the given input), ``output``, ``logits``
 ``bias_attribution/<rule>`` (``abs``, ``signed``, ``uniform``),
 ``layer_bias/<node>``, ``integrated_gradients`` (exact, zero baseline) and ``deeplift``
 (zero baseline). Arrays follow `explain`'s conventions: one example in, no batch axis;
-a batch in, a leading batch axis.
+a batch in, a leading batch axis. Fields under ``meta/`` describe the candidate and are
+not compared: ``meta/layers`` (the nodes whose biases ``bias_attribution/<rule>``
+attributes; default all) and ``meta/output`` (the explained tensor) set how the reference
+is computed; the others (``meta/rule``, ``meta/model_sha256``, ``meta/versions``, ...) are
+records. `explanation_fields` writes an explanation with these names (``bbp-ref explain
+--out``).
 
 Default tolerances suit a float32 candidate. An element passes when
 ``|candidate - reference| <= rtol * |reference| + atol * max|reference|``: float32 has a
@@ -43,6 +48,7 @@ RTOL = 1e-4
 ATOL = 1e-5
 STANDARD_FIELDS = ("output", "logits", "target", "gradient", "gradient_x_input", "bias",
                    *(f"bias_attribution/{rule}" for rule in RULES))
+META = "meta/"
 
 
 @dataclass(frozen=True)
@@ -123,14 +129,15 @@ def compare_arrays(field: str, candidate: object, reference: np.ndarray,
 class _Reference:
     """Computes reference fields lazily, one `explain` per rule."""
 
-    def __init__(self, model: Model, x: np.ndarray, target: object) -> None:
-        self.model, self.x, self.target = model, x, target
+    def __init__(self, model: Model, x: np.ndarray, target: object,
+                 layers: Sequence[str] | None = None) -> None:
+        self.model, self.x, self.target, self.layers = model, x, target, layers
         self._explained: dict[str, Explanation] = {}
 
     def explanation(self, rule: str = "abs") -> Explanation:
         if rule not in self._explained:
             self._explained[rule] = explain(self.model, self.x, target=self.target, rule=rule,
-                                            check=False)
+                                            layers=self.layers, check=False)
         return self._explained[rule]
 
     def field(self, name: str) -> np.ndarray:
@@ -181,17 +188,41 @@ def compare(model: object, x: object, candidate: Mapping[str, object], target: o
             rtol: float = RTOL, atol: float = ATOL) -> Report:
     """Compare ``candidate`` (field name -> array from another implementation) with
     bbp_ref's exact values for ``model`` at ``x``. The target is ``target``, else the
-    candidate's own ``target`` field, else the argmax of each example's output."""
-    loaded = load(model, example=x)
+    candidate's own ``target`` field, else the argmax of each example's output; the
+    ``meta/`` fields are not compared (see the module docstring)."""
+    output = _meta_text(candidate, "output")
+    loaded = load(model, output=output, example=x)
     x_array = np.asarray(as_numpy(x))
     if target is None and "target" in candidate:
         target = np.asarray(candidate["target"]).astype(np.int64)
-    reference = _Reference(loaded, x_array, target)
+    layers = candidate.get(META + "layers")
+    names = None if layers is None else [str(n) for n in np.asarray(layers).reshape(-1)]
+    reference = _Reference(loaded, x_array, target, names)
     results = [compare_arrays(name, value, reference.field(name), rtol, atol)
-               for name, value in candidate.items()]
+               for name, value in candidate.items() if not name.startswith(META)]
     if not results:
         raise InputError("the candidate has no fields to compare")
     return Report(tuple(results), rtol, atol)
+
+
+def _meta_text(candidate: Mapping[str, object], name: str) -> str | None:
+    value = candidate.get(META + name)
+    return None if value is None else str(np.asarray(value).item())
+
+
+def explanation_fields(e: Explanation, x: np.ndarray) -> dict[str, np.ndarray]:
+    """An explanation's arrays under the field names `compare` knows, so that a saved
+    explanation is a candidate `compare` (``bbp-ref verify``) accepts: ``input``,
+    ``output``, ``logits``, ``target``, ``gradient``, ``gradient_x_input``, ``bias``,
+    ``bias_attribution/<rule>``, ``layer_bias/<node>``, and ``meta/layers`` when only
+    some nodes' biases were attributed."""
+    fields = {"input": np.asarray(x), "output": e.output, "logits": e.logits,
+              "target": e.target, "gradient": e.gradient, "gradient_x_input": e.gradient * x,
+              "bias": e.bias, f"bias_attribution/{e.rule}": e.bias_attribution}
+    fields.update({f"layer_bias/{name}": value for name, value in e.layer_bias.items()})
+    if set(e.layers) != set(e.layer_bias):
+        fields[META + "layers"] = np.array(e.layers, dtype=str)
+    return {name: np.asarray(value) for name, value in fields.items()}
 
 
 # -- golden vectors ----------------------------------------------------------------
