@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                      "B(x) (docs/math.md).", epilog=EXIT_CODES)
     parser.add_argument("--version", action="version", version=_version(),
                         help="print the versions of bbp-ref, onnx, onnxruntime and numpy")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="one of the commands below; 'bbp-ref COMMAND --help' "
+                                     "lists its options")
     _add_explain(commands)
     nodes = commands.add_parser("nodes", help="list a model's canonical nodes",
                                 epilog=EXIT_CODES)
@@ -162,14 +164,15 @@ def _read_input(path: str) -> np.ndarray:
     try:
         with open(file, "rb") as stream:
             head = stream.read(len(NPY_MAGIC))
-            stream.seek(0)
-            if head.startswith(ZIP_MAGIC):
-                raise InputError(
-                    f"input {path} is an .npz archive of several arrays; give one array as an "
-                    ".npy file (numpy.save('x.npy', archive['name']))")
-            if not head.startswith(NPY_MAGIC):
-                raise InputError(f"input {path} {_not_npy(file)}")
-            return np.load(stream, allow_pickle=False)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    if head.startswith(ZIP_MAGIC):
+        raise InputError(f"input {path} is an .npz archive of several arrays; give one array "
+                         "as an .npy file (numpy.save('x.npy', archive['name']))")
+    if not head.startswith(NPY_MAGIC):
+        raise InputError(f"input {path} {_not_npy(file)}")
+    try:
+        return np.load(file, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise InputError(f"cannot read {path} as a .npy array (pickles are refused): "
                          f"{exc}") from exc

@@ -44,6 +44,28 @@ class Explanation:
     stripped: tuple[str, ...]
     checks: Checks
 
+    def __repr__(self) -> str:
+        """One line: what was explained and the decomposition's numbers, not the arrays."""
+        verdict = "passed" if self.checks.passed else "FAILED"
+        partial = (f", layers={list(self.layers)}" if set(self.layers) != set(self.layer_bias)
+                   else "")
+        if np.ndim(self.output) == 0:
+            return (f"Explanation(target={int(self.target)}, f_t(x)={float(self.output):.6g}, "
+                    f"b^x={float(self.bias):.6g}, sum B(x)="
+                    f"{float(np.sum(self.bias_attribution)):.6g}, rule={self.rule!r}{partial}, "
+                    f"input {list(np.shape(self.gradient))}, checks {verdict})")
+        n = len(self.output)
+        return (f"Explanation(batch of {n}, targets {_brief(self.target)}, f_t(x) "
+                f"{_brief(self.output)}, b^x {_brief(self.bias)}, rule={self.rule!r}{partial}, "
+                f"input {list(np.shape(self.gradient)[1:])} each, checks {verdict})")
+
+
+def _brief(values: np.ndarray, shown: int = 4) -> str:
+    """At most ``shown`` values of a 1-D array, then how many more."""
+    items = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in values[:shown].tolist()]
+    more = f", ... ({len(values) - shown} more)" if len(values) > shown else ""
+    return "[" + ", ".join(items) + more + "]"
+
 
 def explain(model: object, x: object, target: object = None, rule: object = "abs",
             layers: object = None, check: bool = True,

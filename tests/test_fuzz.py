@@ -86,6 +86,10 @@ TOKENS = ["explain", "nodes", "verify", "golden", "reproduce", "digit-flip", "--
 @given(argv=st.lists(st.sampled_from(TOKENS), max_size=6))
 def test_the_cli_never_raises_and_errors_are_one_line(argv, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # reproduce and digit-flip would run in full on the package's models: point them to none
+    for module in ("reproduce", "digit_flip"):
+        monkeypatch.setattr(f"bbp_ref.experiments.{module}.models_dir",
+                            lambda: tmp_path / "no-models")
     try:
         code = main(argv)
     except SystemExit as exc:  # only --help / --version may exit this way

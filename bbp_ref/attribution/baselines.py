@@ -85,6 +85,25 @@ class Attribution:
     n_steps: int | None = None
     n_pieces: np.ndarray | None = None
 
+    def __repr__(self) -> str:
+        """One line: the method, target, output and convergence, not the arrays."""
+        how = ""
+        if self.integration is not None:
+            how = f" ({self.integration}" + (f", {self.n_steps} steps)" if self.n_steps
+                                             else ")")
+        if np.ndim(self.output) == 0:
+            delta = "" if self.delta is None else f", delta={float(self.delta):.3g}"
+            pieces = "" if self.n_pieces is None else f", n_pieces={int(self.n_pieces)}"
+            return (f"Attribution({self.method!r}{how}, target={int(self.target)}, "
+                    f"f_t(x)={float(self.output):.6g}, sum="
+                    f"{float(np.sum(self.attribution)):.6g}{delta}{pieces}, "
+                    f"shape {list(np.shape(self.attribution))})")
+        delta = ("" if self.delta is None else
+                 f", max |delta|={float(np.max(np.abs(self.delta))):.3g}")
+        return (f"Attribution({self.method!r}{how}, batch of {len(self.output)}, targets "
+                f"{np.asarray(self.target)[:4].tolist()}{', ...' if len(self.output) > 4 else ''}"
+                f"{delta}, shape {list(np.shape(self.attribution)[1:])} each)")
+
     def unbatched(self) -> Attribution:
         """The first example's fields without the batch axis."""
 
