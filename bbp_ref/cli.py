@@ -384,11 +384,12 @@ def _explain(args: argparse.Namespace) -> int:
                                   **_metadata(e, model, source)})
         print(f"saved        {args.out} (bbp-ref verify MODEL INPUT {args.out} checks it)")
     if args.plot or args.plot_layers:
-        _plot(args, model, x)
+        _plot(args, model, x, e if args.layers is None else None)
     return 0 if e.checks.passed else 1
 
 
-def _plot(args: argparse.Namespace, model: Model, x: np.ndarray) -> None:
+def _plot(args: argparse.Namespace, model: Model, x: np.ndarray,
+          explained: Explanation | None) -> None:
     from . import plot
     from .progress import Progress
 
@@ -398,7 +399,7 @@ def _plot(args: argparse.Namespace, model: Model, x: np.ndarray) -> None:
             model, x, args.plot, labels=args.labels, target=args.target, rule=args.rule,
             layers=args.layers, layers_out_path=args.plot_layers, dpi=args.dpi,
             methods=plot.grid_methods(args.methods, args.rule), ig_steps=args.ig_steps,
-            progress=progress)
+            progress=progress, explained=explained)
     finally:
         progress.close()
     print(f"plotted      {', '.join(str(p) for p in written)}")

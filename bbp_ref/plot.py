@@ -57,6 +57,7 @@ import numpy as np
 from .errors import InputError
 from .experiments.maps import POSTER_NAMES, layer_maps, method_maps
 from .experiments.optional import require
+from .explain import Explanation
 from .model import load
 from .progress import Progress
 
@@ -103,14 +104,16 @@ def attribution_figure(model: object, x: object, labels: Sequence[int] | np.ndar
                        target: object = None, methods: Sequence[str] = POSTER_METHODS,
                        class_names: Sequence[str] | None = None, ig_baseline: float = 0.0,
                        ig_steps: int = 32, title: str | None = None,
-                       progress: Progress | None = None) -> Figure:
+                       progress: Progress | None = None,
+                       explained: Explanation | None = None) -> Figure:
     """The attribution grid for the inputs ``x`` (one example or a batch) of ``model``;
     ``labels``: their true classes (optional); ``target``: the explained output (default:
-    the predicted class); ``methods``: the columns (`method_maps`; default the poster's).
-    See the module for what each panel shows."""
+    the predicted class); ``methods``: the columns (`method_maps`; default the poster's);
+    ``explained``: `explain`'s result for these arguments, if already computed. See the
+    module for what each panel shows."""
     m = load(model, example=x)
     maps = method_maps(m, x, methods, target=target, ig_baseline=ig_baseline,
-                       ig_steps=ig_steps, progress=progress)
+                       ig_steps=ig_steps, progress=progress, explained=explained)
     columns = [Column("input", maps.x, INPUT)]
     for method in methods:
         columns += _method_columns(method, maps.maps[method])
@@ -173,15 +176,17 @@ def explain_plot(model: object, x: object, out_path: str | Path | None,
                  rule: str = "abs", layers: Sequence[str] | None = None,
                  layers_out_path: str | Path | None = None,
                  methods: Sequence[str] = POSTER_METHODS, ig_steps: int = 32, dpi: int = DPI,
-                 progress: Progress | None = None) -> list[Path]:
+                 progress: Progress | None = None,
+                 explained: Explanation | None = None) -> list[Path]:
     """Write `attribution_figure` of ``x`` (``methods``) to ``out_path`` (PNG, SVG, PDF, by
     its suffix; None: not drawn) and, if ``layers_out_path`` is given, `layer_figure` (BBp
-    ``rule``, ``layers``) to it. Returns the paths written."""
+    ``rule``, ``layers``) to it; ``explained``: `explain`'s result for ``x`` and ``target``
+    (all layers), reused by the grid. Returns the paths written."""
     m = load(model, example=x)
     written = []
     if out_path is not None:
         figure = attribution_figure(m, x, labels=labels, target=target, methods=methods,
-                                    ig_steps=ig_steps, progress=progress)
+                                    ig_steps=ig_steps, progress=progress, explained=explained)
         written.append(save(figure, out_path, dpi))
     if layers_out_path is not None:
         written.append(save(layer_figure(m, x, labels=labels, target=target, rule=rule,

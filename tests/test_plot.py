@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import bbp_ref
-from bbp_ref.defaults import default_input
+from bbp_ref.defaults import default_input, default_model_path
 from bbp_ref.errors import InputError
 from bbp_ref.experiments.optional import MissingDependencyError
 
@@ -320,3 +320,49 @@ def test_methods_choose_the_columns(model, x):
     np.testing.assert_allclose(shown, ig.attribution[0].sum(axis=0), rtol=1e-12)
     assert "Gauss-Legendre, 4 points" in fig.get_supxlabel()
     assert plot.grid_methods(["bbp", "ig", "bbp-abs"], "abs") == ("bbp-abs", "ig")
+
+
+def _png_size(path):
+    import struct
+
+    data = Path(path).read_bytes()
+    assert data[:8] == PNG
+    return struct.unpack(">II", data[16:24])
+
+
+def test_cli_plot_methods_dpi_and_a_reused_explanation(tmp_path, capsys):
+    from bbp_ref.cli import main
+
+    grid, layers = tmp_path / "grid.png", tmp_path / "layers.png"
+    for dpi in (40, 80):
+        assert main(["explain", "--plot", str(grid), "--plot-layers", str(layers),
+                     "--methods", "bbp", "gradient", "--rule", "uniform", "--quiet",
+                     "--dpi", str(dpi)]) == 0
+        width, height = _png_size(grid)
+        fig = plot.attribution_figure(bbp_ref.load(default_model_path()), default_input(),
+                                      methods=("bbp-uniform", "gradient"))
+        assert abs(width - fig.get_figwidth() * dpi) < 1  # the size in inches times --dpi
+        assert abs(height - fig.get_figheight() * dpi) < 1
+        assert _png_size(layers)[0] > 0
+    out, err = capsys.readouterr()
+    assert f"plotted      {grid}, {layers}" in out and err == ""
+    # the grid drawn from the CLI's own explanation is the grid drawn from scratch
+    model, x = bbp_ref.load(default_model_path()), default_input()
+    e = bbp_ref.explain(model, x, rule="uniform")
+    reused = plot.attribution_figure(model, x, methods=("bbp-uniform",), explained=e)
+    fresh = plot.attribution_figure(model, x, methods=("bbp-uniform",))
+    for a, b in zip(_panels(reused)[0], _panels(fresh)[0]):
+        np.testing.assert_array_equal(a.images[0].get_array(), b.images[0].get_array())
+
+
+def test_progress_bar_of_the_figures(tmp_path, capsys, monkeypatch):
+    """On a terminal the figure steps show a bar on stderr; --quiet turns it off."""
+    from bbp_ref.cli import main
+
+    monkeypatch.setattr("bbp_ref.progress.isatty", lambda stream: True)
+    argv = ["explain", "--plot", str(tmp_path / "g.png"), "--dpi", "30", "--ig-steps", "8"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "figures" in err and "11/11" in err  # 1 explain + 2 other methods + 8 IG points
+    assert main([*argv, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -7,13 +7,13 @@ example (default: the predicted class)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..attribution.integrated_gradients import integrated_gradients
 from ..errors import InputError
-from ..explain import explain
+from ..explain import Explanation, explain
 from ..model import Model, load
 from ..progress import Progress
 
@@ -99,9 +99,11 @@ class MethodMaps:
 
 def method_maps(model: object, x: object, methods: Sequence[str], target: object = None,
                 ig_baseline: float = 0.0, ig_steps: int = 32,
-                progress: Progress | None = None) -> MethodMaps:
+                progress: Progress | None = None,
+                explained: Explanation | None = None) -> MethodMaps:
     """The maps of ``methods`` (`METHODS`) for the batch ``x``; ``progress`` ticks once per
-    method and once per quadrature point of ``"ig"``."""
+    method and once per quadrature point of ``"ig"``. ``explained``: `explain`'s result
+    for this model, ``x`` and ``target``, if the caller has it already (it is reused)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise InputError(f"unknown methods {unknown}; choose from {list(METHODS)}")
@@ -109,7 +111,8 @@ def method_maps(model: object, x: object, methods: Sequence[str], target: object
     batch = as_batch(m, x)
     ticks = progress if progress is not None else Progress(enabled=False)
     ticks.add(len(methods) + (ig_steps - 1 if "ig" in methods else 0) + 1)
-    first = explain(m, batch, target=target, check=False)  # the targets, W^x and B(x) (abs)
+    first = (_batched(explained) if explained is not None else
+             explain(m, batch, target=target, check=False))  # the targets, W^x, B(x)
     ticks.update()
     targets = first.target
     out: dict[str, np.ndarray] = {}
@@ -132,6 +135,15 @@ def method_maps(model: object, x: object, methods: Sequence[str], target: object
                                                target=targets, method="exact").attribution
         ticks.update()
     return MethodMaps(batch, targets, first.logits, out, ig_baseline, ig_steps)
+
+
+def _batched(e: Explanation) -> Explanation:
+    """An explanation with the batch axis (one example's gets one)."""
+    if np.ndim(e.output) > 0:
+        return e
+    return replace(e, output=e.output[None], target=e.target[None], gradient=e.gradient[None],
+                   bias=e.bias[None], bias_attribution=e.bias_attribution[None],
+                   logits=e.logits[None])
 
 
 def as_batch(model: Model, x: object) -> np.ndarray:

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""The default ``bbp-ref explain --plot`` on ResNet-18 at 224x224: wall time and peak
+memory, measured with ``/usr/bin/time -v`` around the command.
+
+torchvision's ``resnet18`` with random weights (``weights=None``, seed 0; nothing is
+downloaded) is exported to ONNX by bbp_ref's own in-memory exporter into a temporary
+folder, with one random N(0, 1) image; then
+
+    bbp-ref explain resnet18.onnx image.npy --plot grid.png [--plot-layers layers.png]
+
+runs in a subprocess. The targets (README, benchmarks/README.md): under 2 minutes and
+under 2 GB peak resident memory for ``--plot`` on a 2-core machine.
+
+Usage: python benchmarks/bench_plot_resnet18.py [--layers] [--keep DIR] [--json FILE]
+Needs the ``torch`` extra and torchvision (not a dependency of bbp_ref).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+TIME = "/usr/bin/time"
+TARGET_SECONDS, TARGET_BYTES = 120.0, 2 * 1024**3
+
+
+def resnet18_onnx(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """ResNet-18 (random weights) as ONNX and one input image, written into ``folder``."""
+    import onnx
+    import torch
+
+    # torchvision's meta registrations clash with this torch build; they are not needed
+    sys.modules.setdefault("torchvision._meta_registrations",
+                           types.ModuleType("torchvision._meta_registrations"))
+    import torchvision
+
+    from bbp_ref.importer.torch_export import export_module
+
+    torch.manual_seed(seed)
+    module = torchvision.models.resnet18(weights=None).eval()
+    image = np.random.default_rng(seed).normal(size=(3, 224, 224)).astype(np.float32)
+    exported = export_module(module, image)
+    model, x = folder / "resnet18.onnx", folder / "image.npy"
+    onnx.save_model(exported.proto, str(model))
+    np.save(x, image)
+    return model, x
+
+
+def measure(argv: list[str]) -> dict[str, object]:
+    """Run ``argv`` under /usr/bin/time -v: exit code, wall seconds, peak RSS in bytes."""
+    start = time.perf_counter()
+    done = subprocess.run([TIME, "-v", *argv], capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
+    return {"command": " ".join(argv), "exit_code": done.returncode, "wall_s": round(wall, 1),
+            "peak_rss_bytes": int(peak.group(1)) * 1024 if peak else None,
+            "stdout": done.stdout}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", action="store_true", help="also --plot-layers")
+    parser.add_argument("--keep", metavar="DIR", help="copy the figures into DIR")
+    parser.add_argument("--json", metavar="FILE", help="write the measurements to FILE")
+    args = parser.parse_args()
+    if shutil.which(TIME) is None:
+        sys.exit(f"{TIME} is needed (GNU time)")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        start = time.perf_counter()
+        model, x = resnet18_onnx(folder)
+        print(f"exported ResNet-18 in {time.perf_counter() - start:.1f} s")
+        bbp_ref = shutil.which("bbp-ref")
+        command = ([bbp_ref] if bbp_ref else [sys.executable, "-m", "bbp_ref.cli"])
+        argv = [*command, "explain", str(model), str(x), "--plot", str(folder / "grid.png")]
+        if args.layers:
+            argv += ["--plot-layers", str(folder / "layers.png")]
+        result = measure(argv)
+        print(result.pop("stdout"))
+        peak = result["peak_rss_bytes"]
+        print(f"wall {result['wall_s']} s, peak RSS {peak / 1024**3:.2f} GiB, exit code "
+              f"{result['exit_code']}" if peak else result)
+        ok = (result["exit_code"] == 0 and float(result["wall_s"]) < TARGET_SECONDS  # type: ignore[arg-type]
+              and peak is not None and peak < TARGET_BYTES)
+        print("targets (< 2 min, < 2 GiB):", "met" if ok else "NOT met")
+        if args.keep:
+            Path(args.keep).mkdir(parents=True, exist_ok=True)
+            for figure in folder.glob("*.png"):
+                shutil.copy(figure, Path(args.keep) / f"resnet18_{figure.name}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
