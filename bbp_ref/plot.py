@@ -32,8 +32,10 @@ What the panels show (the poster does not say; these are this project's choices)
 * How an input is drawn depends on its per-example shape (`input_kind`):
   ``[C, H, W]`` or ``[H, W]`` is an image, the maps summed over channels; with 3 channels
   the input is drawn in colour (rescaled to [0, 1]) and each map is drawn *over* a grey
-  copy of it, opaque where the map is large and transparent where it is 0 (the plain
-  input stands beside them in the first column). A flat input of at most `MAX_BARS`
+  copy of it (in mid greys), opaque where the map is large (from its 99th percentile of
+  magnitude on) and transparent where it is 0 (the plain input stands beside them in the
+  first column); the colour scale of these columns ends at the 99th percentile of their
+  magnitudes, so that a few extreme pixels do not wash out the rest. A flat input of at most `MAX_BARS`
   features is a bar chart over the feature index, a longer one or a ``[C, L]`` signal
   (``C <= 4``, ``L >= 2 C``) a line chart (one line per channel); their y-axis is shared
   by each column and symmetric about zero, like the colour scales.
@@ -66,12 +68,15 @@ if TYPE_CHECKING:
 
 CMAP = "RdBu_r"
 INPUT_CMAP = "gray"
-PANEL_INCHES = 1.0
+PANEL_INCHES = 1.0  # an image panel's side; larger images get up to MAX_PANEL_INCHES
+MAX_PANEL_INCHES = 2.4
+PIXELS_PER_INCH = 96  # image pixels per inch of panel (so that 224 pixels get 2.3 inches)
 DPI = 100
 MAX_COLUMNS = 8  # the layer figure wraps into bands of at most this many columns
 MAX_BARS = 64  # a flat input with more features is drawn as a line
 TITLE_WIDTH = 16  # characters per line of a column title
-OVERLAY_ALPHA = 0.85  # opacity of a map over a colour image where |map| is largest
+OVERLAY_ALPHA = 0.85  # opacity of a map over a colour image where |map| is large
+OVERLAY_QUANTILE = 0.99  # |map| at this quantile and above is drawn at OVERLAY_ALPHA
 
 INPUT, NORMALISED, ATTRIBUTION = "input", "normalised", "attribution"
 IMAGE, RGB, BARS, LINES = "image", "rgb", "bars", "lines"
@@ -243,8 +248,9 @@ def draw_grid(columns: Sequence[Column], rows: Sequence[str], title: str = "",
     kind = input_kind(columns[0].maps.shape[1:]) if columns else IMAGE
     per_band = max(1, min(max_columns or len(columns), len(columns)))
     bands = [columns[i:i + per_band] for i in range(0, len(columns), per_band)]
+    pixels = max(columns[0].maps.shape[-2:]) if kind in (IMAGE, RGB) and columns else 0
     box = _Layout(n, per_band, [max(c.title.count("\n") + 1 for c in band) for band in bands],
-                  bool(title), bool(note), kind)
+                  bool(title), bool(note), kind, pixels)
     fig = Figure(figsize=(box.width, box.height))
     background = next((c.maps for c in columns if c.kind == INPUT), None)
     for j, column in enumerate(columns):
@@ -262,15 +268,15 @@ def draw_grid(columns: Sequence[Column], rows: Sequence[str], title: str = "",
 
 def _draw_image_column(fig: Figure, box: _Layout, column: Column, rows: Sequence[str], j: int,
                        band: int, k: int, kind: str, background: np.ndarray | None) -> None:
-    images, style = _display(column)
     overlay = kind == RGB and column.kind != INPUT and background is not None
+    images, style = _display(column, robust=overlay)
     grey = _grey(background) if overlay and background is not None else None
     for i in range(len(rows)):
         ax = fig.add_axes(box.panel(i, band, k), label=f"panel {i} {j}")
         if grey is not None:
-            ax.imshow(grey[i], cmap=INPUT_CMAP, vmin=0.0, vmax=1.0, aspect="auto",
-                      interpolation="nearest")
-            opacity = OVERLAY_ALPHA * np.clip(np.abs(images[i]) / style["vmax"], 0.0, 1.0)
+            ax.imshow(grey[i], cmap=INPUT_CMAP, vmin=-0.4, vmax=1.4, aspect="auto",
+                      interpolation=style["interpolation"])  # mid greys: colours stand out
+            opacity = overlay_alpha(images[i])
             image = ax.imshow(images[i], aspect="auto", alpha=opacity, **style)
         else:
             image = ax.imshow(images[i], aspect="auto", **style)
@@ -351,10 +357,11 @@ class _Layout:
     BAR_GAP, BAR, BAR_LABELS, NOTE, BAND_GAP = 0.3, 0.09, 0.2, 0.34, 0.25
 
     def __init__(self, n: int, k: int, title_lines: Sequence[int], title: bool, note: bool,
-                 kind: str) -> None:
+                 kind: str, pixels: int = 0) -> None:
         chart = kind in (BARS, LINES)
-        self.panel_width = 1.9 if chart else PANEL_INCHES
-        self.panel_height = 1.1 if chart else PANEL_INCHES
+        side = min(max(PANEL_INCHES, pixels / PIXELS_PER_INCH), MAX_PANEL_INCHES)
+        self.panel_width = 1.9 if chart else side
+        self.panel_height = 1.1 if chart else side
         self.hgap = 0.42 if chart else self.HGAP  # charts: room for each column's y-axis
         self.vgap = 0.42 if chart else self.VGAP
         self.left = 0.95 if chart else self.LEFT
@@ -407,8 +414,10 @@ def _colour_bar(fig: Figure, image: Any, cax: Any, low: float, high: float) -> N
     labels[-1].set_horizontalalignment("right")
 
 
-def _display(column: Column) -> tuple[np.ndarray, dict[str, Any]]:
-    """The images of a column and their `imshow` style (colour map and limits)."""
+def _display(column: Column, robust: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """The images of a column and their `imshow` style (colour map and limits); with
+    ``robust`` (maps over colour images) a map column's limit is the 99th
+    percentile of its magnitudes (larger values are drawn in the end colours)."""
     if column.kind == INPUT:
         images = to_images(column.maps, rgb=True)
         low, high = float(images.min()), float(images.max())
@@ -416,12 +425,30 @@ def _display(column: Column) -> tuple[np.ndarray, dict[str, Any]]:
             images = _unit_range(images)
             low, high = 0.0, 1.0
         return images, {"cmap": INPUT_CMAP, "vmin": low, "vmax": high if high > low
-                        else low + 1.0, "interpolation": "nearest"}
+                        else low + 1.0, "interpolation": _interpolation(images)}
     if column.kind not in (NORMALISED, ATTRIBUTION):
         raise InputError(f"unknown column kind {column.kind!r}")
     images = to_images(column.maps, rgb=False)
     limit = 1.0 if column.kind == NORMALISED else symmetric_limit(images)
-    return images, {"cmap": CMAP, "vmin": -limit, "vmax": limit, "interpolation": "nearest"}
+    if robust:
+        limit = float(np.quantile(np.abs(images), OVERLAY_QUANTILE)) or limit
+    return images, {"cmap": CMAP, "vmin": -limit, "vmax": limit,
+                    "interpolation": _interpolation(images)}
+
+
+def _interpolation(images: np.ndarray) -> str:
+    """Small images as sharp pixels; large ones (shrunk to fit a panel) antialiased."""
+    return "nearest" if max(images.shape[1:3]) <= 2 * PIXELS_PER_INCH else "antialiased"
+
+
+def overlay_alpha(image: np.ndarray) -> np.ndarray:
+    """The opacity of a map drawn over a colour image: `OVERLAY_ALPHA` times ``|map|`` over
+    its 99th percentile, at most `OVERLAY_ALPHA` (0 where the map is 0), so that a few
+    extreme pixels do not make the rest invisible."""
+    magnitude = np.abs(image)
+    scale = float(np.quantile(magnitude, OVERLAY_QUANTILE))
+    scale = scale if scale > 0 else float(magnitude.max()) or 1.0
+    return OVERLAY_ALPHA * np.clip(magnitude / scale, 0.0, 1.0)
 
 
 def _unit_range(images: np.ndarray) -> np.ndarray:

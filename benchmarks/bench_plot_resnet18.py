@@ -4,7 +4,7 @@ memory, measured with ``/usr/bin/time -v`` around the command.
 
 torchvision's ``resnet18`` with random weights (``weights=None``, seed 0; nothing is
 downloaded) is exported to ONNX by bbp_ref's own in-memory exporter into a temporary
-folder, with one random N(0, 1) image; then
+folder, with one synthetic 224x224 colour image (`test_image`); then
 
     bbp-ref explain resnet18.onnx image.npy --plot grid.png [--plot-layers layers.png]
 
@@ -48,12 +48,28 @@ def resnet18_onnx(folder: Path, seed: int = 0) -> tuple[Path, Path]:
 
     torch.manual_seed(seed)
     module = torchvision.models.resnet18(weights=None).eval()
-    image = np.random.default_rng(seed).normal(size=(3, 224, 224)).astype(np.float32)
+    image = test_image(seed)
     exported = export_module(module, image)
     model, x = folder / "resnet18.onnx", folder / "image.npy"
     onnx.save_model(exported.proto, str(model))
     np.save(x, image)
     return model, x
+
+
+def test_image(seed: int = 0, side: int = 224) -> np.ndarray:
+    """A smooth colour picture (a few Gaussian blobs on a gradient, each channel scaled to
+    mean 0 and standard deviation 1, as ImageNet inputs are): [3, side, side] float32, so
+    that the figures show shapes rather than noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:side, 0:side] / side
+    image = np.stack([x, y, 1 - x]) * 0.5
+    for _ in range(6):
+        cy, cx, width = rng.uniform(0.15, 0.85), rng.uniform(0.15, 0.85), rng.uniform(0.04, 0.12)
+        blob = np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * width**2))
+        image += rng.uniform(-1, 1, size=(3, 1, 1)) * blob
+    image -= image.mean(axis=(1, 2), keepdims=True)
+    image /= image.std(axis=(1, 2), keepdims=True)
+    return image.astype(np.float32)
 
 
 def measure(argv: list[str]) -> dict[str, object]:

@@ -257,9 +257,11 @@ def test_colour_images_show_the_map_over_the_image():
     np.testing.assert_allclose(grey.get_array(), plot._unit_range(x.mean(axis=1))[0])
     np.testing.assert_array_equal(overlay.get_array(), maps[0].sum(axis=0))
     alpha = overlay.get_alpha()
+    scale = np.quantile([2.0, 1.0] + [0.0] * 28, plot.OVERLAY_QUANTILE)  # by hand
     assert alpha[2, 3] == pytest.approx(plot.OVERLAY_ALPHA) and alpha[0, 0] == 0.0
-    assert alpha[4, 1] == pytest.approx(plot.OVERLAY_ALPHA / 2)
-    assert overlay.get_clim() == (-2.0, 2.0)
+    assert alpha[4, 1] == pytest.approx(plot.OVERLAY_ALPHA * 1.0 / scale)
+    limit = np.quantile(np.abs(maps[0].sum(axis=0)), plot.OVERLAY_QUANTILE)
+    assert overlay.get_clim() == pytest.approx((-limit, limit))
 
 
 def _panels_any(fig):
