@@ -1,7 +1,7 @@
 """The canonical piecewise-linear graph that the importer builds and the engine runs.
 
 Every node produces one tensor `h_v` (per example; the engine adds a leading batch
-axis) and is one of the kinds of SPEC §2: ``affine``, ``gate`` or ``route``; the model
+axis) and is one of the kinds of docs/math.md §2: ``affine``, ``gate`` or ``route``; the model
 input is the single node of kind ``input``.
 """
 

@@ -135,7 +135,7 @@ class Model:
 
     def decompose(self, x: object) -> tuple[np.ndarray, np.ndarray]:
         """`(W^x x, b^x)` for every output at once (shaped like `forward(x)`), from the two
-        linear passes of SPEC §3; their sum is `f(x)` up to rounding."""
+        linear passes of docs/math.md §3; their sum is `f(x)` up to rounding."""
         batch, single = self.prepare(x)
         trace = self.trace(batch)
         weights_times_x, bias = linear_parts(trace, batch)

@@ -1,5 +1,5 @@
 """The model's interface: which graph input is the data, which output is explained,
-and which final Softmax/LogSoftmax ops are stripped (SPEC §2, output head)."""
+and which final Softmax/LogSoftmax ops are stripped (docs/math.md §2, output head)."""
 
 from __future__ import annotations
 
