@@ -21,7 +21,6 @@ import hashlib
 import json
 import platform
 import sys
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -30,10 +29,12 @@ import numpy as np
 
 from . import __version__, oracle
 from .attribution.rules import RULES
+from .binding import tensor_types
 from .defaults import default_input, default_model_path
 from .errors import BBpError, InputError
 from .experiments import digit_flip, reproduce
 from .explain import Explanation, explain
+from .files import archive_member, printable, read_npy, read_npz, write_atomically
 from .model import Model, load
 
 EXIT_CODES = ("exit codes: 0 success; 1 a check failed (explain: a residual above 1e-10 or "
@@ -116,6 +117,8 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
                     help="save the arrays to exactly this file (.npz format), readable by "
                     "'bbp-ref verify' as a candidate")
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    ex.add_argument("--strict", action="store_true",
+                    help="fail (exit 1) if onnxruntime cannot run the model for its check")
     ex.add_argument("--plot", metavar="OUT.png",
                     help="draw the attribution grid (needs matplotlib: the 'plot' extra)")
     ex.add_argument("--plot-layers", metavar="OUT.png",
@@ -134,6 +137,7 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
                     help="resolution of PNG figures (default 100)")
     ex.add_argument("--quiet", action="store_true",
                     help="no progress bar (it is shown on stderr only when it is a terminal)")
+    _add_binding_arguments(ex)
 
 
 def _add_verify(commands: argparse._SubParsersAction) -> None:
@@ -149,6 +153,36 @@ def _add_verify(commands: argparse._SubParsersAction) -> None:
     verify.add_argument("--atol", type=float, default=oracle.ATOL,
                         help="absolute tolerance, times the field's largest magnitude "
                         f"(default {oracle.ATOL:g})")
+    _add_binding_arguments(verify)
+
+
+def _add_binding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wrt", metavar="NAME",
+                        help="explain with respect to this tensor: a graph input or any "
+                             "intermediate tensor ('bbp-ref nodes MODEL' lists them); INPUT "
+                             "then holds the graph input's value")
+    parser.add_argument("--input", dest="inputs", action="append", default=[],
+                        metavar="NAME=FILE.npy",
+                        help="the value of another graph input, a constant at the point "
+                             "(repeat for each)")
+
+
+def _binding(args: argparse.Namespace) -> dict[str, object]:
+    """``wrt=``/``inputs=`` keyword arguments from ``--wrt`` and ``--input``."""
+    inputs: dict[str, np.ndarray] = {}
+    for item in args.inputs:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--input takes NAME=FILE.npy, got {item!r}")
+        if name in inputs:
+            raise InputError(f"--input gives {name!r} twice")
+        inputs[name] = _read_input(path)
+    bound: dict[str, object] = {}
+    if args.wrt is not None:
+        bound["wrt"] = args.wrt
+    if inputs:
+        bound["inputs"] = inputs
+    return bound
 
 
 # -- files -----------------------------------------------------------------------------
@@ -171,11 +205,7 @@ def _read_input(path: str) -> np.ndarray:
                          "as an .npy file (numpy.save('x.npy', archive['name']))")
     if not head.startswith(NPY_MAGIC):
         raise InputError(f"input {path} {_not_npy(file)}")
-    try:
-        return np.load(file, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"cannot read {path} as a .npy array (pickles are refused): "
-                         f"{exc}") from exc
+    return read_npy(path)  # budgeted, pickles refused
 
 
 def _not_npy(file: Path) -> str:
@@ -214,12 +244,16 @@ def _load_model(path: str | None, output: str | None = None) -> tuple[Model, str
 
 
 def _write_exactly(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """An .npz archive written to exactly ``path`` (numpy.savez would append ``.npz``)."""
-    try:
-        with open(path, "wb") as stream:
-            np.savez(stream, **arrays)  # type: ignore[arg-type]
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc}") from exc
+    """An .npz archive written to exactly ``path`` (numpy.savez alone would append
+    ``.npz``), atomically; node names become safe archive member names
+    (`files.archive_member`, which `oracle.compare` decodes)."""
+    safe = {_member(name): value for name, value in arrays.items()}
+    write_atomically(path, lambda stream: np.savez(stream, **safe))  # type: ignore[arg-type]
+
+
+def _member(field: str) -> str:
+    family, sep, node = field.partition("/")
+    return f"{family}/{archive_member(node)}" if family == "layer_bias" and sep else field
 
 
 def _metadata(e: Explanation, model: Model, source: str) -> dict[str, np.ndarray]:
@@ -232,10 +266,15 @@ def _metadata(e: Explanation, model: Model, source: str) -> dict[str, np.ndarray
     versions = {"bbp_ref": __version__, "onnx": onnx.__version__,
                 "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
                 "python": platform.python_version()}
-    return {"meta/rule": np.array(e.rule), "meta/output": np.array(model.signature.output),
-            "meta/model": np.array(Path(source).name),
+    output = {"meta/output": np.array(_explained_output(model))} if _explained_output(
+        model) else {}
+    return {"meta/rule": np.array(e.rule), **output, "meta/model": np.array(Path(source).name),
             "meta/model_sha256": np.array(_sha256(source)),
             "meta/versions": np.array(json.dumps(versions, sort_keys=True))}
+
+
+def _explained_output(model: Model) -> str:
+    return (model.output_name or "") if model.needs_binding else model.signature.output
 
 
 def _sha256(path: str) -> str:
@@ -246,21 +285,7 @@ def _read_candidate(path: str) -> dict[str, np.ndarray]:
     file = Path(path)
     if file.is_dir():
         raise InputError(f"candidate {path} is a directory, not an .npz file")
-    if not file.is_file():
-        raise InputError(f"candidate file not found: {path}")
-    try:
-        archive = np.load(file, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"cannot read {path} as an .npz of arrays (pickles are refused): "
-                         f"{exc}") from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise InputError(f"{path} is not an .npz archive of named arrays")
-    try:
-        with archive:
-            return {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"cannot read {path} as an .npz of arrays (pickles are refused): "
-                         f"{exc}") from exc
+    return read_npz(path)  # budgeted, pickles refused
 
 
 # -- the summary -----------------------------------------------------------------------
@@ -271,21 +296,38 @@ def _summary(e: Explanation, model: Model, source: str, x: np.ndarray,
     """The explanation in words, for a reader who has not read the paper."""
     rows = [f"model        {source}", _explained_line(e, model, target_given)]
     if e.stripped:
-        rows.append(f"stripped     {', '.join(e.stripped)}: its input is explained")
+        rows.append(f"stripped     {printable(', '.join(e.stripped))}: its input is explained")
     rows += _value_lines(e, x)
     rows.append(f"rule         {e.rule}: how each node's bias is split among its inputs "
                 "(docs/math.md §4.1)")
     if set(e.layers) != set(e.layer_bias):
         rows += _partial_lines(e)
+    rows.append(f"model kind   {_model_kind(e)}")
     rows.append(e.checks.summary())
     return "\n".join(rows)
+
+
+def _model_kind(e: Explanation) -> str:
+    """Which of the two local models was explained (docs/math.md §1 and §7)."""
+    if e.piecewise_linear:
+        return "piecewise linear: W^x and b^x hold on the whole linear region around x"
+    names = e.tangent_nodes
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"tangent model at x only: {len(names)} node(s) are not piecewise linear "
+            f"({shown})")
 
 
 def _explained_line(e: Explanation, model: Model, target_given: bool) -> str:
     size = int(np.prod(np.shape(e.logits)[np.ndim(e.output):]))
     why = "chosen with --target" if target_given else "the largest, e.g. the predicted class"
-    return (f"explained    element t of tensor {model.signature.explained!r} (of {size}; "
-            f"{why})")
+    tensor = printable(repr(_explained_tensor(model)))
+    return f"explained    element t of tensor {tensor} (of {size}; {why})"
+
+
+def _explained_tensor(model: Model) -> str:
+    if model.needs_binding:  # several graph inputs: the signature depends on the binding
+        return model.output_name or "the first float output"
+    return model.signature.explained
 
 
 def _value_lines(e: Explanation, x: np.ndarray) -> list[str]:
@@ -311,7 +353,8 @@ def _value_lines(e: Explanation, x: np.ndarray) -> list[str]:
 def _partial_lines(e: Explanation) -> list[str]:
     injected = np.sum([np.asarray(e.layer_bias[name]) for name in e.layers], axis=0)
     share = ", ".join(f"{v:.6g}" for v in np.atleast_1d(injected))
-    return [f"layers       only {', '.join(e.layers)}: B(x) spreads these nodes' biases only, "
+    return [f"layers       only {printable(', '.join(e.layers))}: B(x) spreads these nodes' "
+            "biases only, "
             f"so sum B(x) is their share of b^x ({share}), not b^x"]
 
 
@@ -326,8 +369,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def _nodes(args: argparse.Namespace) -> int:
     model, _ = _load_model(args.model)
-    for node in model.nodes:
-        print(f"{node.name:40s} {node.kind:7s} {node.op:30s} {list(node.shape)}")
+    print("graph inputs:")
+    for info in model.graph_inputs:
+        print(f"  {printable(info.describe())}")
+    if not model.needs_binding:
+        print("canonical nodes (name, kind, op, per-example shape):")
+        for node in model.nodes:
+            print(f"  {printable(node.name):40s} {node.kind:7s} {printable(node.op):30s} "
+                  f"{list(node.shape)}")
+    print("tensors --wrt can name (type, shape):")
+    for name, text in tensor_types(model.proto).items():
+        print(f"  {printable(name):40s} {printable(text)}")
     return 0
 
 
@@ -336,8 +388,8 @@ def _verify(args: argparse.Namespace) -> int:
     x = _read_input(args.input)
     model, source = _load_model(args.model, output=_text(candidate.get("meta/output")))
     report = oracle.compare(model, x, candidate, target=args.target, rtol=args.rtol,
-                            atol=args.atol)
-    print(report)
+                            atol=args.atol, **_binding(args))  # type: ignore[arg-type]
+    print("\n".join(printable(line) for line in str(report).splitlines()))
     recorded = _text(candidate.get("meta/model_sha256"))
     if recorded is not None and recorded != _sha256(source):
         print(f"MODEL MISMATCH: the candidate was computed for a model with SHA-256 "
@@ -375,14 +427,22 @@ def _explain(args: argparse.Namespace) -> int:
     if args.model is not None and args.input is None:
         raise InputError("give an INPUT.npy file after the model")
     x = default_input() if args.model is None else _read_input(args.input)
+    if args.strict and args.no_check:
+        raise _UsageError("--strict and --no-check exclude each other")
     model, source = _load_model(args.model, output=args.output)  # once, for all below
+    bound = _binding(args)
+    if bound and (args.plot or args.plot_layers):
+        raise InputError("--plot and --plot-layers do not support --wrt/--input yet")
     e = explain(model, x, target=args.target, rule=args.rule, layers=args.layers,
-                check=not args.no_check)
-    print(_summary(e, model, source, np.asarray(x, dtype=np.float64), args.target is not None))
+                check="strict" if args.strict else not args.no_check,
+                **bound)  # type: ignore[arg-type]
+    explained = np.asarray(x if e.wrt_value is None else e.wrt_value)
+    print(_summary(e, model, source, explained.astype(np.float64), args.target is not None))
     if args.out:
-        _write_exactly(args.out, {**oracle.explanation_fields(e, np.asarray(x)),
+        _write_exactly(args.out, {**oracle.explanation_fields(e, explained),
                                   **_metadata(e, model, source)})
-        print(f"saved        {args.out} (bbp-ref verify MODEL INPUT {args.out} checks it)")
+        print(f"saved        {printable(args.out)} (bbp-ref verify MODEL INPUT "
+              f"{printable(args.out)} checks it)")
     if args.plot or args.plot_layers:
         _plot(args, model, x, e if args.layers is None else None)
     return 0 if e.checks.passed else 1
@@ -406,7 +466,7 @@ def _plot(args: argparse.Namespace, model: Model, x: np.ndarray,
 
 
 def _fail(message: str) -> int:
-    print(f"bbp-ref: error: {' '.join(message.split())}", file=sys.stderr)
+    print(f"bbp-ref: error: {printable(' '.join(message.split()))}", file=sys.stderr)
     return 2
 
 

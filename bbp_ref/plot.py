@@ -35,10 +35,10 @@ What the panels show (the poster does not say; these are this project's choices)
   copy of it (in mid greys), opaque where the map is large (from its 99th percentile of
   magnitude on) and transparent where it is 0 (the plain input stands beside them in the
   first column); the colour scale of these columns ends at the 99th percentile of their
-  magnitudes, so that a few extreme pixels do not wash out the rest. A flat input of at most `MAX_BARS`
-  features is a bar chart over the feature index, a longer one or a ``[C, L]`` signal
-  (``C <= 4``, ``L >= 2 C``) a line chart (one line per channel); their y-axis is shared
-  by each column and symmetric about zero, like the colour scales.
+  magnitudes, so that a few extreme pixels do not wash out the rest. A flat input of at
+  most `MAX_BARS` features is a bar chart over the feature index, a longer one or a
+  ``[C, L]`` signal (``C <= 4``, ``L >= 2 C``) a line chart (one line per channel); their
+  y-axis is shared by each column and symmetric about zero, like the colour scales.
 
 matplotlib is imported only when a figure is drawn (`MissingDependencyError`, an
 `InputError`, if it is not installed). Figures are built as ``matplotlib.figure.Figure``

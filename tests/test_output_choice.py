@@ -37,11 +37,12 @@ def by_hand(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pre.clip(min=0) @ w2[0] + b2[0], gradient, bias
 
 
-def test_the_sigmoid_output_is_refused_but_its_logit_can_be_explained():
-    with pytest.raises(bbp_ref.UnsupportedOpError, match="Sigmoid"):
-        bbp_ref.load(binary_classifier())
+def test_the_logit_before_a_sigmoid_can_be_explained():
+    """The probability is only a tangent model at x; its logit is piecewise linear."""
+    assert not bbp_ref.explain(binary_classifier(), X).piecewise_linear
     for name in ("logit", "fc2"):  # the tensor, or the ONNX node that computes it
         e = bbp_ref.explain(binary_classifier(), X, output=name)
+        assert e.piecewise_linear
         value, gradient, bias = by_hand(X)
         np.testing.assert_allclose(e.output, value, rtol=1e-12)
         np.testing.assert_allclose(e.gradient, gradient, rtol=1e-12, atol=1e-15)

@@ -13,12 +13,18 @@ attribution is `(x - b) * m`, where `m` is the reverse pass of the target throug
 graph with every gate's derivative replaced by a *multiplier* (affine nodes and routes keep
 their linear maps):
 
-* element-wise gates (Relu, LeakyRelu, PRelu, Clip): `m = (h(x) - h(b)) / (u(x) - u(b))`
+* element-wise gates (Relu, LeakyRelu, PRelu, Clip, and the smooth gates of docs/math.md
+  §7: Sigmoid, Tanh, Gelu, ...): `m = (h(x) - h(b)) / (u(x) - u(b))`
   where `|u(x) - u(b)| >= eps`, else the gate's ordinary derivative at `x` (the engine's
   one-sided convention, which is autograd's). Captum hooks only ``nn.ReLU``,
   ``nn.LeakyReLU`` (and smooth activations); it back-propagates the plain gradient
   through ``nn.PReLU`` and ``nn.Hardtanh``, which breaks summation-to-delta there. We
   apply the Rescale rule to every element-wise gate, so the property holds for all.
+  The nodes of a stable Softmax expansion use their values as computed (`exp(u - m)`
+  with each point's own shift), for which the same identity holds.
+* products (docs/math.md §7): `u v - u' v' = (u - u') (v + v')/2 + (u + u')/2 (v - v')`,
+  so the multipliers are the operands' midpoints `(v + v')/2` and `(u + u')/2` (the
+  same for a MatMul of two data tensors): exact, so summation-to-delta holds.
 * MaxPool / GlobalMaxPool (Captum's ``maxpool`` rule): with `y = maxpool(u(x))`,
   `y' = maxpool(u(b))` and `M = max(y, y')`, output `p` with incoming multiplier `g[p]`
   sends `g[p] (M[p] - y'[p])` to the arg-max of its window at `x` and `g[p] (y[p] - M[p])`
@@ -42,14 +48,18 @@ Summation-to-delta: `sum_q attribution[q] = f_t(x) - f_t(b)` up to rounding (and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..engine.gates import ElementwiseLocal, MaxPool, MaxPoolLocal, PiecewiseLinear
-from ..engine.operator import GATE, Array, Pullback
+from ..binding import Binding, for_each_example, needs_binding, pick_baseline, pick_example
+from ..engine.affine import Sum
+from ..engine.gates import ElementwiseLocal, MaxPool, MaxPoolLocal
+from ..engine.operator import GATE, PRODUCT, SMOOTH, AffineLocal, Array, Pullback
+from ..engine.products import BilinearMatMul, MatMulProduct, Product
 from ..engine.trace import Trace, forward, input_gradient
-from ..errors import InputError
+from ..errors import InputError, UnsupportedOpError
 from ..graph import Graph
 from ..model import Model, load
 from .targets import resolve_targets
@@ -70,7 +80,8 @@ class Attribution:
     `f(x)`; ``stripped``: the final ops cut off (e.g. a Softmax); ``integration``: for
     integrated gradients, ``"exact"`` or the quadrature rule; ``n_steps``: the number of
     quadrature points (None for ``"exact"``); ``n_pieces``: for exact integrated
-    gradients, the number of linear pieces of the path walked (int, per example).
+    gradients, the number of linear pieces of the path walked (int, per example);
+    ``wrt_value``: with ``wrt``/``inputs``, the explained tensor's value (else None).
     """
 
     attribution: np.ndarray
@@ -84,6 +95,7 @@ class Attribution:
     integration: str | None = None
     n_steps: int | None = None
     n_pieces: np.ndarray | None = None
+    wrt_value: np.ndarray | None = None
 
     def __repr__(self) -> str:
         """One line: the method, target, output and convergence, not the arrays."""
@@ -155,11 +167,7 @@ def setup(model: object, x: object, target: object, linearize: bool = True,
           output: str | None = None) -> Setup:
     """Load (``output``: the tensor to explain, see `load`), prepare ``x``, run the forward
     trace and resolve ``target`` (`explain`'s rules)."""
-    if isinstance(model, Model) and output is not None and output not in (
-            model.signature.output, model.signature.explained):
-        raise InputError(f"the model was loaded to explain {model.signature.output!r}, not "
-                         f"{output!r}: load it with output={output!r}, or pass its path")
-    loaded = load(model, output=output, example=x)
+    loaded = loaded_for(model, x, output)
     batch, single = loaded.prepare(x)
     trace = loaded.trace(batch, linearize=linearize)
     n = batch.shape[0]
@@ -168,6 +176,22 @@ def setup(model: object, x: object, target: object, linearize: bool = True,
     seed = np.zeros_like(flat)
     seed[np.arange(n), targets] = 1.0
     return Setup(loaded, batch, single, trace, targets, seed.reshape(trace.output.shape))
+
+
+def loaded_for(model: object, x: object, output: str | None = None) -> Model:
+    """``model`` loaded (`load`) to explain ``output`` at ``x`` (the example a torch module
+    is exported for); a `Model` loaded for another output is an `InputError`."""
+    if isinstance(model, Model) and output is not None and output not in (
+            model.output_name, *_explained(model)):
+        raise InputError(f"the model was loaded to explain {model.output_name!r}, not "
+                         f"{output!r}: load it with output={output!r}, or pass its path")
+    return load(model, output=output, example=x)
+
+
+def _explained(model: Model) -> tuple[str, ...]:
+    if model.needs_binding:
+        return ()
+    return (model.signature.output, model.signature.explained)
 
 
 def baseline_batch(baselines: object, batch: Array, single: bool) -> Array:
@@ -192,16 +216,40 @@ def baseline_batch(baselines: object, batch: Array, single: bool) -> Array:
     return np.array(out, dtype=np.float64)
 
 
-def gradient(model: object, x: object, target: object = None) -> Attribution:
-    """`W^x[t]`, the gradient of `f_t` at `x` (Captum's ``Saliency(abs=False)``)."""
+def bound_call(model: object, x: object, wrt: str | None, inputs: object,
+               run: Callable[[Model, Array, int | None], Attribution]) -> Attribution | None:
+    """With ``wrt``/``inputs`` (or a model with several inputs), ``run`` per example on
+    the bound one-input models, stacked (`bbp_ref.binding`); else None."""
+    binding = Binding.of(wrt, inputs)
+    loaded = load(model, example=x)
+    if not needs_binding(loaded, binding):
+        return None
+    return for_each_example(loaded, x, binding, run,
+                            lambda a, value: replace(a, wrt_value=value))
+
+
+def gradient(model: object, x: object, target: object = None, *, wrt: str | None = None,
+             inputs: Mapping[str, object] | None = None) -> Attribution:
+    """`W^x[t]`, the gradient of `f_t` at `x` (Captum's ``Saliency(abs=False)``);
+    ``wrt``/``inputs`` as in `bbp_ref.explain`."""
+    bound = bound_call(model, x, wrt, inputs,
+                       lambda m, xi, i: gradient(m, xi, pick_example(target, i)))
+    if bound is not None:
+        return bound
     s = setup(model, x, target)
     grad = input_gradient(s.trace, s.seed)
     return s.finish(_result(s, grad, "gradient"))
 
 
-def gradient_x_input(model: object, x: object, target: object = None) -> Attribution:
+def gradient_x_input(model: object, x: object, target: object = None, *,
+                     wrt: str | None = None,
+                     inputs: Mapping[str, object] | None = None) -> Attribution:
     """`W^x[t] * x` (Captum's ``InputXGradient``). It sums to `f_t(x) - b^x`, the
     decomposition `explain` completes with the bias attribution."""
+    bound = bound_call(model, x, wrt, inputs,
+                       lambda m, xi, i: gradient_x_input(m, xi, pick_example(target, i)))
+    if bound is not None:
+        return bound
     s = setup(model, x, target)
     grad = input_gradient(s.trace, s.seed)
     return s.finish(_result(s, grad * s.batch, "gradient_x_input"))
@@ -227,9 +275,14 @@ def with_delta(s: Setup, attribution: Array, baseline_logits: Array, method: str
 
 
 def deeplift(model: object, x: object, baselines: object = 0.0, target: object = None,
-             eps: float = DEEPLIFT_EPS) -> Attribution:
+             eps: float = DEEPLIFT_EPS, *, wrt: str | None = None,
+             inputs: Mapping[str, object] | None = None) -> Attribution:
     """DeepLIFT with the Rescale rule against ``baselines`` (a scalar, one example's
     shape, or the batch's shape), as Captum's ``DeepLift`` (see the module docstring)."""
+    bound = bound_call(model, x, wrt, inputs, lambda m, xi, i: deeplift(
+        m, xi, pick_baseline(baselines, i, xi), pick_example(target, i), eps))
+    if bound is not None:
+        return bound
     s = setup(model, x, target)
     base = baseline_batch(baselines, s.batch, s.single)
     at_base = forward(s.graph, base, linearize=False)
@@ -239,31 +292,48 @@ def deeplift(model: object, x: object, baselines: object = 0.0, target: object =
 
 
 def rescale_maps(at_x: Trace, at_b: Trace, eps: float) -> dict[str, Pullback]:
-    """Every gate's pullback with its derivative replaced by its DeepLIFT multiplier
-    against the trace at `b` (the other nodes keep their local maps)."""
+    """Every gate's and product's pullback replaced by its DeepLIFT multipliers against
+    the trace at `b` (affine nodes and routes keep their local maps)."""
     local: dict[str, Pullback] = {}
     for node in at_x.graph:
-        if node.operator is None or node.operator.kind != GATE:
+        if node.operator is None or node.operator.kind not in (GATE, SMOOTH, PRODUCT):
             continue
-        (source,) = node.inputs
-        u, u_ref = at_x.values[source], at_b.values[source]
+        operands = [at_x.values[name] for name in node.inputs]
+        references = [at_b.values[name] for name in node.inputs]
         h, h_ref = at_x.values[node.name], at_b.values[node.name]
         frozen = at_x.local[node.name]
-        if isinstance(node.operator, PiecewiseLinear):
-            assert isinstance(frozen, ElementwiseLocal)
-            delta_in = u - u_ref
+        if node.operator.kind == PRODUCT:
+            local[node.name] = _product_multipliers(node.operator, operands, references)
+        elif isinstance(frozen, ElementwiseLocal) and len(operands) == 1:
+            delta_in = operands[0] - references[0]
             small = np.abs(delta_in) < eps
             ratio = (h - h_ref) / np.where(small, 1.0, delta_in)
-            slope = np.broadcast_to(frozen.slope, u.shape)
+            slope = np.broadcast_to(frozen.slope, delta_in.shape)
             local[node.name] = ElementwiseLocal(np.where(small, slope, ratio), None)
         elif isinstance(node.operator, MaxPool):
             assert isinstance(frozen, MaxPoolLocal)
-            ref = node.operator.linearize([u_ref])
+            ref = node.operator.linearize(references)
             assert isinstance(ref, MaxPoolLocal)
-            local[node.name] = RescaleMaxPool(frozen, ref, h, h_ref, u - u_ref, eps)
+            local[node.name] = RescaleMaxPool(frozen, ref, h, h_ref,
+                                              operands[0] - references[0], eps)
         else:
-            raise InputError(f"DeepLIFT has no rule for gate {node.op} ({node.name!r})")
+            raise UnsupportedOpError(node.op, node.name, "DeepLIFT has no rule for this gate")
     return local
+
+
+def _product_multipliers(operator: object, operands: list[Array],
+                         references: list[Array]) -> Pullback:
+    """A product's multipliers: `u v - u' v' = (u - u') (v + v') / 2 + (u + u') / 2 (v - v')`
+    exactly (the same for `@`), so summation-to-delta holds; docs/math.md §7."""
+    (u, v), (u_ref, v_ref) = operands, references
+    u_mid, v_mid = (u + u_ref) / 2, (v + v_ref) / 2
+    if isinstance(operator, MatMulProduct):
+        return AffineLocal(BilinearMatMul(v_mid, u_mid, None, operator.operand_shapes),
+                           operands)
+    assert isinstance(operator, Product)
+    shape = np.broadcast_shapes(u.shape, v.shape)
+    return AffineLocal(Sum([np.broadcast_to(v_mid, shape), np.broadcast_to(u_mid, shape)],
+                           None, operator.operand_shapes), operands)
 
 
 class RescaleMaxPool(Pullback):

@@ -34,13 +34,18 @@ A gradient at a point on a kink is the engine's one-sided one (autograd's).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from .. import budget
+from ..binding import pick_baseline, pick_example
+from ..engine.gates import MaxPool, PiecewiseLinear
+from ..engine.operator import ROUTE, AffineOperator
 from ..engine.trace import forward, input_gradient
-from ..errors import InputError
-from .baselines import Attribution, Setup, baseline_batch, setup, with_delta
+from ..errors import InputError, UnsupportedOpError
+from ..graph import Graph
+from .baselines import Attribution, Setup, baseline_batch, bound_call, setup, with_delta
 from .event_walk import EventWalk
 from .path_walk import BOUNDARY_RTOL, RESYNC_EVERY, PathWalk
 
@@ -52,7 +57,11 @@ LOCK_STEP_MAX_VALUES = 20_000
 
 
 def approximation_parameters(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Captum's ``(step_sizes, alphas)`` for a quadrature ``method``, in float64."""
+    """Captum's ``(step_sizes, alphas)`` for a quadrature ``method``, in float64. The
+    arrays (and Gauss-Legendre's n x n companion matrix) must fit the byte budget."""
+    what = f"n_steps={n_steps} for {method}"
+    needed = [n_steps, n_steps] if method == "gausslegendre" else [n_steps]
+    budget.check_elements(needed, what, error=InputError)
     if method in RIEMANN:
         if n_steps < 2:
             raise InputError(f"{method} needs n_steps > 1, got {n_steps}")
@@ -76,7 +85,9 @@ def approximation_parameters(method: str, n_steps: int) -> tuple[np.ndarray, np.
 def integrated_gradients(model: object, x: object, baselines: object = 0.0,
                          target: object = None, method: str = "exact", n_steps: int = 50,
                          internal_batch_size: int | None = None,
-                         max_pieces: int | None = DEFAULT_MAX_PIECES,
+                         max_pieces: int | None = DEFAULT_MAX_PIECES, *,
+                         wrt: str | None = None,
+                         inputs: Mapping[str, object] | None = None,
                          on_pass: Callable[[int], None] | None = None) -> Attribution:
     """Integrated gradients of output ``target`` from ``baselines`` (a scalar, one
     example's shape, or the batch's shape; default 0) to ``x``.
@@ -89,6 +100,11 @@ def integrated_gradients(model: object, x: object, baselines: object = 0.0,
     points (times examples) per engine pass (None: all at once); ``on_pass`` is called
     with the number of points done after each pass (for a progress bar).
     """
+    bound = bound_call(model, x, wrt, inputs, lambda m, xi, i: integrated_gradients(
+        m, xi, pick_baseline(baselines, i, xi), pick_example(target, i), method, n_steps,
+        internal_batch_size, max_pieces))
+    if bound is not None:
+        return bound
     if method not in METHODS:
         raise InputError(f"unknown integration method {method!r}; choose from {list(METHODS)}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)):
@@ -108,9 +124,28 @@ def integrated_gradients(model: object, x: object, baselines: object = 0.0,
                                integration=method, n_steps=int(n_steps)))
 
 
+def require_walkable(graph: Graph) -> None:
+    """Exact integrated gradients walks a path's linear pieces: it needs a graph of affine
+    nodes, routes, Relu-type gates (Relu, LeakyRelu, PRelu, Clip) and max-pools. Raise an
+    `UnsupportedOpError` naming the first other node (a smooth gate or product, whose
+    gradient changes continuously, or a gate the walks do not know)."""
+    for node in graph:
+        op = node.operator
+        if op is None or isinstance(op, (AffineOperator, PiecewiseLinear, MaxPool)) or (
+                op.kind == ROUTE):
+            continue
+        why = ("it is not piecewise linear" if not node.piecewise_linear
+               else "the exact walk does not know this gate")
+        raise UnsupportedOpError(node.op, node.name,
+                                 f"exact integrated gradients needs a piecewise-linear graph "
+                                 f"of Relu-type gates and max-pools, and {why}; use a "
+                                 "quadrature method (e.g. method='gausslegendre')")
+
+
 def _exact_integral(s: Setup, base: np.ndarray,
                     max_pieces: int | None) -> tuple[np.ndarray, np.ndarray]:
     """`int_0^1 grad f_t(b + a (x - b)) da` and the piece count, per example."""
+    require_walkable(s.graph)
     values = sum(int(np.prod(node.shape)) for node in s.graph)
     if s.batch.shape[0] >= LOCK_STEP_MIN_BATCH and values <= LOCK_STEP_MAX_VALUES:
         lock_step = PathWalk(s.graph, base, s.batch, s.seed, rtol=BOUNDARY_RTOL,
@@ -135,6 +170,10 @@ def _weighted_gradients(s: Setup, base: np.ndarray, steps: np.ndarray, alphas: n
     n = s.batch.shape[0]
     direction = s.batch - base
     per_pass = len(alphas) if internal_batch_size is None else max(1, internal_batch_size // n)
+    per_point = sum(budget.count(node.shape) for node in s.graph)
+    budget.check_elements([min(per_pass, len(alphas)), n, per_point],
+                          f"the engine's values for {min(per_pass, len(alphas))} path points "
+                          "per pass (lower internal_batch_size)", error=InputError)
     total = np.zeros_like(s.batch)
     for first in range(0, len(alphas), per_pass):
         a = alphas[first:first + per_pass]

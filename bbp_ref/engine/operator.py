@@ -23,6 +23,16 @@ CoefficientMap = Callable[[Array], Array]
 AFFINE = "affine"
 GATE = "gate"
 ROUTE = "route"
+# Kinds of the tangent model (docs/math.md §7): not piecewise linear, exact only at the point.
+SMOOTH = "smooth"
+PRODUCT = "product"
+PIECEWISE_LINEAR_KINDS = frozenset({AFFINE, GATE, ROUTE})
+
+
+class DomainError(ArithmeticError):
+    """An operator met a value outside its domain (Log of a non-positive number, a
+    Reciprocal of 0, an infinite derivative) or an overflow. The engine's trace turns it
+    into an `InputError` that names the node."""
 
 
 class Pullback(ABC):
@@ -80,6 +90,26 @@ class Operator(ABC):
         return self.forward(operands), self.linearize(operands)
 
 
+class TangentOperator(Operator):
+    """An operator frozen at the point (docs/math.md §7): its value and local map come
+    from one computation, ``evaluate``; ``forward`` and ``linearize`` take the part they
+    need. Its local bias (a tangent intercept) is in general non-zero."""
+
+    @property
+    def has_bias(self) -> bool:
+        return True
+
+    @abstractmethod
+    def evaluate(self, operands: Sequence[Array]) -> tuple[Array, LocalMap]:
+        """The value and the local map at ``operands``."""
+
+    def forward(self, operands: Sequence[Array]) -> Array:
+        return self.evaluate(operands)[0]
+
+    def linearize(self, operands: Sequence[Array]) -> LocalMap:
+        return self.evaluate(operands)[1]
+
+
 class RouteOperator(Operator, SingleInputMap):
     """A fixed permutation or selection of elements: it is its own local map."""
 
@@ -121,6 +151,13 @@ class AffineOperator(Operator):
     @abstractmethod
     def with_coefficients(self, coefficients: tuple[Array, ...]) -> AffineOperator:
         """The same operator with other coefficients and no bias."""
+
+    def rule_view(self) -> AffineOperator:
+        """The operator whose coefficients the attribution rules score. It is the operator
+        itself, except where some outputs depend on no operand (docs/math.md §7,
+        "elements that depend on no input"): there the rules see those outputs connected
+        to every operand element with coefficient 1."""
+        return self
 
     def map_coefficients(self, fn: CoefficientMap) -> AffineOperator:
         """The operator with ``fn`` applied to each coefficient array. Not cached: a

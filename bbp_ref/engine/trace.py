@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from ..graph import Graph, Node
-from .operator import Array, LocalMap, Pullback
+from .operator import Array, DomainError, LocalMap, Pullback
 
 
 @dataclass
@@ -37,11 +38,14 @@ def forward(graph: Graph, x: Array, *, linearize: bool = True) -> Trace:
     for node in graph:
         if node.operator is None:
             continue
-        operands = [values[name] for name in node.inputs]
-        if linearize:
-            values[node.name], local[node.name] = node.operator.evaluate(operands)
-        else:
-            values[node.name] = node.operator.forward(operands)
+        operands = [values[name] for name in node.inputs + node.context]
+        try:
+            if linearize:
+                values[node.name], local[node.name] = node.operator.evaluate(operands)
+            else:
+                values[node.name] = node.operator.forward(operands)
+        except DomainError as exc:
+            raise InputError(f"node {node.name!r} ({node.op}): {exc}") from None
     return Trace(graph, values, local)
 
 

@@ -97,9 +97,13 @@ class NodeContext:
     def float_const(self, index: int, what: str) -> np.ndarray:
         return np.asarray(self.const(index, what), dtype=np.float64)
 
-    def add(self, operator: Operator, inputs: Sequence[Var], shape: tuple[int, ...]) -> Var:
-        """Create the canonical node for this ONNX node's first output."""
-        return self.builder.add_node(self, operator, inputs, tuple(int(n) for n in shape))
+    def add(self, operator: Operator, inputs: Sequence[Var], shape: tuple[int, ...],
+            part: str | None = None, context: Sequence[Var] = ()) -> Var:
+        """Create the canonical node for this ONNX node's first output, or, with
+        ``part``, an intermediate node of its expansion named ``<node>/<part>``.
+        ``context``: operands the operator reads that are not structural inputs."""
+        return self.builder.add_node(self, operator, inputs, tuple(int(n) for n in shape),
+                                     part, context)
 
     def output_used(self, index: int) -> bool:
         return index < len(self.node.output) and self.builder.is_used(self.node.output[index])

@@ -107,7 +107,7 @@ def same_explanations(a: bbp_ref.Model, b: bbp_ref.Model, x: np.ndarray, targets
                      bias_tol.reshape(n, *([1] * (x.ndim - 1))), f"{rule}: B(x)")
 
 
-# -- docs/math.md §5, invariant 1 -----------------------------------------------------------------------------
+# -- docs/math.md §5, invariant 1 ---------------------------------------------------------
 @given(net=networks())
 def test_1_local_linear_model_reproduces_every_output(net):
     """`W^x x + b^x = f(x)` for every output, to 1e-10 of the sum of magnitudes."""
@@ -137,7 +137,7 @@ def test_1_local_linear_model_reproduces_every_output(net):
         assert np.max(e.checks.linear_passes) <= SPEC_TOL
 
 
-# -- docs/math.md §5, invariant 2 -----------------------------------------------------------------------------
+# -- docs/math.md §5, invariant 2 ---------------------------------------------------------
 @given(net=networks(), data=st.data())
 def test_2_bias_attribution_is_complete(net, data):
     """`sum B(x) = sum of the injected e_v` for every rule, every target and a random
@@ -205,7 +205,7 @@ def test_forward_agrees_with_onnx_reference(net):
         assert_close(ours, theirs, tol, "engine vs onnx.reference")
 
 
-# -- docs/math.md §5, invariant 4 -----------------------------------------------------------------------------
+# -- docs/math.md §5, invariant 4 ---------------------------------------------------------
 def _targets(model: bbp_ref.Model, x: np.ndarray) -> np.ndarray:
     return model.forward(x).reshape(len(x), -1).argmax(axis=1)
 

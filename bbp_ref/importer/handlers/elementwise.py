@@ -1,5 +1,7 @@
 """Element-wise affine ops: Add/Sub/Mul/Div with a constant, Add/Sub/Sum of data
-tensors (residual connections), Neg, and BatchNormalization (inference)."""
+tensors (residual connections), Neg, and BatchNormalization (inference); Mul of two
+data tensors (a product node) and Div by a data tensor (Mul by its Reciprocal,
+docs/math.md §7)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ...engine import functions
 from ...engine.affine import Scale, Sum
+from ...engine.elementwise import function_gate
+from ...engine.functions import Function
+from ...engine.products import Product
 from ..context import NodeContext, batched_constant, handler
 from ..values import Const, Value, Var
 
@@ -91,12 +97,22 @@ def sum_(ctx: NodeContext) -> list[Var]:
     return _sum(ctx, [(1.0, v) for v in ctx.inputs])
 
 
+def _product(ctx: NodeContext, a: Var, b: Var, part: str | None = None) -> Var:
+    if a.rank != b.rank:
+        raise ctx.error("data operands of different ranks would broadcast along the "
+                        "batch axis")
+    try:
+        shape = np.broadcast_shapes(a.shape, b.shape)
+    except ValueError as exc:
+        raise ctx.error(f"shapes {list(a.shape)} and {list(b.shape)} do not broadcast") from exc
+    return ctx.add(Product([a.shape, b.shape]), [a, b], shape, part=part)
+
+
 @handler("Mul")
 def mul(ctx: NodeContext) -> list[Var]:
     a, b = ctx.inputs[0], ctx.inputs[1]
     if isinstance(a, Var) and isinstance(b, Var):
-        raise ctx.error("both inputs depend on the model input; a product of two data "
-                        "tensors is not piecewise linear")
+        return [_product(ctx, a, b)]
     if isinstance(a, Var):
         return _scale(ctx, a, _constant_operand(ctx, 1, a), None)
     data = ctx.var(1)
@@ -105,9 +121,16 @@ def mul(ctx: NodeContext) -> list[Var]:
 
 @handler("Div")
 def div(ctx: NodeContext) -> list[Var]:
+    """By a constant: a `Scale`. By a data tensor `v`: `u * Reciprocal(v)` (the
+    documented expansion, docs/math.md §7), the Reciprocal a node ``<name>/reciprocal``."""
     if isinstance(ctx.inputs[1], Var):
-        raise ctx.error("dividing by a tensor that depends on the model input is not "
-                        "piecewise linear")
+        denominator = ctx.var(1)
+        inverse = ctx.add(function_gate(Function("Reciprocal", functions.reciprocal)),
+                          [denominator], denominator.shape, part="reciprocal")
+        numerator = ctx.inputs[0]
+        if isinstance(numerator, Var):
+            return [_product(ctx, numerator, inverse)]
+        return _scale(ctx, inverse, _constant_operand(ctx, 0, inverse), None)
     data = ctx.var(0)
     divisor = _constant_operand(ctx, 1, data)
     if (divisor == 0).any():

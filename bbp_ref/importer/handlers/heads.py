@@ -1,13 +1,79 @@
-"""Softmax and LogSoftmax: only allowed as the graph's final ops, where the model
-signature strips them; anywhere else they are rejected."""
+"""Softmax, LogSoftmax and ReduceLogSumExp of data, expanded into primitives
+(docs/math.md §7). As the graph's last ops Softmax/LogSoftmax never reach these handlers:
+the model signature strips them and the logits are explained.
+
+    Softmax(x)         = e * Reciprocal(s)      e = Exp(x), s = ReduceSum(e)
+    LogSoftmax(x)      = x - Log(s)
+    ReduceLogSumExp(x) = Log(s)
+
+Evaluated stably with no extra node for the shift: the Exp node computes `exp(x - m)`
+and the Log node `log(s) + m`, `m` the per-row maximum of `x` held constant (exact for
+any `m`; see `engine.elementwise`).
+"""
 
 from __future__ import annotations
 
-from ..context import NodeContext, handler
-from ..values import Value
+import numpy as np
+
+from ...engine import functions
+from ...engine.affine import Reduction, Sum
+from ...engine.elementwise import ShiftedExp, ShiftedLog, function_gate
+from ...engine.functions import Function
+from ...engine.products import Product
+from ...engine.routes import Reshape
+from ..context import NodeContext, handler, per_example_axis
+from ..values import Var
 
 
-@handler("Softmax", "LogSoftmax")
-def output_head(ctx: NodeContext) -> list[Value]:
-    raise ctx.error("it is not piecewise linear; it is only supported as the graph's last "
-                    "op, where its input (the logits) is explained instead")
+def _softmax_axes(ctx: NodeContext, data: Var) -> tuple[int, ...]:
+    """Opset >= 13: the one ``axis`` (default -1); before: ``axis`` (default 1) and
+    every axis after it (the input is coerced to 2-D there)."""
+    if ctx.opset >= 13:
+        return (per_example_axis(ctx, int(ctx.attr("axis", -1)), data.rank),)
+    first = per_example_axis(ctx, int(ctx.attr("axis", 1)), data.rank)
+    return tuple(range(first, len(data.shape)))
+
+
+def _exp_sum(ctx: NodeContext, data: Var, axes: tuple[int, ...]) -> tuple[Var, Var]:
+    exp = ctx.add(ShiftedExp(axes), [data], data.shape, part="exp")
+    kept = tuple(1 if a in axes else n for a, n in enumerate(data.shape))
+    total = ctx.add(Reduction(axes, True, data.shape, np.asarray(1.0)), [exp], kept,
+                    part="sum")
+    return exp, total
+
+
+@handler("Softmax")
+def softmax(ctx: NodeContext) -> list[Var]:
+    data = ctx.var(0)
+    exp, total = _exp_sum(ctx, data, _softmax_axes(ctx, data))
+    inverse = ctx.add(function_gate(Function("Reciprocal", functions.reciprocal)), [total],
+                      total.shape, part="reciprocal")
+    return [ctx.add(Product([exp.shape, inverse.shape]), [exp, inverse], data.shape)]
+
+
+@handler("LogSoftmax")
+def log_softmax(ctx: NodeContext) -> list[Var]:
+    data = ctx.var(0)
+    axes = _softmax_axes(ctx, data)
+    _, total = _exp_sum(ctx, data, axes)
+    log = ctx.add(ShiftedLog(axes), [total], total.shape, part="log", context=[data])
+    difference = Sum([np.asarray(1.0), np.asarray(-1.0)], None, [data.shape, log.shape])
+    return [ctx.add(difference, [data, log], data.shape)]
+
+
+@handler("ReduceLogSumExp")
+def reduce_log_sum_exp(ctx: NodeContext) -> list[Var]:
+    data = ctx.var(0)
+    value = ctx.optional_const(1, "axes") if ctx.opset >= 18 else ctx.attr("axes")
+    if value is None or np.asarray(value).size == 0:
+        if ctx.attr("noop_with_empty_axes", 0):
+            raise ctx.error("noop_with_empty_axes=1 with no axes is not supported")
+        raise ctx.error("reducing over all axes would reduce over the batch axis")
+    axes = tuple(sorted({per_example_axis(ctx, int(a), data.rank)
+                         for a in np.asarray(value).ravel()}))
+    _, total = _exp_sum(ctx, data, axes)
+    if ctx.attr("keepdims", 1):
+        return [ctx.add(ShiftedLog(axes), [total], total.shape, context=[data])]
+    log = ctx.add(ShiftedLog(axes), [total], total.shape, part="log", context=[data])
+    shape = tuple(n for a, n in enumerate(data.shape) if a not in axes)
+    return [ctx.add(Reshape(log.shape, shape), [log], shape)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...engine.affine import MatMul
+from ...engine.products import MatMulProduct
 from ..context import NodeContext, batched_constant, handler
 from ..values import Const, Var
 
@@ -38,8 +39,7 @@ def matmul(ctx: NodeContext) -> list[Var]:
     """`data @ W` or `W @ data` with a constant `W` (NumPy matmul semantics)."""
     left, right = ctx.inputs[0], ctx.inputs[1]
     if isinstance(left, Var) and isinstance(right, Var):
-        raise ctx.error("both inputs depend on the model input; a product of two data "
-                        "tensors is not piecewise linear")
+        return [_matmul_product(ctx, left, right)]
     if isinstance(left, Var):
         data, side, weight = left, "right", ctx.float_const(1, "B")
     else:
@@ -60,3 +60,16 @@ def matmul(ctx: NodeContext) -> list[Var]:
     except ValueError as exc:
         raise ctx.error(f"shapes do not match: {exc}") from exc
     return [ctx.add(MatMul(weight, None, data.shape, side), [data], shape)]
+
+
+def _matmul_product(ctx: NodeContext, left: Var, right: Var) -> Var:
+    """MatMul of two data tensors: a product node (docs/math.md §7). Both need the same
+    rank (>= 3 with the batch axis), or their batch axes would not line up."""
+    if left.rank != right.rank or left.rank < 3:
+        raise ctx.error(f"a MatMul of two data tensors needs operands of the same rank >= 3 "
+                        f"(batch axis included), got {left.rank} and {right.rank}")
+    try:
+        shape = (np.zeros((1, *left.shape)) @ np.zeros((1, *right.shape))).shape[1:]
+    except ValueError as exc:
+        raise ctx.error(f"shapes do not match: {exc}") from exc
+    return ctx.add(MatMulProduct([left.shape, right.shape]), [left, right], shape)

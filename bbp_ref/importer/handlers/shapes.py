@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
+from ...engine.embed import Embed
 from ...engine.routes import Concat, Reshape, Slice, Transpose
-from ..context import NodeContext, handler, normalize_axis, per_example_axis
+from ..context import NodeContext, batched_constant, handler, normalize_axis, per_example_axis
 from ..values import Const, Value, Var
 
 
@@ -140,10 +141,38 @@ def unsqueeze(ctx: NodeContext) -> list[Var]:
     return _reshaped(ctx, data, shape)
 
 
+def _concat_with_constants(ctx: NodeContext) -> list[Var]:
+    """Data and constants concatenated (a class token before patch embeddings): an
+    `Embed` node whose constant elements are local bias (docs/math.md §7)."""
+    data = [v for v in ctx.inputs if isinstance(v, Var)]
+    rank = data[0].rank
+    axis = per_example_axis(ctx, int(ctx.attr("axis", 1)), rank)
+    index_parts, bias_parts, offset = [], [], 0
+    for i, value in enumerate(ctx.inputs):
+        if isinstance(value, Var):
+            size = int(np.prod(value.shape))
+            index_parts.append(offset + np.arange(size).reshape(value.shape))
+            bias_parts.append(np.zeros(value.shape))
+            offset += size
+        elif isinstance(value, Const):
+            constant = batched_constant(ctx, value.value, rank, f"input {i}")[0]
+            index_parts.append(np.full(constant.shape, -1))
+            bias_parts.append(constant)
+        else:
+            ctx.var(i)  # raises a clear error
+    try:
+        index = np.concatenate(index_parts, axis=axis)
+        bias = np.concatenate(bias_parts, axis=axis)
+    except ValueError as exc:
+        raise ctx.error(f"shapes do not match off the Concat axis: {exc}") from exc
+    operator = Embed([v.shape for v in data], index, bias[None])
+    return [ctx.add(operator, data, index.shape)]
+
+
 @handler("Concat")
 def concat(ctx: NodeContext) -> list[Var]:
     if any(isinstance(v, Const) for v in ctx.inputs):
-        raise ctx.error("concatenating a constant with data tensors is not supported")
+        return _concat_with_constants(ctx)
     parts = [ctx.var(i) for i in range(len(ctx.inputs))]
     rank = parts[0].rank
     if any(p.rank != rank for p in parts):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import budget
 from ...engine.windows import Window, auto_pads
 from ..context import NodeContext
 
@@ -44,7 +45,20 @@ def read_window(ctx: NodeContext, in_spatial: tuple[int, ...], kernel: tuple[int
     if any(n <= 0 for n in window.out_spatial):
         raise ctx.error(f"the window {list(kernel)} does not fit the input "
                         f"{list(in_spatial)} with these pads")
+    _check_budget(ctx, window)
     if not window.window_sum(np.ones(window.in_spatial)).all():
         raise ctx.error("some output windows lie entirely in the padding: those outputs "
                         "read no input, so their bias mass could not be attributed")
     return window
+
+
+def _check_budget(ctx: NodeContext, window: Window) -> None:
+    """The engine loops over the kernel's offsets and pads each input: both must be
+    bounded (`budget`) before the first window sum below runs."""
+    offsets = budget.count(window.kernel)
+    if offsets > budget.MAX_WINDOW_OFFSETS:
+        raise ctx.error(f"its kernel {list(window.kernel)} has {offsets} offsets, more than "
+                        f"the limit of {budget.MAX_WINDOW_OFFSETS}")
+    budget.check_elements(window.padded_spatial,
+                          f"the padded input of node {ctx.name!r} ({ctx.op_type}), spatial "
+                          f"shape {list(window.padded_spatial)}")
