@@ -80,7 +80,7 @@ def graph_inputs(model: onnx.ModelProto) -> tuple[GraphInput, ...]:
 
 def check_output(model: onnx.ModelProto, output: str | None) -> None:
     """Raise the error `read_signature` would for an unknown or missing output."""
-    _choose_output(model.graph, output)
+    _choose_output(model, output)
 
 
 def read_signature(model: onnx.ModelProto, output: str | None = None) -> Signature:
