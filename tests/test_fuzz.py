@@ -106,8 +106,8 @@ def test_the_cli_never_raises_and_errors_are_one_line(argv, capsys, tmp_path, mo
 
 # -- mutated model bytes ---------------------------------------------------------------
 
-_SHIPPED = [Path(__file__).resolve().parent.parent / "bbp_ref" / "data" / "digits_cnn.onnx",
-            Path(__file__).resolve().parent.parent / "models" / "digits" / "mlp_bias.onnx"]
+_DATA = Path(__file__).resolve().parent.parent / "bbp_ref" / "data"
+_SHIPPED = [_DATA / "digits_cnn.onnx", _DATA / "digits" / "mlp_bias.onnx"]
 _SMALL_BUDGET = 2**26  # 64 MiB: a mutated declaration cannot make a case allocate more
 
 
