@@ -55,6 +55,7 @@ import numpy as np
 
 from ..binding import Binding, for_each_example, needs_binding, pick_baseline, pick_example
 from ..engine.affine import Sum
+from ..engine.einsum import BilinearEinsum, EinsumProduct
 from ..engine.gates import ElementwiseLocal, MaxPool, MaxPoolLocal
 from ..engine.operator import GATE, PRODUCT, SMOOTH, AffineLocal, Array, Pullback
 from ..engine.products import BilinearMatMul, MatMulProduct, Product
@@ -327,6 +328,9 @@ def _product_multipliers(operator: object, operands: list[Array],
     exactly (the same for `@`), so summation-to-delta holds; docs/math.md §7."""
     (u, v), (u_ref, v_ref) = operands, references
     u_mid, v_mid = (u + u_ref) / 2, (v + v_ref) / 2
+    if isinstance(operator, EinsumProduct):
+        return AffineLocal(BilinearEinsum(operator.equation, v_mid, u_mid, None,
+                                          operator.operand_shapes), operands)
     if isinstance(operator, MatMulProduct):
         return AffineLocal(BilinearMatMul(v_mid, u_mid, None, operator.operand_shapes),
                            operands)

@@ -11,7 +11,9 @@ from ..context import NodeContext
 
 def read_window(ctx: NodeContext, in_spatial: tuple[int, ...], kernel: tuple[int, ...],
                 extra_pads: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
-                ceil_mode: bool = False) -> Window:
+                ceil_mode: bool = False, allow_empty: bool = False) -> Window:
+    """The window of a Conv or pool; with ``allow_empty`` (Conv) a window may lie
+    entirely in the padding (its outputs read no input, docs/math.md §7.3)."""
     dims = len(kernel)
     strides = tuple(ctx.attr("strides", [1] * dims))
     dilations = tuple(ctx.attr("dilations", [1] * dims))
@@ -46,7 +48,7 @@ def read_window(ctx: NodeContext, in_spatial: tuple[int, ...], kernel: tuple[int
         raise ctx.error(f"the window {list(kernel)} does not fit the input "
                         f"{list(in_spatial)} with these pads")
     _check_budget(ctx, window)
-    if not window.window_sum(np.ones(window.in_spatial)).all():
+    if not allow_empty and not window.window_sum(np.ones(window.in_spatial)).all():
         raise ctx.error("some output windows lie entirely in the padding: those outputs "
                         "read no input, so their bias mass could not be attributed")
     return window
