@@ -10,26 +10,42 @@ import onnx
 import onnx.defs
 
 from bbp_ref.importer.context import supported_ops
+from bbp_ref.importer.handlers.smooth import FUNCTIONS
 from bbp_ref.importer.loading import MIN_OPSET
 
+# The canonical node kinds an op imports as (docs/math.md §2 and §7). The element-wise
+# functions come from the function table (a smooth gate, or a piecewise-linear one); every
+# other op is listed here, and `test_docs` fails on a supported op with no kind.
 KINDS = {
-    "affine": "Gemm MatMul Conv BatchNormalization Add Sub Mul Div Neg Sum AveragePool "
-              "GlobalAveragePool ReduceMean ReduceSum ConvTranspose Einsum",
+    "affine": "Gemm Conv BatchNormalization Add Sub Neg Sum AveragePool GlobalAveragePool "
+              "ReduceMean ReduceSum ConvTranspose",
+    "affine or product": "Mul MatMul Einsum",
+    "affine or product, with a Reciprocal": "Div",
     "affine or route": "Pad Resize Upsample Where",
-    "gate": "Relu LeakyRelu PRelu Clip MaxPool GlobalMaxPool Abs ThresholdedRelu HardSigmoid "
-            "Max Min ReduceMax ReduceMin",
-    "smooth gate": "Sigmoid Tanh Softplus Softsign Elu Selu Celu Erf Exp Log Sqrt Reciprocal "
-                   "Pow Sin Cos Atan Sinh Cosh Asinh Mish Gelu HardSwish",
-    "expanded": "Softmax LogSoftmax ReduceLogSumExp LayerNormalization RMSNormalization "
-                "InstanceNormalization "
-                "GroupNormalization MeanVarianceNormalization LpNormalization LRN ReduceL1 "
-                "ReduceL2 ReduceSumSquare ReduceLogSum",
-    "route": "Flatten Reshape Transpose Squeeze Unsqueeze Concat Slice Split Tile Expand "
-             "Gather GatherElements DepthToSpace SpaceToDepth",
+    "gate": "Relu LeakyRelu PRelu Clip MaxPool GlobalMaxPool Max Min ReduceMax ReduceMin",
+    "affine + gate": "HardSigmoid",
+    "smooth gate": "Pow",
+    "route": "Flatten Reshape Transpose Squeeze Unsqueeze Slice Split Tile Expand Gather "
+             "GatherElements DepthToSpace SpaceToDepth",
+    "route, or affine with constants": "Concat",
     "pass-through": "Identity Dropout Cast CastLike",
     "constant": "Shape Size",
+    "output head, or expanded": "Softmax LogSoftmax",
+    "expanded": "ReduceLogSumExp LayerNormalization RMSNormalization InstanceNormalization "
+                "GroupNormalization MeanVarianceNormalization LpNormalization LRN ReduceL1 "
+                "ReduceL2 ReduceSumSquare ReduceLogSum",
     "unrolled": "LSTM GRU RNN",
 }
+PIECEWISE_LINEAR_FUNCTIONS = ("Abs", "ThresholdedRelu")
+
+
+def kind_of(op: str) -> str:
+    """The kind column for ``op`` ("?" if nobody declared it)."""
+    if op in FUNCTIONS:
+        return "gate" if op in PIECEWISE_LINEAR_FUNCTIONS else "smooth gate"
+    return {o: kind for kind, ops in KINDS.items() for o in ops.split()}.get(op, "?")
+
+
 NOTES = {
     "Gemm": "data input A only (a data B would mix examples), transA=0; alpha, beta, transB; "
             "C of shape [M], [1, M] or scalar",
@@ -41,7 +57,8 @@ NOTES = {
     "Mul": "by a constant (affine) or of two data tensors of the same rank (a product node)",
     "Div": "by a non-zero constant, or by a data tensor: Mul by its Reciprocal",
     "Sum": "data tensors and constants",
-    "AveragePool": "pads, strides, dilations (19+), ceil_mode, count_include_pad",
+    "AveragePool": "pads, strides, dilations (19+), ceil_mode, count_include_pad; a zero Pad "
+                   "before it folds into its padding",
     "ReduceMean": "over non-batch axes (attribute < 18, input 18+), keepdims",
     "ReduceSum": "over non-batch axes (attribute < 13, input 13+), keepdims",
     "Clip": "attribute form (< 11) and input form (11+); Relu6, HardTanh; saturation gives a "
@@ -54,11 +71,13 @@ NOTES = {
     "Transpose": "any perm; moving the batch axis makes no node (docs/math.md §7.5)",
     "Squeeze": "attribute (< 13) and input (13+) axes",
     "Unsqueeze": "attribute (< 13) and input (13+) axes",
-    "Concat": "of data tensors and constants (the constants are local bias), axis != 0",
+    "Concat": "axis != 0; of data tensors (route), or with constants (affine: the constants "
+              "are local bias spread over the data input, docs/math.md §7.2 decision 6)",
     "Slice": "constant starts/ends/axes/steps (attribute form < 10), off the batch axis",
     "Dropout": "inference (training_mode false, mask unused)", "Cast": "to a float type",
     "Pad": "every mode (constant: an Embed node whose border is local bias; reflect, edge, "
-           "wrap: a route); negative pads crop; a zero Pad read only by Convs folds into them",
+           "wrap: a route); negative pads crop; a zero Pad read only by Convs and "
+           "AveragePools folds into their padding",
     "Resize": "constant scales or sizes (axes, keep_aspect_ratio_policy); nearest (a route), "
               "linear and cubic (affine; antialias, exclude_outside, cubic_coeff_a); every "
               "coordinate_transformation_mode; tf_crop_and_resize extrapolates constants",
@@ -83,7 +102,9 @@ NOTES = {
     "MatMul": "one constant operand (affine), or two data tensors of the same rank (a product)",
     "Pow": "constant exponent; the derivative at 0 is its limit",
     "Log": "positive inputs", "Sqrt": "positive inputs", "Reciprocal": "non-zero inputs",
-    "Gelu": "exact and tanh", "HardSigmoid": "affine node and Clip",
+    "Gelu": "exact and tanh", "HardSigmoid": "alpha u + beta (affine) then Clip to [0, 1]",
+    "Exp": "inputs up to 709", "Abs": "slope 0 at 0", "ThresholdedRelu": "slope 0 at alpha",
+    "HardSwish": "one smooth gate (piecewise quadratic); slopes at -3 and 3 as autograd",
     "Shape": "of a data tensor: a constant (batch dim taken as 1)",
     "LSTM": "unrolled over the sequence (math.md §7.7): all directions, layout 0/1, "
             "initial states, peepholes, clip, input_forget, listed activations; "
@@ -120,13 +141,16 @@ def versions(op: str) -> list[int]:
 
 
 def render() -> str:
-    kind_of = {op: kind for kind, ops in KINDS.items() for op in ops.split()}
+    order = [*KINDS, "?"]
     lines = [
         "# ONNX support",
         "",
         "Generated by `python tools/make_onnx_support.py` from the importer's handler",
         f"registry and the operator schemas of onnx {onnx.__version__} (opsets {MIN_OPSET} to "
         f"{onnx.defs.onnx_opset_version()}); a test keeps it in sync.",
+        "",
+        "Kinds (docs/math.md §2 and §7): affine, gate and route nodes are piecewise linear;",
+        "smooth gates and products make the explanation a tangent model at `x` (§7).",
         "",
         "Every listed op is supported at every opset from 6 to the newest: the versions column",
         "lists the op versions (the opsets where its definition changed) that the handlers",
@@ -138,10 +162,9 @@ def render() -> str:
         "| op | kind | op versions | notes |",
         "| --- | --- | --- | --- |",
     ]
-    for op in sorted(supported_ops(), key=lambda o: (list(KINDS).index(kind_of.get(o, "route")),
-                                                     o)):
+    for op in sorted(supported_ops(), key=lambda o: (order.index(kind_of(o)), o)):
         listed = ", ".join(str(v) for v in versions(op))
-        lines.append(f"| {op} | {kind_of.get(op, '?')} | {listed} | {NOTES.get(op, '')} |")
+        lines.append(f"| {op} | {kind_of(op)} | {listed} | {NOTES.get(op, '')} |")
     return "\n".join(lines) + "\n"
 
 
