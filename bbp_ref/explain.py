@@ -8,6 +8,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from .attribution.baselines import loaded_for
 from .attribution.bbp import bias_backpropagations
 from .attribution.rules import resolve_rule
 from .attribution.targets import resolve_target_sets
@@ -18,7 +19,6 @@ from .engine.repeat import repeat_trace
 from .engine.trace import Trace, linear_parts
 from .errors import InputError
 from .graph import Graph
-from .model import load
 
 
 @dataclass(frozen=True)
@@ -60,27 +60,51 @@ class Explanation:
     tangent_nodes: tuple[str, ...] = ()
     wrt_value: np.ndarray | None = None
 
+    def __repr__(self) -> str:
+        """One line: what was explained and the decomposition's numbers, not the arrays."""
+        verdict = "passed" if self.checks.passed else "FAILED"
+        partial = (f", layers={list(self.layers)}" if set(self.layers) != set(self.layer_bias)
+                   else "")
+        if np.ndim(self.output) == 0:
+            return (f"Explanation(target={int(self.target)}, f_t(x)={float(self.output):.6g}, "
+                    f"b^x={float(self.bias):.6g}, sum B(x)="
+                    f"{float(np.sum(self.bias_attribution)):.6g}, rule={self.rule!r}{partial}, "
+                    f"input {list(np.shape(self.gradient))}, checks {verdict})")
+        n = len(self.output)
+        return (f"Explanation(batch of {n}, targets {_brief(self.target)}, f_t(x) "
+                f"{_brief(self.output)}, b^x {_brief(self.bias)}, rule={self.rule!r}{partial}, "
+                f"input {list(np.shape(self.gradient)[1:])} each, checks {verdict})")
+
+
+def _brief(values: np.ndarray, shown: int = 4) -> str:
+    """At most ``shown`` values of a 1-D array, then how many more."""
+    items = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in values[:shown].tolist()]
+    more = f", ... ({len(values) - shown} more)" if len(values) > shown else ""
+    return "[" + ", ".join(items) + more + "]"
+
 
 @overload
 def explain(  # type: ignore[overload-overlap]
         model: object, x: object, target: object = None, *,
         rule: list[Any] | tuple[Any, ...], layers: object = None, check: object = True,
-        wrt: str | None = None, inputs: Mapping[str, object] | None = None
-) -> tuple[Explanation, ...]: ...
+        output: str | None = None, wrt: str | None = None,
+        inputs: Mapping[str, object] | None = None) -> tuple[Explanation, ...]: ...
 
 
 @overload
 def explain(model: object, x: object, target: object = None, rule: object = "abs",
-            layers: object = None, check: object = True, *, wrt: str | None = None,
-            inputs: Mapping[str, object] | None = None) -> Explanation: ...
+            layers: object = None, check: object = True, output: str | None = None, *,
+            wrt: str | None = None, inputs: Mapping[str, object] | None = None
+            ) -> Explanation: ...
 
 
 def explain(model: object, x: object, target: object = None, rule: object = "abs",
-            layers: object = None, check: object = True, *, wrt: str | None = None,
-            inputs: Mapping[str, object] | None = None) -> Any:
-    """Explain output ``target`` of ``model`` at ``x`` by BBp (SPEC §4).
+            layers: object = None, check: object = True, output: str | None = None, *,
+            wrt: str | None = None, inputs: Mapping[str, object] | None = None) -> Any:
+    """Explain output ``target`` of ``model`` at ``x`` by BBp (docs/math.md §4).
 
-    ``model``: a path, bytes, ``onnx.ModelProto`` or `Model`; ``x``: one example
+    ``model``: a path, bytes, ``onnx.ModelProto``, `Model` or ``torch.nn.Module``
+    (exported to ONNX in memory, `load`; then ``x`` is always a batch); ``x``: one example
     shaped like the model input without its batch axis, or a batch; ``target``: an
     index into one example's flattened output (default: its argmax), one per example,
     or several: a list for one example, an array [N, T] for a batch, ``"all"`` for a
@@ -91,9 +115,11 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
     ``check``: True compares the output with onnxruntime as well (reported as
     unavailable, not failed, if onnxruntime cannot load or run the model), ``"strict"``
     requires that comparison to run and agree, ``"full"`` also runs the two linear passes
-    of SPEC §3, False only computes the free residuals (`check_mode`); ``wrt``: the tensor
-    to explain with respect to (a graph input, or any intermediate tensor: then ``x`` is
-    the value of the graph input and the fields are shaped like ``wrt``), ``inputs``: the
+    of docs/math.md §3, False only computes the free residuals (`check_mode`); ``output``:
+    the tensor to explain, a graph output or any float tensor inside the graph (see `load`);
+    ``wrt``: the tensor to explain with respect to (a graph input, or any intermediate
+    tensor: then ``x`` is the value of the graph input and the fields are shaped like
+    ``wrt``), ``inputs``: the
     values of the other graph inputs, constants at the point (`bbp_ref.binding`,
     docs/math.md §7).
     """
@@ -103,7 +129,7 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
     rules = [resolve_rule(r) for r in (rule if isinstance(rule, (list, tuple)) else [rule])]
     if not rules:
         raise InputError("rule is an empty list")
-    loaded = load(model)
+    loaded = loaded_for(model, x, output)
     if needs_binding(loaded, binding):
         if several_rules:  # each rule on its own bound models
             return tuple(explain(loaded, x, target, r, layers, check, wrt=wrt, inputs=inputs)
@@ -123,7 +149,7 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
     selected = _layers(trace.graph, layers)
     results = bias_backpropagations(repeat_trace(trace, count),
                                     seed.reshape(n * count, *logits.shape[1:]), rules, selected)
-    output = flat[np.arange(n)[:, None], targets]
+    chosen = flat[np.arange(n)[:, None], targets]  # f_t(x) for every target
     linear_passes = _linear_pass_residual(trace, batch, logits) if mode == "full" else None
     onnxruntime = check_output(loaded, batch, logits) if mode != "off" else None
 
@@ -141,14 +167,14 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
         magnitude = result.bias_magnitude
         checks = Checks(
             decomposition=per_target(relative_residual(
-                gradient_x_input.sum(axis=1) + bias, output.ravel(),
+                gradient_x_input.sum(axis=1) + bias, chosen.ravel(),
                 np.abs(gradient_x_input).sum(axis=1) + magnitude)),
             completeness=per_target(relative_residual(
                 result.bias_attribution.reshape(n * count, -1).sum(axis=1), injected,
                 magnitude)),
             linear_passes=linear_passes, onnxruntime=onnxruntime, strict=mode == "strict")
         explanation = Explanation(
-            output=per_target(output.ravel()), target=per_target(targets.ravel()),
+            output=per_target(chosen.ravel()), target=per_target(targets.ravel()),
             gradient=per_target(result.gradient), bias=per_target(bias),
             bias_attribution=per_target(result.bias_attribution), rule=chosen_rule.name,
             layer_bias={k: per_target(v) for k, v in result.layer_bias.items()},

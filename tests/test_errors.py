@@ -157,7 +157,7 @@ def test_integer_input() -> None:
 
 
 def test_unknown_output_name() -> None:
-    with pytest.raises(InputError, match="'logits' is not an output"):
+    with pytest.raises(InputError, match="'logits' is no tensor of the model"):
         bbp_ref.load(mlp(), output="logits")
 
 

@@ -1,4 +1,4 @@
-"""The seven invariants of SPEC §5 on several architectures (MLP, CNN, residual,
+"""The seven invariants of docs/math.md §5 on several architectures (MLP, CNN, residual,
 grouped/dilated/strided conv, saturated Clip, concatenated branches)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Bias backpropagation (SPEC §3-4): one reverse sweep that carries both the gradient
+"""Bias backpropagation (docs/math.md §3-4): one reverse sweep that carries both the gradient
 `g_v` and the bias mass `beta_v` from the output to the input."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The attribution rules of SPEC §4.1, written once on top of each affine node's
+"""The attribution rules of docs/math.md §4.1, written once on top of each affine node's
 forward and vector-Jacobian product.
 
 A rule describes the scores `alpha[p, q]` of a node as a sum of *terms*; a term is a

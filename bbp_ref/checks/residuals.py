@@ -1,4 +1,4 @@
-"""The decomposition checks of SPEC §3 and §5 that every explanation carries."""
+"""The decomposition checks of docs/math.md §3 and §5 that every explanation carries."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 from ..errors import InputError
 from .onnxruntime_check import Comparison, Unavailable
 
-# float64 residuals, relative to the sum of magnitudes of the summed terms (SPEC §5.1).
+# float64 residuals, relative to the sum of magnitudes of the summed terms
+# (docs/math.md §5, invariant 1).
 RESIDUAL_TOL = 1e-10
 
 # explain(check=...): the decomposition and completeness residuals cost nothing and always
@@ -48,9 +49,10 @@ class Checks:
     cross-check.
 
     ``decomposition``: `|sum_q W^x[q] x[q] + b^x - f(x)|` relative to
-    `sum_q |W^x[q] x[q]| + sum_v sum_p |e_v[p]|` (SPEC §5.1);
+    `sum_q |W^x[q] x[q]| + sum_v sum_p |e_v[p]|` (docs/math.md §5, invariant 1);
     ``completeness``: `|sum_q B(x)[q] - sum_(injected v) sum_p e_v[p]|` relative to
-    `sum |e_v|` (SPEC §5.2); ``linear_passes``: the two frozen linear passes of SPEC §3
+    `sum |e_v|` (docs/math.md §5, invariant 2); ``linear_passes``: the two frozen linear
+    passes of docs/math.md §3
     (`W^x x` with biases zeroed, `b^x` from a zero input) against `f(x)`, for every
     output (None unless ``check="full"``); ``onnxruntime``: the engine's output against
     onnxruntime's (None when

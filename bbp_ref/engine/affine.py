@@ -1,4 +1,4 @@
-"""Affine operators `h = A(u) + b` (SPEC §2), each in operator form with its own
+"""Affine operators `h = A(u) + b` (docs/math.md §2), each in operator form with its own
 vector-Jacobian product; no dense matrix is built for any of them."""
 
 from __future__ import annotations
