@@ -2,7 +2,7 @@
 peak memory of loading and of one `explain` per rule, with respect to the embedding
 output, the padding mask given through ``inputs=``.
 
-The model (issue 10): embedding + positional embedding, ``--layers``
+The model: embedding + positional embedding, ``--layers``
 nn.TransformerEncoderLayer (``batch_first``, ``--width`` wide, ``--heads`` heads, a
 4x-wide feed-forward), the mean over the unmasked tokens, a linear head; exported by
 PyTorch's TorchScript exporter (opset 17, dynamic batch). Needs the ``conformance`` extra

@@ -10,7 +10,7 @@ Small seeded models, exported with a dynamic batch by the TorchScript exporter
   with a causal ``attn_mask`` plus a ``key_padding_mask`` given as a second input through
   ``inputs=``;
 * ``F.scaled_dot_product_attention`` on ``[N, H, T, Dh]`` (batch first throughout);
-* the token classifier of issue 10: embedding + positional embedding + two
+* a token classifier: embedding + positional embedding + two
   ``nn.TransformerEncoderLayer`` (``batch_first``) + masked mean pooling + linear head,
   int64 ids and a float mask, explained with ``wrt=`` the embedding output.
 
@@ -202,7 +202,7 @@ VOCAB, WIDTH, TOKENS, CLASSES = 50, 32, 8, 3
 
 class TokenClassifier(nn.Module):
     """Embedding + positional embedding, two TransformerEncoderLayers (batch_first), mean
-    over the unmasked tokens, linear head (issue 10)."""
+    over the unmasked tokens, linear head."""
 
     def __init__(self) -> None:
         super().__init__()
