@@ -7,6 +7,9 @@
 - ``bbp-ref verify MODEL INPUT.npy CANDIDATE.npz`` compares another implementation's
   arrays (or a file of ``explain --out``) with bbp_ref's.
 - ``bbp-ref golden OUT_DIR MODEL INPUT.npy [MODEL INPUT.npy ...]`` writes golden vectors.
+- ``bbp-ref explain-dataset MODEL DATA [--out PATH] [--scheduler ADDRESS] [--workers N]``
+  explains every example of a dataset into a Zarr store (docs/scaling.md; needs the
+  'dataset' extra).
 - ``bbp-ref reproduce`` and ``bbp-ref digit-flip``: the paper's claims on the digits models
   (docs/reproduction.md).
 
@@ -89,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                                "digits (docs/reproduction.md; needs the 'experiments' extra)",
                                epilog=EXIT_CODES)
     digit_flip.add_arguments(flip)
+    _add_explain_dataset(commands)
     gold = commands.add_parser("golden", help="write golden vectors for models and inputs",
                                epilog=EXIT_CODES)
     gold.add_argument("out", help="output folder")
@@ -119,6 +123,8 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     ex.add_argument("--strict", action="store_true",
                     help="fail (exit 1) if onnxruntime cannot run the model for its check")
+    ex.add_argument("--full-check", action="store_true",
+                    help="also run the two linear passes of docs/math.md §3 (check='full')")
     ex.add_argument("--plot", metavar="OUT.png",
                     help="draw the attribution grid (needs matplotlib: the 'plot' extra)")
     ex.add_argument("--plot-layers", metavar="OUT.png",
@@ -154,6 +160,41 @@ def _add_verify(commands: argparse._SubParsersAction) -> None:
                         help="absolute tolerance, times the field's largest magnitude "
                         f"(default {oracle.ATOL:g})")
     _add_binding_arguments(verify)
+
+
+def _add_explain_dataset(commands: argparse._SubParsersAction) -> None:
+    ds = commands.add_parser("explain-dataset", help="explain every example of a dataset into "
+                             "a Zarr store (docs/scaling.md; needs the 'dataset' extra)")
+    ds.add_argument("model", help="ONNX model")
+    ds.add_argument("data", help=".npy file (a batch) or a folder of .npy files")
+    ds.add_argument("--out", default="explanations.zarr",
+                    help="Zarr store to write or resume [%(default)s]")
+    ds.add_argument("--target", type=int, help="output index (default: each argmax)")
+    ds.add_argument("--rule", default="abs", choices=sorted(RULES), help="BBp rule")
+    ds.add_argument("--batch-size", type=int, help="examples per task and chunk [16]")
+    ds.add_argument("--scheduler", metavar="ADDRESS",
+                    help="a running Dask scheduler (default: a local cluster)")
+    ds.add_argument("--workers", type=int,
+                    help="local worker processes (default: the CPU count; 0: this process)")
+    ds.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+
+
+def _explain_dataset(args: argparse.Namespace) -> int:
+    from .dataset import connect, explain_dataset
+
+    client = None if args.scheduler is None else connect(args.scheduler)
+    try:
+        run = explain_dataset(args.model, args.data, target=args.target, rule=args.rule,
+                              batch_size=args.batch_size, out=args.out, client=client,
+                              workers=args.workers, check=not args.no_check)
+    finally:
+        if client is not None:
+            client.close()
+    print(f"wrote        {run.path} ({run.examples} examples, {len(run.computed)} of "
+          f"{run.chunks} chunks computed now, {run.seconds:.1f} s)")
+    for index, reason in sorted(run.failures.items()):
+        print(f"failed       example {index}: {reason}")
+    return 0
 
 
 def _add_binding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -363,7 +404,8 @@ def _partial_lines(e: Explanation) -> list[str]:
 
 def _run(args: argparse.Namespace) -> int:
     commands = {"explain": _explain, "nodes": _nodes, "verify": _verify, "golden": _golden,
-                "reproduce": reproduce.run, "digit-flip": _digit_flip}
+                "reproduce": reproduce.run, "digit-flip": _digit_flip,
+                "explain-dataset": _explain_dataset}
     return commands[args.command](args)
 
 
@@ -427,15 +469,15 @@ def _explain(args: argparse.Namespace) -> int:
     if args.model is not None and args.input is None:
         raise InputError("give an INPUT.npy file after the model")
     x = default_input() if args.model is None else _read_input(args.input)
-    if args.strict and args.no_check:
-        raise _UsageError("--strict and --no-check exclude each other")
+    if sum((args.strict, args.no_check, args.full_check)) > 1:
+        raise _UsageError("--strict, --no-check and --full-check exclude each other")
     model, source = _load_model(args.model, output=args.output)  # once, for all below
     bound = _binding(args)
     if bound and (args.plot or args.plot_layers):
         raise InputError("--plot and --plot-layers do not support --wrt/--input yet")
     e = explain(model, x, target=args.target, rule=args.rule, layers=args.layers,
-                check="strict" if args.strict else not args.no_check,
-                **bound)  # type: ignore[arg-type]
+                check="full" if args.full_check else "strict" if args.strict
+                else not args.no_check, **bound)  # type: ignore[call-overload]
     explained = np.asarray(x if e.wrt_value is None else e.wrt_value)
     print(_summary(e, model, source, explained.astype(np.float64), args.target is not None))
     if args.out:

@@ -83,6 +83,15 @@ def test_explain_model_and_input(capsys: pytest.CaptureFixture[str], files) -> N
     assert "onnxruntime max |diff|" in out
 
 
+def test_explain_full_check(capsys: pytest.CaptureFixture[str], files) -> None:
+    code, out, err = run(capsys, "explain", files["model"], files["x"], "--full-check")
+    assert (code, err) == (0, "")
+    assert "linear-pass residual    " in out and "skipped" not in out
+    assert "onnxruntime max |diff|" in out and "checks                  passed" in out
+    code, out, _ = run(capsys, "explain", files["model"], files["x"])
+    assert "linear-pass residual    skipped (check='full' runs it)" in out
+
+
 def test_explain_options_and_out(capsys: pytest.CaptureFixture[str], files) -> None:
     result = Path(files["dir"]) / "result.npz"
     code, out, err = run(capsys, "explain", files["model"], files["x"], "--target", "1",

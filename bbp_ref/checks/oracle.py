@@ -148,7 +148,7 @@ class _Reference:
         if rule not in self._explained:
             self._explained[rule] = explain(self.model, self.x, target=self.target, rule=rule,
                                             layers=self.layers, check=False,
-                                            **self.bind)  # type: ignore[arg-type]
+                                            **self.bind)  # type: ignore[call-overload]
         return self._explained[rule]
 
     def explained_input(self) -> np.ndarray:

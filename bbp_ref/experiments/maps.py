@@ -162,15 +162,10 @@ def attribution_maps(model: object, x: object, target: object = None,
     """
     m = load(model)
     batch = as_batch(m, x)
-    first = None
-    bias_attribution = {}
-    for rule in rules:
-        e = explain(m, batch, target=target, rule=rule, check=False)
-        bias_attribution[rule] = e.bias_attribution
-        if first is None:
-            first = e
-    if first is None:
-        first = explain(m, batch, target=target, check=False)
+    # one forward trace and one reverse pass for all the rules
+    explanations = explain(m, batch, target=target, rule=list(rules) or ["abs"], check=False)
+    bias_attribution = {rule: e.bias_attribution for rule, e in zip(rules, explanations)}
+    first = explanations[0]
     targets = first.target
     ig = integrated_gradients(m, batch, baselines=ig_baseline, target=targets,
                               method=ig_method, n_steps=ig_steps).attribution
