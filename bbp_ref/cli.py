@@ -164,7 +164,8 @@ def _add_verify(commands: argparse._SubParsersAction) -> None:
 
 def _add_explain_dataset(commands: argparse._SubParsersAction) -> None:
     ds = commands.add_parser("explain-dataset", help="explain every example of a dataset into "
-                             "a Zarr store (docs/scaling.md; needs the 'dataset' extra)")
+                             "a Zarr store (docs/scaling.md; needs the 'dataset' extra)",
+                             epilog=EXIT_CODES)
     ds.add_argument("model", help="ONNX model")
     ds.add_argument("data", help=".npy file (a batch) or a folder of .npy files")
     ds.add_argument("--out", default="explanations.zarr",
