@@ -1,0 +1,110 @@
+"""Real architectures with random weights against torch autograd in float64.
+
+torchvision's mobilenet_v3_small, efficientnet_b0, convnext_tiny, regnet_y_400mf and
+shufflenet_v2_x1_0 (10 classes, 32x32 inputs), a small VisionTransformer (image 32,
+patch 8, 2 layers, 2 heads, hidden 32, MLP 64), a small Swin (embed 32, depths [2, 2],
+heads [2, 4], window 4) and a U-Net-style decoder (Conv, ConvTranspose2d, nn.Upsample
+nearest and bilinear, skip Concat; 8x8 in, 2x8x8 out), with random weights, biases,
+normalisation parameters and BatchNorm running statistics (`torch_architectures.py`), are
+exported by both PyTorch exporters (TorchScript, opset 17, and the torch.export-based
+one) into a tmp dir. For a float32 batch of 2 inputs:
+
+* ``Model.forward(x)`` equals the torch float64 forward to 1e-12 of its largest magnitude;
+* ``Model.jacobian(x)`` (`W^x` of every output) equals torch autograd's per-example
+  Jacobian to 1e-9 of its largest magnitude;
+* `b^x` of every output (``Model.decompose``'s linear pass) equals `f(x) - J x` from torch
+  to 1e-9 of `|f(x)| + sum_q |J[q] x[q]|`;
+* for every rule, the decomposition `W^x x + b^x = f(x)` and the completeness
+  `sum B(x) = b^x` hold to 1e-10 (recomputed here), ``Explanation.bias`` equals torch's
+  `b^x` of the explained output, and explain's own checks pass, onnxruntime's output
+  included.
+
+The models are not piecewise linear (HardSwish, SiLU, Gelu, Sigmoid gates, LayerNorm,
+attention): `W^x` is the tangent model's `J(x)` (docs/math.md §7).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+if os.environ.get("BBP_REQUIRE_TORCH"):
+    import torch  # noqa: F401
+else:
+    pytest.importorskip("torch")
+
+from conformance_checks import assert_decomposition  # noqa: E402
+from torch_architectures import (  # noqa: E402
+    ARCHITECTURES,
+    EXPORTERS,
+    build,
+    export,
+    torch_reference,
+)
+
+import bbp_ref  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+FORWARD_RTOL = 1e-12
+JACOBIAN_RTOL = 1e-9
+
+PIECEWISE_LINEAR = {"shufflenet_v2_x1_0", "unet_decoder"}  # ReLU networks
+# name -> reason: models whose ops are not all imported yet (strict: they must fail)
+MISSING_OPS: dict[str, str] = {}
+
+
+def _cases():
+    for name in ARCHITECTURES:
+        marks = ([pytest.mark.xfail(strict=True, reason=MISSING_OPS[name])]
+                 if name in MISSING_OPS else [])
+        for exporter in EXPORTERS:
+            yield pytest.param(name, exporter, id=f"{name}-{exporter}", marks=marks)
+
+
+_BUILT: dict[str, tuple] = {}
+
+
+def _built(name: str):
+    """The torch model, its input batch and the torch float64 reference (built once)."""
+    if name not in _BUILT:
+        model, x = build(name)
+        _BUILT[name] = (model, x, *torch_reference(model, x))
+    return _BUILT[name]
+
+
+@pytest.mark.parametrize(("name", "exporter"), list(_cases()))
+def test_architecture_matches_torch_autograd(name: str, exporter: str, tmp_path) -> None:
+    model, x, out, jac = _built(name)
+    path = tmp_path / f"{name}.{exporter}.onnx"
+    export(model, x, path, exporter)
+    m = bbp_ref.load(path)
+    n = len(x)
+
+    forward = m.forward(x)
+    assert forward.shape == out.shape
+    np.testing.assert_allclose(forward, out, rtol=0, atol=FORWARD_RTOL * np.abs(out).max())
+
+    jacobian = m.jacobian(x)
+    assert jacobian.shape == jac.shape
+    np.testing.assert_allclose(jacobian, jac, rtol=0, atol=JACOBIAN_RTOL * np.abs(jac).max())
+
+    # b^x = f(x) - J x for every output, from torch, against bbp_ref's linear pass
+    flat_out = out.reshape(n, -1)
+    terms = jac.reshape(n, flat_out.shape[1], -1) * x.reshape(n, 1, -1).astype(np.float64)
+    bias = flat_out - terms.sum(axis=2)
+    scale = np.abs(flat_out) + np.abs(terms).sum(axis=2)
+    assert np.abs(bias).max() > 1e-3 * scale.max(), "b^x is trivially 0"
+    _, linear_bias = m.decompose(x)
+    assert np.all(np.abs(linear_bias.reshape(n, -1) - bias) <= JACOBIAN_RTOL * scale)
+
+    explanations = assert_decomposition(m, x)
+    for e in explanations:
+        rows = np.arange(n), e.target
+        assert np.all(np.abs(e.bias - bias[rows]) <= JACOBIAN_RTOL * scale[rows]), e.rule
+    checked = bbp_ref.explain(m, x, rule="abs", check=True)
+    assert checked.checks.onnxruntime is not None
+    assert checked.checks.passed, checked.checks.summary()
+    assert checked.piecewise_linear == (name in PIECEWISE_LINEAR)
