@@ -115,8 +115,19 @@ def _summary(e: Explanation, source: str, x: np.ndarray) -> str:
         rows.append(f"{label}target {t}   f_t(x) = {out:.6g}   W^x x = {weights_times_x[i]:.6g}   "
                     f"b^x = {b:.6g}   sum B(x) = {attributions[i].sum():.6g}")
     rows.append(f"rule         {e.rule}")
+    rows.append(f"model kind   {_model_kind(e)}")
     rows.append(e.checks.summary())
     return "\n".join(rows)
+
+
+def _model_kind(e: Explanation) -> str:
+    """Which of the two local models was explained (docs/math.md §1 and §7)."""
+    if e.piecewise_linear:
+        return "piecewise linear: W^x and b^x hold on the whole linear region around x"
+    names = e.tangent_nodes
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"tangent model at x only: {len(names)} node(s) are not piecewise linear "
+            f"({shown})")
 
 
 def _save(path: str, e: Explanation) -> None:

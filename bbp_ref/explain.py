@@ -29,7 +29,10 @@ class Explanation:
     its contribution `sum_p e_v[p]` to `b^x`; ``layers``: the nodes whose biases were
     attributed; ``logits``: the whole explained output `f(x)`; ``stripped``: the final
     ops cut off before explaining (e.g. a Softmax); ``checks``: the residuals and the
-    onnxruntime comparison.
+    onnxruntime comparison; ``piecewise_linear``: whether the explained graph is
+    piecewise linear (`W^x` holds on a whole linear region) or only tangent at `x`
+    (docs/math.md §7); ``tangent_nodes``: the names of its nodes that are not piecewise
+    linear (smooth gates, products).
     """
 
     output: np.ndarray
@@ -43,6 +46,8 @@ class Explanation:
     logits: np.ndarray
     stripped: tuple[str, ...]
     checks: Checks
+    piecewise_linear: bool = True
+    tangent_nodes: tuple[str, ...] = ()
 
 
 def explain(model: object, x: object, target: object = None, rule: object = "abs",
@@ -80,7 +85,8 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
         output=output, target=targets, gradient=result.gradient, bias=bias,
         bias_attribution=result.bias_attribution, rule=chosen_rule.name,
         layer_bias=dict(result.layer_bias), layers=layer_names, logits=logits,
-        stripped=loaded.stripped, checks=checks)
+        stripped=loaded.stripped, checks=checks,
+        piecewise_linear=trace.graph.piecewise_linear, tangent_nodes=trace.graph.tangent_nodes)
     return _unbatched(explanation) if single else explanation
 
 
@@ -118,4 +124,5 @@ def _unbatched(e: Explanation) -> Explanation:
         layer_bias={k: v[0] for k, v in e.layer_bias.items()}, layers=e.layers,
         logits=e.logits[0], stripped=e.stripped,
         checks=Checks(e.checks.decomposition[0], e.checks.completeness[0],
-                      e.checks.linear_passes[0], e.checks.onnxruntime))
+                      e.checks.linear_passes[0], e.checks.onnxruntime),
+        piecewise_linear=e.piecewise_linear, tangent_nodes=e.tangent_nodes)

@@ -152,16 +152,16 @@ def _write_bad_files(folder: Path) -> None:
     np.save(folder / "nan.npy", np.array([0, np.nan, 1, 2], np.float32))
     (folder / "text.npy").write_text("1 2 3 4\n")
     (folder / "junk.onnx").write_bytes(b"\x08\x07junk" * 10)
-    onnx.save_model(model([node("Tanh", ["x"], "y", name="act")], ["N", 4]),
-                    str(folder / "tanh.onnx"))
+    onnx.save_model(model([node("Sign", ["x"], "y", name="act")], ["N", 4]),
+                    str(folder / "sign.onnx"))
 
 
 ERRORS = [
     ("missing_model", ["explain", "{dir}/missing.onnx", "{x}"], "model file not found"),
     ("model_is_dir", ["explain", "{dir}", "{x}"], "is a directory"),
     ("not_a_model", ["explain", "{dir}/junk.onnx", "{x}"], "not an ONNX model"),
-    ("unsupported_op", ["explain", "{dir}/tanh.onnx", "{x}"],
-     "unsupported op Tanh in node 'act'"),
+    ("unsupported_op", ["explain", "{dir}/sign.onnx", "{x}"],
+     "unsupported op Sign in node 'act'"),
     ("missing_input", ["explain", "{model}", "{dir}/missing.npy"], "input file not found"),
     ("pickled_input", ["explain", "{model}", "{dir}/pickled.npy"], "pickles are refused"),
     ("text_input", ["explain", "{model}", "{dir}/text.npy"], "cannot read"),

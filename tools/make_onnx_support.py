@@ -15,21 +15,24 @@ from bbp_ref.importer.loading import MIN_OPSET
 KINDS = {
     "affine": "Gemm MatMul Conv BatchNormalization Add Sub Mul Div Neg Sum AveragePool "
               "GlobalAveragePool ReduceMean ReduceSum",
-    "gate": "Relu LeakyRelu PRelu Clip MaxPool GlobalMaxPool",
+    "gate": "Relu LeakyRelu PRelu Clip MaxPool GlobalMaxPool Abs ThresholdedRelu HardSigmoid",
+    "smooth gate": "Sigmoid Tanh Softplus Softsign Elu Selu Celu Erf Exp Log Sqrt Reciprocal "
+                   "Pow Sin Cos Atan Sinh Cosh Asinh Mish Gelu HardSwish",
+    "expanded": "Softmax LogSoftmax ReduceLogSumExp",
     "route": "Flatten Reshape Transpose Squeeze Unsqueeze Concat Slice",
     "pass-through": "Identity Dropout Cast CastLike",
     "constant": "Shape Size",
     "folded into Conv": "Pad",
-    "output head": "Softmax LogSoftmax",
 }
 NOTES = {
     "Gemm": "data input A only, transA=0; alpha, beta, transB; C of shape [M], [1, M] or scalar",
-    "MatMul": "one constant operand (either side), NumPy matmul broadcasting off the batch axis",
     "Conv": "1-, 2-, 3-D; strides, pads, dilations, group, auto_pad; bias per output channel",
     "BatchNormalization": "inference only; folded into a directly preceding Conv/Gemm/MatMul, "
                           "else a diagonal affine node; spatial=0 (opset < 9) supported",
     "Add": "with a constant (broadcast) or of two data tensors; opset-6 broadcast/axis",
-    "Sub": "as Add", "Mul": "by a constant only", "Div": "by a non-zero constant only",
+    "Sub": "as Add",
+    "Mul": "by a constant (affine) or of two data tensors of the same rank (a product node)",
+    "Div": "by a non-zero constant, or by a data tensor: Mul by its Reciprocal",
     "Sum": "data tensors and constants",
     "AveragePool": "pads, strides, dilations (19+), ceil_mode, count_include_pad",
     "ReduceMean": "over non-batch axes (attribute < 18, input 18+), keepdims",
@@ -42,12 +45,19 @@ NOTES = {
     "Flatten": "axis >= 1 with the leading per-example dims of size 1",
     "Reshape": "constant target (folded shape subgraphs included) keeping the batch axis",
     "Transpose": "perm[0] = 0", "Squeeze": "attribute (< 13) and input (13+) axes",
-    "Unsqueeze": "attribute (< 13) and input (13+) axes", "Concat": "of data tensors, axis != 0",
+    "Unsqueeze": "attribute (< 13) and input (13+) axes",
+    "Concat": "of data tensors and constants (the constants are local bias), axis != 0",
     "Slice": "constant starts/ends/axes/steps (attribute form < 10), off the batch axis",
     "Dropout": "inference (training_mode false, mask unused)", "Cast": "to a float type",
     "Pad": "constant 0 on spatial axes directly before a Conv; all-zero pads anywhere",
-    "Softmax": "only as the last op: stripped, the logits are explained",
-    "LogSoftmax": "as Softmax",
+    "Softmax": "as the last op: stripped, the logits are explained; elsewhere Exp, ReduceSum, "
+               "Reciprocal, Mul (stable)",
+    "LogSoftmax": "as the last op: stripped; elsewhere x - Log(ReduceSum(Exp(x))) (stable)",
+    "ReduceLogSumExp": "Log(ReduceSum(Exp(x))) (stable), over non-batch axes",
+    "MatMul": "one constant operand (affine), or two data tensors of the same rank (a product)",
+    "Pow": "constant exponent; the derivative at 0 is its limit",
+    "Log": "positive inputs", "Sqrt": "positive inputs", "Reciprocal": "non-zero inputs",
+    "Gelu": "exact and tanh", "HardSigmoid": "affine node and Clip",
     "Shape": "of a data tensor: a constant (batch dim taken as 1)",
 }
 

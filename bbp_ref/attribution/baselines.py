@@ -13,12 +13,18 @@ attribution is `(x - b) * m`, where `m` is the reverse pass of the target throug
 graph with every gate's derivative replaced by a *multiplier* (affine nodes and routes keep
 their linear maps):
 
-* element-wise gates (Relu, LeakyRelu, PRelu, Clip): `m = (h(x) - h(b)) / (u(x) - u(b))`
+* element-wise gates (Relu, LeakyRelu, PRelu, Clip, and the smooth gates of docs/math.md
+  §7: Sigmoid, Tanh, Gelu, ...): `m = (h(x) - h(b)) / (u(x) - u(b))`
   where `|u(x) - u(b)| >= eps`, else the gate's ordinary derivative at `x` (the engine's
   one-sided convention, which is autograd's). Captum hooks only ``nn.ReLU``,
   ``nn.LeakyReLU`` (and smooth activations); it back-propagates the plain gradient
   through ``nn.PReLU`` and ``nn.Hardtanh``, which breaks summation-to-delta there. We
   apply the Rescale rule to every element-wise gate, so the property holds for all.
+  The nodes of a stable Softmax expansion use their values as computed (`exp(u - m)`
+  with each point's own shift), for which the same identity holds.
+* products (docs/math.md §7): `u v - u' v' = (u - u') (v + v')/2 + (u + u')/2 (v - v')`,
+  so the multipliers are the operands' midpoints `(v + v')/2` and `(u + u')/2` (the
+  same for a MatMul of two data tensors): exact, so summation-to-delta holds.
 * MaxPool / GlobalMaxPool (Captum's ``maxpool`` rule): with `y = maxpool(u(x))`,
   `y' = maxpool(u(b))` and `M = max(y, y')`, output `p` with incoming multiplier `g[p]`
   sends `g[p] (M[p] - y'[p])` to the arg-max of its window at `x` and `g[p] (y[p] - M[p])`
@@ -46,10 +52,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine.gates import ElementwiseLocal, MaxPool, MaxPoolLocal, PiecewiseLinear
-from ..engine.operator import GATE, Array, Pullback
+from ..engine.affine import Sum
+from ..engine.gates import ElementwiseLocal, MaxPool, MaxPoolLocal
+from ..engine.operator import GATE, PRODUCT, SMOOTH, AffineLocal, Array, Pullback
+from ..engine.products import BilinearMatMul, MatMulProduct, Product
 from ..engine.trace import Trace, forward, input_gradient
-from ..errors import InputError
+from ..errors import InputError, UnsupportedOpError
 from ..graph import Graph
 from ..model import Model, load
 from .targets import resolve_targets
@@ -214,31 +222,48 @@ def deeplift(model: object, x: object, baselines: object = 0.0, target: object =
 
 
 def rescale_maps(at_x: Trace, at_b: Trace, eps: float) -> dict[str, Pullback]:
-    """Every gate's pullback with its derivative replaced by its DeepLIFT multiplier
-    against the trace at `b` (the other nodes keep their local maps)."""
+    """Every gate's and product's pullback replaced by its DeepLIFT multipliers against
+    the trace at `b` (affine nodes and routes keep their local maps)."""
     local: dict[str, Pullback] = {}
     for node in at_x.graph:
-        if node.operator is None or node.operator.kind != GATE:
+        if node.operator is None or node.operator.kind not in (GATE, SMOOTH, PRODUCT):
             continue
-        (source,) = node.inputs
-        u, u_ref = at_x.values[source], at_b.values[source]
+        operands = [at_x.values[name] for name in node.inputs]
+        references = [at_b.values[name] for name in node.inputs]
         h, h_ref = at_x.values[node.name], at_b.values[node.name]
         frozen = at_x.local[node.name]
-        if isinstance(node.operator, PiecewiseLinear):
-            assert isinstance(frozen, ElementwiseLocal)
-            delta_in = u - u_ref
+        if node.operator.kind == PRODUCT:
+            local[node.name] = _product_multipliers(node.operator, operands, references)
+        elif isinstance(frozen, ElementwiseLocal) and len(operands) == 1:
+            delta_in = operands[0] - references[0]
             small = np.abs(delta_in) < eps
             ratio = (h - h_ref) / np.where(small, 1.0, delta_in)
-            slope = np.broadcast_to(frozen.slope, u.shape)
+            slope = np.broadcast_to(frozen.slope, delta_in.shape)
             local[node.name] = ElementwiseLocal(np.where(small, slope, ratio), None)
         elif isinstance(node.operator, MaxPool):
             assert isinstance(frozen, MaxPoolLocal)
-            ref = node.operator.linearize([u_ref])
+            ref = node.operator.linearize(references)
             assert isinstance(ref, MaxPoolLocal)
-            local[node.name] = RescaleMaxPool(frozen, ref, h, h_ref, u - u_ref, eps)
+            local[node.name] = RescaleMaxPool(frozen, ref, h, h_ref,
+                                              operands[0] - references[0], eps)
         else:
-            raise InputError(f"DeepLIFT has no rule for gate {node.op} ({node.name!r})")
+            raise UnsupportedOpError(node.op, node.name, "DeepLIFT has no rule for this gate")
     return local
+
+
+def _product_multipliers(operator: object, operands: list[Array],
+                         references: list[Array]) -> Pullback:
+    """A product's multipliers: `u v - u' v' = (u - u') (v + v') / 2 + (u + u') / 2 (v - v')`
+    exactly (the same for `@`), so summation-to-delta holds; docs/math.md §7."""
+    (u, v), (u_ref, v_ref) = operands, references
+    u_mid, v_mid = (u + u_ref) / 2, (v + v_ref) / 2
+    if isinstance(operator, MatMulProduct):
+        return AffineLocal(BilinearMatMul(v_mid, u_mid, None, operator.operand_shapes),
+                           operands)
+    assert isinstance(operator, Product)
+    shape = np.broadcast_shapes(u.shape, v.shape)
+    return AffineLocal(Sum([np.broadcast_to(v_mid, shape), np.broadcast_to(u_mid, shape)],
+                           None, operator.operand_shapes), operands)
 
 
 class RescaleMaxPool(Pullback):

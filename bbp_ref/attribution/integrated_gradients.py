@@ -36,8 +36,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..engine.gates import MaxPool, PiecewiseLinear
+from ..engine.operator import ROUTE, AffineOperator
 from ..engine.trace import forward, input_gradient
-from ..errors import InputError
+from ..errors import InputError, UnsupportedOpError
+from ..graph import Graph
 from .baselines import Attribution, Setup, baseline_batch, setup, with_delta
 from .event_walk import EventWalk
 from .path_walk import BOUNDARY_RTOL, RESYNC_EVERY, PathWalk
@@ -104,9 +107,28 @@ def integrated_gradients(model: object, x: object, baselines: object = 0.0,
                                integration=method, n_steps=int(n_steps)))
 
 
+def require_walkable(graph: Graph) -> None:
+    """Exact integrated gradients walks a path's linear pieces: it needs a graph of affine
+    nodes, routes, Relu-type gates (Relu, LeakyRelu, PRelu, Clip) and max-pools. Raise an
+    `UnsupportedOpError` naming the first other node (a smooth gate or product, whose
+    gradient changes continuously, or a gate the walks do not know)."""
+    for node in graph:
+        op = node.operator
+        if op is None or isinstance(op, (AffineOperator, PiecewiseLinear, MaxPool)) or (
+                op.kind == ROUTE):
+            continue
+        why = ("it is not piecewise linear" if not node.piecewise_linear
+               else "the exact walk does not know this gate")
+        raise UnsupportedOpError(node.op, node.name,
+                                 f"exact integrated gradients needs a piecewise-linear graph "
+                                 f"of Relu-type gates and max-pools, and {why}; use a "
+                                 "quadrature method (e.g. method='gausslegendre')")
+
+
 def _exact_integral(s: Setup, base: np.ndarray,
                     max_pieces: int | None) -> tuple[np.ndarray, np.ndarray]:
     """`int_0^1 grad f_t(b + a (x - b)) da` and the piece count, per example."""
+    require_walkable(s.graph)
     values = sum(int(np.prod(node.shape)) for node in s.graph)
     if s.batch.shape[0] >= LOCK_STEP_MIN_BATCH and values <= LOCK_STEP_MAX_VALUES:
         lock_step = PathWalk(s.graph, base, s.batch, s.seed, rtol=BOUNDARY_RTOL,

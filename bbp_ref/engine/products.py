@@ -16,8 +16,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from .affine import Sum
-from .operator import PRODUCT, AffineLocal, AffineOperator, Array, LocalMap, Operator
-from .operator import reduce_to_shape
+from .operator import (
+    PRODUCT,
+    AffineLocal,
+    AffineOperator,
+    Array,
+    LocalMap,
+    Operator,
+    reduce_to_shape,
+)
 
 
 class Product(Operator):

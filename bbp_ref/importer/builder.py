@@ -107,7 +107,7 @@ class GraphBuilder:
             if handle is None:
                 raise UnsupportedOpError(
                     node.op_type, name,
-                    "it is not piecewise linear or not supported (supported: "
+                    "this op is not supported (supported: "
                     + ", ".join(supported_ops()) + ")")
             ctx = NodeContext(node, name, self.signature.opset, inputs, self)
             try:

@@ -124,9 +124,9 @@ def div(ctx: NodeContext) -> list[Var]:
     """By a constant: a `Scale`. By a data tensor `v`: `u * Reciprocal(v)` (the
     documented expansion, docs/math.md §7), the Reciprocal a node ``<name>/reciprocal``."""
     if isinstance(ctx.inputs[1], Var):
-        divisor = ctx.var(1)
+        denominator = ctx.var(1)
         inverse = ctx.add(function_gate(Function("Reciprocal", functions.reciprocal)),
-                          [divisor], divisor.shape, part="reciprocal")
+                          [denominator], denominator.shape, part="reciprocal")
         numerator = ctx.inputs[0]
         if isinstance(numerator, Var):
             return [_product(ctx, numerator, inverse)]
