@@ -208,12 +208,35 @@ def export(model: nn.Module, x: np.ndarray, path: Path, exporter: str) -> None:
                           output_names=["y"], **options)
 
 
+class Float32Hardsigmoid(nn.Module):
+    """`clip(u * alpha + 1/2, 0, 1)` with ``alpha`` = float32(1/6): what an exported
+    ``HardSigmoid`` node computes (its ``alpha`` attribute is a float32), where torch's
+    float64 ``hardsigmoid`` divides by 6 exactly (3e-8 apart, far above 1e-9)."""
+
+    ALPHA = float(np.float32(1.0 / 6.0))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(u * self.ALPHA + 0.5, 0.0, 1.0)
+
+
+def as_exported(model: nn.Module) -> nn.Module:
+    """A float64 copy of ``model`` that computes what its ONNX export states: every
+    constant an exporter can only write as a float32 is that float32 (nn.Hardsigmoid's
+    1/6 is the only one in these models; the other constants are float32-exact)."""
+    model64 = copy.deepcopy(model).double().eval()
+    for module in list(model64.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Hardsigmoid):
+                setattr(module, name, Float32Hardsigmoid())
+    return model64
+
+
 def torch_reference(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float64 output ``[N, *out]`` and per-example Jacobian ``[N, *out, *in]`` by torch
-    autograd on ``model.double()`` (exact: the weights are float32). The examples are
+    autograd on ``as_exported(model)`` (exact: the weights are float32). The examples are
     independent in eval mode, so one reverse pass per output element gives every
     example's row at once."""
-    model64 = copy.deepcopy(model).double().eval()
+    model64 = as_exported(model)
     x64 = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
     out = model64(x64)
     flat = out.reshape(len(x), -1)
