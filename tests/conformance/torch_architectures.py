@@ -192,7 +192,9 @@ EXPORTERS = {
 
 
 def export(model: nn.Module, x: np.ndarray, path: Path, exporter: str) -> None:
-    """Export with a dynamic batch axis, input ``x`` and output ``y``, quietly."""
+    """Export with a dynamic batch axis, input ``x`` and output ``y``, quietly. (With the
+    static batch of ``x`` the dynamo exporter writes the batch size into the Reshape
+    shapes, which bbp_ref refuses: "does not keep the batch axis first".)"""
     options: dict[str, object] = dict(EXPORTERS[exporter])
     if options["dynamo"]:
         if not os.environ.get("BBP_REQUIRE_TORCH"):
@@ -219,24 +221,40 @@ class Float32Hardsigmoid(nn.Module):
         return torch.clamp(u * self.ALPHA + 0.5, 0.0, 1.0)
 
 
-def as_exported(model: nn.Module) -> nn.Module:
-    """A float64 copy of ``model`` that computes what its ONNX export states: every
-    constant an exporter can only write as a float32 is that float32 (nn.Hardsigmoid's
-    1/6 is the only one in these models; the other constants are float32-exact)."""
+class Float32Gelu(nn.Module):
+    """`u/2 (1 + erf(u / s))` with ``s`` = float32(sqrt 2): the TorchScript exporter's
+    form of the exact GELU (a ``Div`` by a float32 constant, ``Erf``, ``Add``, ``Mul``);
+    the dynamo exporter writes a ``Gelu`` node, which is exact."""
+
+    SQRT2 = float(np.float32(np.sqrt(2.0)))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return u * 0.5 * (1.0 + torch.erf(u / self.SQRT2))
+
+
+def as_exported(model: nn.Module, exporter: str) -> nn.Module:
+    """A float64 copy of ``model`` that computes what its ONNX export by ``exporter``
+    states: every constant the exporter can only write as a float32 is that float32
+    (nn.Hardsigmoid's 1/6, and the TorchScript GELU's sqrt 2; the other constants of these
+    models are float32-exact)."""
     model64 = copy.deepcopy(model).double().eval()
     for module in list(model64.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Hardsigmoid):
                 setattr(module, name, Float32Hardsigmoid())
+            elif (isinstance(child, nn.GELU) and child.approximate == "none"
+                  and exporter == "torchscript"):
+                setattr(module, name, Float32Gelu())
     return model64
 
 
-def torch_reference(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def torch_reference(model: nn.Module, x: np.ndarray,
+                    exporter: str) -> tuple[np.ndarray, np.ndarray]:
     """float64 output ``[N, *out]`` and per-example Jacobian ``[N, *out, *in]`` by torch
-    autograd on ``as_exported(model)`` (exact: the weights are float32). The examples are
-    independent in eval mode, so one reverse pass per output element gives every
-    example's row at once."""
-    model64 = as_exported(model)
+    autograd on ``as_exported(model, exporter)`` (exact: the weights are float32). The
+    examples are independent in eval mode, so one reverse pass per output element gives
+    every example's row at once."""
+    model64 = as_exported(model, exporter)
     x64 = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
     out = model64(x64)
     flat = out.reshape(len(x), -1)
