@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -26,10 +25,12 @@ import numpy as np
 
 from . import oracle
 from .attribution.rules import RULES
+from .binding import tensor_types
 from .defaults import default_input, default_model_path
 from .errors import BBpError, InputError
 from .experiments import digit_flip
 from .explain import Explanation, explain
+from .files import archive_member, printable, read_npy, read_npz, write_atomically
 from .model import load
 
 
@@ -58,12 +59,15 @@ def _parser() -> argparse.ArgumentParser:
                     help="attribute only the biases of these nodes")
     ex.add_argument("--out", help="save the arrays to this .npz file")
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    ex.add_argument("--strict", action="store_true",
+                    help="fail (exit 1) if onnxruntime cannot run the model for its check")
     ex.add_argument("--plot", metavar="OUT.png",
                     help="draw the attribution grid (needs matplotlib: the 'plot' extra)")
     ex.add_argument("--plot-layers", metavar="OUT.png",
                     help="draw the per-layer bias attribution (needs matplotlib)")
     ex.add_argument("--labels", type=int, nargs="+", metavar="K",
                     help="true classes of the examples, shown in the plots")
+    _add_binding_arguments(ex)
     nodes = commands.add_parser("nodes", help="list a model's canonical nodes")
     nodes.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
     verify = commands.add_parser("verify", help="check another implementation's arrays")
@@ -74,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
                         "'target' field, else the argmax)")
     verify.add_argument("--rtol", type=float, default=oracle.RTOL)
     verify.add_argument("--atol", type=float, default=oracle.ATOL)
+    _add_binding_arguments(verify)
     rep = commands.add_parser("reproduce", help="the paper's table and figures on digits "
                               "(docs/reproduction.md; needs the 'experiments' extra)")
     rep.add_argument("--models", default="models/digits", help="folder of the digits models")
@@ -89,22 +94,45 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_binding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wrt", metavar="NAME",
+                        help="explain with respect to this tensor: a graph input or any "
+                             "intermediate tensor ('bbp-ref nodes MODEL' lists them); INPUT "
+                             "then holds the graph input's value")
+    parser.add_argument("--input", dest="inputs", action="append", default=[],
+                        metavar="NAME=FILE.npy",
+                        help="the value of another graph input, a constant at the point "
+                             "(repeat for each)")
+
+
+def _binding(args: argparse.Namespace) -> dict[str, object]:
+    """``wrt=``/``inputs=`` keyword arguments from ``--wrt`` and ``--input``."""
+    inputs: dict[str, np.ndarray] = {}
+    for item in args.inputs:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--input takes NAME=FILE.npy, got {item!r}")
+        if name in inputs:
+            raise InputError(f"--input gives {name!r} twice")
+        inputs[name] = _read_input(path)
+    bound: dict[str, object] = {}
+    if args.wrt is not None:
+        bound["wrt"] = args.wrt
+    if inputs:
+        bound["inputs"] = inputs
+    return bound
+
+
 def _read_input(path: str) -> np.ndarray:
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"input file not found: {path}")
-    try:
-        return np.load(file, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"cannot read {path} as a .npy array (pickles are refused): "
-                         f"{exc}") from exc
+    return read_npy(path)
 
 
 def _summary(e: Explanation, source: str, x: np.ndarray) -> str:
     batch = np.ndim(e.output) > 0
     rows = [f"model        {source}"]
     if e.stripped:
-        rows.append(f"stripped     {', '.join(e.stripped)} (the logits are explained)")
+        rows.append(f"stripped     {printable(', '.join(e.stripped))} (the logits are "
+                    "explained)")
     outputs = np.atleast_1d(e.output)
     targets = np.atleast_1d(e.target)
     biases = np.atleast_1d(e.bias)
@@ -131,32 +159,16 @@ def _model_kind(e: Explanation) -> str:
 
 
 def _save(path: str, e: Explanation) -> None:
+    """The arrays to exactly ``path`` (no ``.npz`` added), written atomically; node
+    names are made safe archive member names (`files.archive_member`)."""
     arrays = {"output": e.output, "target": e.target, "gradient": e.gradient, "bias": e.bias,
               "bias_attribution": e.bias_attribution, "logits": e.logits}
-    arrays.update({f"layer_bias/{name}": v for name, v in e.layer_bias.items()})
-    try:
-        np.savez(path, **arrays)  # type: ignore[arg-type]
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc}") from exc
+    arrays.update({f"layer_bias/{archive_member(name)}": v for name, v in e.layer_bias.items()})
+    write_atomically(path, lambda stream: np.savez(stream, **arrays))  # type: ignore[arg-type]
 
 
 def _read_candidate(path: str) -> dict[str, np.ndarray]:
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"candidate file not found: {path}")
-    try:
-        archive = np.load(file, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"cannot read {path} as an .npz of arrays (pickles are refused): "
-                         f"{exc}") from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise InputError(f"{path} is not an .npz archive of named arrays")
-    try:
-        with archive:
-            return {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"cannot read {path} as an .npz of arrays (pickles are refused): "
-                         f"{exc}") from exc
+    return read_npz(path)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -166,15 +178,26 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _nodes(args: argparse.Namespace) -> int:
-    for node in load(args.model or str(default_model_path())).nodes:
-        print(f"{node.name:40s} {node.kind:7s} {node.op:30s} {list(node.shape)}")
+    model = load(args.model or str(default_model_path()))
+    print("graph inputs:")
+    for info in model.graph_inputs:
+        print(f"  {printable(info.describe())}")
+    if not model.needs_binding:
+        print("canonical nodes (name, kind, op, per-example shape):")
+        for node in model.nodes:
+            print(f"  {printable(node.name):40s} {node.kind:7s} {printable(node.op):30s} "
+                  f"{list(node.shape)}")
+    print("tensors --wrt can name (type, shape):")
+    for name, text in tensor_types(model.proto).items():
+        print(f"  {printable(name):40s} {printable(text)}")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
     report = oracle.compare(args.model, _read_input(args.input), _read_candidate(args.candidate),
-                            target=args.target, rtol=args.rtol, atol=args.atol)
-    print(report)
+                            target=args.target, rtol=args.rtol, atol=args.atol,
+                            **_binding(args))  # type: ignore[arg-type]
+    print("\n".join(printable(line) for line in str(report).splitlines()))
     return 0 if report.passed else 1
 
 
@@ -211,13 +234,20 @@ def _explain(args: argparse.Namespace) -> int:
     if args.model is not None and args.input is None:
         raise InputError("give an INPUT.npy file after the model")
     x = default_input() if args.model is None else _read_input(args.input)
+    if args.strict and args.no_check:
+        raise _UsageError("--strict and --no-check exclude each other")
     model = load(source)  # once, for the explanation and the figures
+    bound = _binding(args)
+    if bound and (args.plot or args.plot_layers):
+        raise InputError("--plot and --plot-layers do not support --wrt/--input yet")
     e = explain(model, x, target=args.target, rule=args.rule, layers=args.layers,
-                check=not args.no_check)
-    print(_summary(e, source, np.asarray(x, dtype=np.float64)))
+                check="strict" if args.strict else not args.no_check,
+                **bound)  # type: ignore[arg-type]
+    explained = x if e.wrt_value is None else e.wrt_value
+    print(_summary(e, source, np.asarray(explained, dtype=np.float64)))
     if args.out:
         _save(args.out, e)
-        print(f"saved        {args.out}")
+        print(f"saved        {printable(args.out)}")
     if args.plot or args.plot_layers:
         from . import plot
 
@@ -234,7 +264,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _fail(message: str) -> int:
-    print(f"bbp-ref: error: {' '.join(message.split())}", file=sys.stderr)
+    print(f"bbp-ref: error: {printable(' '.join(message.split()))}", file=sys.stderr)
     return 2
 
 

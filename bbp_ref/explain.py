@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .attribution.baselines import setup
 from .attribution.bbp import bias_backpropagation
 from .attribution.rules import resolve_rule
+from .binding import Binding, for_each_example, needs_binding, pick_example
 from .checks.onnxruntime_check import check_output
-from .checks.residuals import Checks, relative_residual
+from .checks.residuals import Checks, check_mode, relative_residual
 from .engine.trace import Trace, linear_parts
 from .errors import InputError
 from .graph import Graph
+from .model import load
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,9 @@ class Explanation:
     onnxruntime comparison; ``piecewise_linear``: whether the explained graph is
     piecewise linear (`W^x` holds on a whole linear region) or only tangent at `x`
     (docs/math.md §7); ``tangent_nodes``: the names of its nodes that are not piecewise
-    linear (smooth gates, products).
+    linear (smooth gates, products); ``wrt_value``: with ``wrt``/``inputs``, the value of
+    the explained tensor (what ``gradient`` and ``bias_attribution`` are shaped like and
+    multiply), else None.
     """
 
     output: np.ndarray
@@ -48,10 +52,12 @@ class Explanation:
     checks: Checks
     piecewise_linear: bool = True
     tangent_nodes: tuple[str, ...] = ()
+    wrt_value: np.ndarray | None = None
 
 
 def explain(model: object, x: object, target: object = None, rule: object = "abs",
-            layers: object = None, check: bool = True) -> Explanation:
+            layers: object = None, check: object = True, *, wrt: str | None = None,
+            inputs: Mapping[str, object] | None = None) -> Explanation:
     """Explain output ``target`` of ``model`` at ``x`` by BBp (SPEC §4).
 
     ``model``: a path, bytes, ``onnx.ModelProto`` or `Model`; ``x``: one example
@@ -59,10 +65,23 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
     index into one example's flattened output (default: its argmax), or one per
     example; ``rule``: ``"abs"``, ``"signed"``, ``"uniform"`` or a callable (see
     `bbp_ref.rules`); ``layers``: node names whose biases are attributed (None: all);
-    ``check``: compare the output with onnxruntime as well.
+    ``check``: True compares the output with onnxruntime as well (reported as
+    unavailable, not failed, if onnxruntime cannot load or run the model), ``"strict"``
+    requires that comparison to run and agree, False skips it; ``wrt``: the tensor to
+    explain with respect to (a graph input, or any intermediate tensor: then ``x`` is the
+    value of the graph input and the fields are shaped like ``wrt``), ``inputs``: the values
+    of the other graph inputs, constants at the point (`bbp_ref.binding`, docs/math.md §7).
     """
+    mode = check_mode(check)
+    binding = Binding.of(wrt, inputs)
+    loaded = load(model)
+    if needs_binding(loaded, binding):
+        return for_each_example(
+            loaded, x, binding,
+            lambda m, xi, i: explain(m, xi, pick_example(target, i), rule, layers, check),
+            lambda e, value: replace(e, wrt_value=value))
     chosen_rule = resolve_rule(rule)
-    s = setup(model, x, target)
+    s = setup(loaded, x, target)
     loaded, batch, single, trace, targets = s.model, s.batch, s.single, s.trace, s.targets
     logits, output, n = s.logits, s.output, batch.shape[0]
     selected = _layers(trace.graph, layers)
@@ -78,7 +97,8 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
         completeness=relative_residual(result.bias_attribution.reshape(n, -1).sum(axis=1),
                                        injected, bias_magnitude),
         linear_passes=_linear_pass_residual(trace, batch, logits),
-        onnxruntime=check_output(loaded, batch, logits) if check else None,
+        onnxruntime=check_output(loaded, batch, logits) if mode != "off" else None,
+        strict=mode == "strict",
     )
     layer_names = result.injected
     explanation = Explanation(
@@ -123,6 +143,7 @@ def _unbatched(e: Explanation) -> Explanation:
         bias_attribution=e.bias_attribution[0], rule=e.rule,
         layer_bias={k: v[0] for k, v in e.layer_bias.items()}, layers=e.layers,
         logits=e.logits[0], stripped=e.stripped,
-        checks=Checks(e.checks.decomposition[0], e.checks.completeness[0],
-                      e.checks.linear_passes[0], e.checks.onnxruntime),
+        checks=replace(e.checks, decomposition=e.checks.decomposition[0],
+                       completeness=e.checks.completeness[0],
+                       linear_passes=e.checks.linear_passes[0]),
         piecewise_linear=e.piecewise_linear, tangent_nodes=e.tangent_nodes)

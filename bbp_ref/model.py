@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,12 +10,13 @@ from typing import Any
 import numpy as np
 import onnx
 
+from . import budget
 from .engine.trace import Trace, forward, input_gradient, linear_parts
 from .errors import InputError
 from .graph import Graph
 from .importer.builder import build_graph
 from .importer.loading import read_model
-from .importer.signature import Signature, read_signature
+from .importer.signature import Signature, check_output, graph_inputs, read_signature
 
 
 @dataclass(frozen=True)
@@ -36,27 +38,54 @@ class Model:
     """
 
     def __init__(self, proto: onnx.ModelProto, output: str | None = None,
-                 source: str | None = None) -> None:
+                 source: str | None = None, max_bytes: int | None = None) -> None:
         self.proto = proto
         self.source = source
-        self.signature: Signature = read_signature(proto, output)
+        self.max_bytes = budget.max_bytes() if max_bytes is None else budget.validated(max_bytes)
+        self.output_name = output
+        self.graph_inputs = graph_inputs(proto)
         self._graphs: dict[tuple[int, ...], Graph] = {}
         self.sessions: dict[tuple[str, ...], Any] = {}  # onnxruntime, by extra outputs
+        self.bound: dict[str, Model] = {}  # by binding digest (see bbp_ref.binding)
+        if len(self.graph_inputs) != 1:
+            # several inputs: explained with respect to one (wrt=) with the others given
+            # (inputs=); the graph is built per binding (docs/math.md §7, several inputs)
+            check_output(proto, output)
+            self._signature: Signature | None = None
+            return
+        self._signature = read_signature(proto, output)
         dims = self.signature.example_dims
         if all(d is not None for d in dims):
             self.graph_for(tuple(int(d) for d in dims))  # type: ignore[arg-type]
+
+    @property
+    def signature(self) -> Signature:
+        """The explained input and output; only for a model with one data input (bind a
+        model with several inputs through ``inputs=`` and ``wrt=``)."""
+        if self._signature is None:
+            names = [i.describe() for i in self.graph_inputs]
+            raise InputError(f"the model has {len(names)} inputs {names}: explain it with "
+                             "respect to one of them (wrt=NAME) and give the values of the "
+                             "others (inputs={NAME: array})")
+        return self._signature
+
+    @property
+    def needs_binding(self) -> bool:
+        return self._signature is None
 
     # -- structure ---------------------------------------------------------------
     def graph_for(self, example_shape: tuple[int, ...]) -> Graph:
         graph = self._graphs.get(example_shape)
         if graph is None:
-            graph = build_graph(self.proto, self.signature, example_shape)
+            with budget.limit(self.max_bytes):
+                graph = build_graph(self.proto, self.signature, example_shape)
             self._graphs[example_shape] = graph
         return graph
 
     @property
     def graph(self) -> Graph:
         """The canonical graph (of the first input shape seen, for dynamic models)."""
+        self.signature  # noqa: B018 - a model with several inputs has no graph of its own
         if not self._graphs:
             raise InputError("the model's input shape is dynamic; call forward or explain "
                              "first, or use graph_for(shape)")
@@ -77,7 +106,10 @@ class Model:
 
     def __repr__(self) -> str:
         name = self.source or "<in memory>"
-        return f"Model({name!r}, input_shape={self.input_shape}, nodes={len(self.graph)})"
+        if self.needs_binding:
+            return f"Model({name!r}, inputs={[i.name for i in self.graph_inputs]})"
+        nodes = len(self._graphs and self.graph) if self._graphs else "?"
+        return f"Model({name!r}, input_shape={self.input_shape}, nodes={nodes})"
 
     # -- computation -------------------------------------------------------------
     def prepare(self, x: object) -> tuple[np.ndarray, bool]:
@@ -103,20 +135,39 @@ class Model:
                                  f"{axis + (0 if single else 1)}")
         if batch.shape[0] == 0:
             raise InputError("the batch is empty")
+        with budget.limit(self.max_bytes):
+            self._check_working_set(batch.shape)
         batch = batch.astype(np.float64)
         if not np.isfinite(batch).all():
             raise InputError("input contains NaN or infinite values")
         return batch, single
 
+    def _check_working_set(self, shape: tuple[int, ...]) -> None:
+        """The engine keeps every node's value (and a local map of about the same size)
+        for the whole batch: refuse a batch whose values alone exceed the budget."""
+        graph = self.graph_for(tuple(shape[1:]))
+        per_example = sum(budget.count(node.shape) for node in graph)
+        budget.check_bytes(shape[0] * per_example * budget.FLOAT64_BYTES,
+                           f"the engine's values for a batch of {shape[0]}", InputError)
+
     def _dim_names(self) -> list[object]:
         return [d if d is not None else "?" for d in self.signature.example_dims]
 
     def trace(self, batch: np.ndarray, linearize: bool = True) -> Trace:
-        """The engine's forward trace of a prepared float64 batch."""
-        return forward(self.graph_for(tuple(batch.shape[1:])), batch, linearize=linearize)
+        """The engine's forward trace of a prepared float64 batch. A value that
+        overflows to infinity (or NaN) is an `InputError` naming the first such node."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            trace = forward(self.graph_for(tuple(batch.shape[1:])), batch,
+                            linearize=linearize)
+        _check_finite_values(trace)
+        return trace
 
-    def forward(self, x: object) -> np.ndarray:
-        """The float64 output `f(x)` (the logits, if a final Softmax was stripped)."""
+    def forward(self, x: object, *, inputs: Mapping[str, object] | None = None,
+                wrt: str | None = None) -> np.ndarray:
+        """The float64 output `f(x)` (the logits, if a final Softmax was stripped);
+        ``inputs``/``wrt`` as in `bbp_ref.explain`."""
+        if inputs is not None or wrt is not None or self.needs_binding:
+            return self._bound(x, inputs, wrt, lambda m, xi: m.forward(xi))
         batch, single = self.prepare(x)
         out = self.trace(batch, linearize=False).output
         return out[0] if single else out
@@ -129,9 +180,13 @@ class Model:
         weights_times_x, bias = linear_parts(trace, batch)
         return (weights_times_x[0], bias[0]) if single else (weights_times_x, bias)
 
-    def jacobian(self, x: object) -> np.ndarray:
+    def jacobian(self, x: object, *, inputs: Mapping[str, object] | None = None,
+                 wrt: str | None = None) -> np.ndarray:
         """`W^x` for every output: shape ``[*output_shape, *input_shape]`` for one
-        example, with a leading batch axis for a batch."""
+        example, with a leading batch axis for a batch (the input being ``wrt``'s value
+        with ``inputs``/``wrt``, as in `bbp_ref.explain`)."""
+        if inputs is not None or wrt is not None or self.needs_binding:
+            return self._bound(x, inputs, wrt, lambda m, xi: m.jacobian(xi))
         batch, single = self.prepare(x)
         trace = self.trace(batch)
         out_shape = trace.output.shape[1:]
@@ -145,11 +200,30 @@ class Model:
         return jac[0] if single else jac
 
 
-def load(model: object, output: str | None = None) -> Model:
+    def _bound(self, x: object, inputs: Mapping[str, object] | None, wrt: str | None,
+               run: Callable[[Model, np.ndarray], np.ndarray]) -> np.ndarray:
+        # binding builds Models, so it imports this module; imported here, not at the top
+        from .binding import Binding, for_each_example
+
+        return for_each_example(self, x, Binding.of(wrt, inputs),
+                                lambda m, xi, _: run(m, xi), lambda result, _: result)
+
+
+def _check_finite_values(trace: Trace) -> None:
+    for node in trace.graph:
+        if not np.isfinite(trace.values[node.name]).all():
+            raise InputError(f"the value of node {node.name!r} ({node.op}) is not finite: "
+                             "the input or the model's weights overflow float64 there")
+
+
+def load(model: object, output: str | None = None, max_bytes: int | None = None) -> Model:
     """Import an ONNX model (a path, bytes, an ``onnx.ModelProto``, or a `Model`,
     returned as is). ``output`` names the graph output to explain (default: the
-    first float output)."""
+    first float output). ``max_bytes`` is the byte budget for everything the model's
+    declarations make bbp_ref allocate (default: ``BBP_MAX_BYTES`` or 4 GiB;
+    docs/security.md)."""
     if isinstance(model, Model):
         return model
     source = str(Path(model)) if isinstance(model, (str, Path)) else None
-    return Model(read_model(model), output, source)
+    with budget.limit(max_bytes) as chosen:
+        return Model(read_model(model), output, source, chosen)

@@ -119,9 +119,13 @@ def test_explain_batch(capsys: pytest.CaptureFixture[str], files) -> None:
 def test_nodes(capsys: pytest.CaptureFixture[str], files) -> None:
     code, out, err = run(capsys, "nodes", files["model"])
     assert (code, err) == (0, "")
-    rows = [line.split() for line in out.splitlines()]
+    lines = out.splitlines()
+    start = lines.index("canonical nodes (name, kind, op, per-example shape):")
+    end = lines.index("tensors --wrt can name (type, shape):")
+    rows = [line.split() for line in lines[start + 1:end]]
     assert [row[:3] for row in rows] == [["x", "input", "Input"], ["fc1", "affine", "Gemm"],
                                          ["relu", "gate", "Relu"], ["fc2", "affine", "Gemm"]]
+    assert lines[:2] == ["graph inputs:", "  x (float32, ['N', 4])"]
 
 
 def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,6 +3,9 @@ that may escape are `BBpError` subclasses naming the cause, and the CLI never ra
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
+
 import numpy as np
 import pytest
 from builders import f32, model, node
@@ -95,3 +98,44 @@ def test_the_cli_never_raises_and_errors_are_one_line(argv, capsys, tmp_path, mo
     assert code in (0, 1, 2)
     if code == 2:
         assert len(err) == 1 and err[0].startswith("bbp-ref: error:"), err
+
+
+# -- mutated model bytes ---------------------------------------------------------------
+
+_SHIPPED = [Path(__file__).resolve().parent.parent / "bbp_ref" / "data" / "digits_cnn.onnx",
+            Path(__file__).resolve().parent.parent / "models" / "digits" / "mlp_bias.onnx"]
+_SMALL_BUDGET = 2**26  # 64 MiB: a mutated declaration cannot make a case allocate more
+
+
+def _alarm(seconds: int):
+    def expire(*_):
+        raise TimeoutError(f"a fuzz case took more than {seconds} s")
+
+    signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(which=st.integers(0, len(_SHIPPED) - 1),
+       edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
+                      min_size=1, max_size=8),
+       cut=st.one_of(st.none(), st.floats(0.5, 1)))
+def test_mutated_model_bytes_give_a_bbp_error_or_a_checked_explanation(which, edits, cut):
+    data = bytearray(_SHIPPED[which].read_bytes())
+    for where, value in edits:
+        data[int(where * len(data))] = value
+    if cut is not None:
+        data = data[:int(cut * len(data))]
+    _alarm(30)
+    try:
+        loaded = bbp_ref.load(bytes(data), max_bytes=_SMALL_BUDGET)
+        shape = [d or 1 for d in loaded.input_shape]
+        x = np.random.default_rng(0).normal(size=shape)
+        e = bbp_ref.explain(loaded, x)
+    except bbp_ref.BBpError as exc:
+        assert str(exc)
+        return
+    finally:
+        signal.alarm(0)
+    assert e.checks.passed, e.checks.summary()

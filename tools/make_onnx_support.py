@@ -14,18 +14,24 @@ from bbp_ref.importer.loading import MIN_OPSET
 
 KINDS = {
     "affine": "Gemm MatMul Conv BatchNormalization Add Sub Mul Div Neg Sum AveragePool "
-              "GlobalAveragePool ReduceMean ReduceSum",
-    "gate": "Relu LeakyRelu PRelu Clip MaxPool GlobalMaxPool Abs ThresholdedRelu HardSigmoid",
+              "GlobalAveragePool ReduceMean ReduceSum ConvTranspose Einsum",
+    "affine or route": "Pad Resize Upsample Where",
+    "gate": "Relu LeakyRelu PRelu Clip MaxPool GlobalMaxPool Abs ThresholdedRelu HardSigmoid "
+            "Max Min ReduceMax ReduceMin",
     "smooth gate": "Sigmoid Tanh Softplus Softsign Elu Selu Celu Erf Exp Log Sqrt Reciprocal "
                    "Pow Sin Cos Atan Sinh Cosh Asinh Mish Gelu HardSwish",
-    "expanded": "Softmax LogSoftmax ReduceLogSumExp",
-    "route": "Flatten Reshape Transpose Squeeze Unsqueeze Concat Slice",
+    "expanded": "Softmax LogSoftmax ReduceLogSumExp LayerNormalization RMSNormalization "
+                "InstanceNormalization "
+                "GroupNormalization MeanVarianceNormalization LpNormalization LRN ReduceL1 "
+                "ReduceL2 ReduceSumSquare ReduceLogSum",
+    "route": "Flatten Reshape Transpose Squeeze Unsqueeze Concat Slice Split Tile Expand "
+             "Gather GatherElements DepthToSpace SpaceToDepth",
     "pass-through": "Identity Dropout Cast CastLike",
     "constant": "Shape Size",
-    "folded into Conv": "Pad",
 }
 NOTES = {
-    "Gemm": "data input A only, transA=0; alpha, beta, transB; C of shape [M], [1, M] or scalar",
+    "Gemm": "data input A only (a data B would mix examples), transA=0; alpha, beta, transB; "
+            "C of shape [M], [1, M] or scalar",
     "Conv": "1-, 2-, 3-D; strides, pads, dilations, group, auto_pad; bias per output channel",
     "BatchNormalization": "inference only; folded into a directly preceding Conv/Gemm/MatMul, "
                           "else a diagonal affine node; spatial=0 (opset < 9) supported",
@@ -49,7 +55,25 @@ NOTES = {
     "Concat": "of data tensors and constants (the constants are local bias), axis != 0",
     "Slice": "constant starts/ends/axes/steps (attribute form < 10), off the batch axis",
     "Dropout": "inference (training_mode false, mask unused)", "Cast": "to a float type",
-    "Pad": "constant 0 on spatial axes directly before a Conv; all-zero pads anywhere",
+    "Pad": "every mode (constant: an Embed node whose border is local bias; reflect, edge, "
+           "wrap: a route); negative pads crop; a zero Pad read only by Convs folds into them",
+    "Resize": "constant scales or sizes (axes, keep_aspect_ratio_policy); nearest (a route), "
+              "linear and cubic (affine; antialias, exclude_outside, cubic_coeff_a); every "
+              "coordinate_transformation_mode; tf_crop_and_resize extrapolates constants",
+    "Upsample": "constant scales; nearest and linear (asymmetric, as Resize 10)",
+    "ConvTranspose": "1-, 2-, 3-D; strides, pads, dilations, group, auto_pad, output_padding, "
+                     "output_shape (not larger than the natural size); outputs no input "
+                     "reaches are the bias alone",
+    "Einsum": "one data operand (affine) or two (a product); the batch label leads the output",
+    "Where": "constant condition; X and Y data or constants",
+    "Max": "data tensors and constants, broadcast; ties to the first operand",
+    "Min": "as Max", "ReduceMax": "over non-batch axes; ties to the lowest index",
+    "ReduceMin": "as ReduceMax",
+    "Split": "every opset form (split attribute/input, num_outputs), off the batch axis",
+    "Tile": "constant repeats, 1 on the batch axis", "Expand": "of data; constant shape",
+    "Gather": "constant indices, axis != 0",
+    "GatherElements": "constant indices equal for every example, axis != 0",
+    "DepthToSpace": "DCR and CRD", "SpaceToDepth": "",
     "Softmax": "as the last op: stripped, the logits are explained; elsewhere Exp, ReduceSum, "
                "Reciprocal, Mul (stable)",
     "LogSoftmax": "as the last op: stripped; elsewhere x - Log(ReduceSum(Exp(x))) (stable)",
@@ -59,6 +83,20 @@ NOTES = {
     "Log": "positive inputs", "Sqrt": "positive inputs", "Reciprocal": "non-zero inputs",
     "Gelu": "exact and tanh", "HardSigmoid": "affine node and Clip",
     "Shape": "of a data tensor: a constant (batch dim taken as 1)",
+    "LayerNormalization": "(x - m) / Sqrt(E[(x - m)^2] + eps) * Scale + B (math.md §7.4); "
+                          "Mean and InvStdDev outputs; constant Scale and B",
+    "InstanceNormalization": "as LayerNormalization over the spatial axes",
+    "RMSNormalization": "x * Reciprocal(Sqrt(ReduceMean(x^2) + eps)) * scale; constant scale",
+    "GroupNormalization": "opset 21 (18's per-group scale is deprecated: the checker refuses "
+                          "it); Reshape to [G, -1], normalize, Reshape back",
+    "MeanVarianceNormalization": "(x - m) / (Sqrt(E[(x - m)^2]) + 1e-9); axes without the "
+                                 "batch axis (the default [0, 2, 3] is refused)",
+    "LpNormalization": "p = 1 or 2: x * Reciprocal(norm)",
+    "LRN": "x * (bias + alpha/size * channel-window-sum(x^2))^(-beta)",
+    "ReduceL1": "ReduceSum(Abs(x)) (piecewise linear), over non-batch axes",
+    "ReduceL2": "Sqrt(ReduceSum(x^2)), over non-batch axes",
+    "ReduceSumSquare": "ReduceSum(x^2), over non-batch axes",
+    "ReduceLogSum": "Log(ReduceSum(x)), over non-batch axes",
 }
 
 

@@ -48,11 +48,14 @@ Summation-to-delta: `sum_q attribution[q] = f_t(x) - f_t(b)` up to rounding (and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..binding import Binding, for_each_example, needs_binding, pick_baseline, pick_example
 from ..engine.affine import Sum
+from ..engine.einsum import BilinearEinsum, EinsumProduct
 from ..engine.gates import ElementwiseLocal, MaxPool, MaxPoolLocal
 from ..engine.operator import GATE, PRODUCT, SMOOTH, AffineLocal, Array, Pullback
 from ..engine.products import BilinearMatMul, MatMulProduct, Product
@@ -78,7 +81,8 @@ class Attribution:
     `f(x)`; ``stripped``: the final ops cut off (e.g. a Softmax); ``integration``: for
     integrated gradients, ``"exact"`` or the quadrature rule; ``n_steps``: the number of
     quadrature points (None for ``"exact"``); ``n_pieces``: for exact integrated
-    gradients, the number of linear pieces of the path walked (int, per example).
+    gradients, the number of linear pieces of the path walked (int, per example);
+    ``wrt_value``: with ``wrt``/``inputs``, the explained tensor's value (else None).
     """
 
     attribution: np.ndarray
@@ -92,6 +96,7 @@ class Attribution:
     integration: str | None = None
     n_steps: int | None = None
     n_pieces: np.ndarray | None = None
+    wrt_value: np.ndarray | None = None
 
     def unbatched(self) -> Attribution:
         """The first example's fields without the batch axis."""
@@ -175,16 +180,40 @@ def baseline_batch(baselines: object, batch: Array, single: bool) -> Array:
     return np.array(out, dtype=np.float64)
 
 
-def gradient(model: object, x: object, target: object = None) -> Attribution:
-    """`W^x[t]`, the gradient of `f_t` at `x` (Captum's ``Saliency(abs=False)``)."""
+def bound_call(model: object, x: object, wrt: str | None, inputs: object,
+               run: Callable[[Model, Array, int | None], Attribution]) -> Attribution | None:
+    """With ``wrt``/``inputs`` (or a model with several inputs), ``run`` per example on
+    the bound one-input models, stacked (`bbp_ref.binding`); else None."""
+    binding = Binding.of(wrt, inputs)
+    loaded = load(model)
+    if not needs_binding(loaded, binding):
+        return None
+    return for_each_example(loaded, x, binding, run,
+                            lambda a, value: replace(a, wrt_value=value))
+
+
+def gradient(model: object, x: object, target: object = None, *, wrt: str | None = None,
+             inputs: Mapping[str, object] | None = None) -> Attribution:
+    """`W^x[t]`, the gradient of `f_t` at `x` (Captum's ``Saliency(abs=False)``);
+    ``wrt``/``inputs`` as in `bbp_ref.explain`."""
+    bound = bound_call(model, x, wrt, inputs,
+                       lambda m, xi, i: gradient(m, xi, pick_example(target, i)))
+    if bound is not None:
+        return bound
     s = setup(model, x, target)
     grad = input_gradient(s.trace, s.seed)
     return s.finish(_result(s, grad, "gradient"))
 
 
-def gradient_x_input(model: object, x: object, target: object = None) -> Attribution:
+def gradient_x_input(model: object, x: object, target: object = None, *,
+                     wrt: str | None = None,
+                     inputs: Mapping[str, object] | None = None) -> Attribution:
     """`W^x[t] * x` (Captum's ``InputXGradient``). It sums to `f_t(x) - b^x`, the
     decomposition `explain` completes with the bias attribution."""
+    bound = bound_call(model, x, wrt, inputs,
+                       lambda m, xi, i: gradient_x_input(m, xi, pick_example(target, i)))
+    if bound is not None:
+        return bound
     s = setup(model, x, target)
     grad = input_gradient(s.trace, s.seed)
     return s.finish(_result(s, grad * s.batch, "gradient_x_input"))
@@ -210,9 +239,14 @@ def with_delta(s: Setup, attribution: Array, baseline_logits: Array, method: str
 
 
 def deeplift(model: object, x: object, baselines: object = 0.0, target: object = None,
-             eps: float = DEEPLIFT_EPS) -> Attribution:
+             eps: float = DEEPLIFT_EPS, *, wrt: str | None = None,
+             inputs: Mapping[str, object] | None = None) -> Attribution:
     """DeepLIFT with the Rescale rule against ``baselines`` (a scalar, one example's
     shape, or the batch's shape), as Captum's ``DeepLift`` (see the module docstring)."""
+    bound = bound_call(model, x, wrt, inputs, lambda m, xi, i: deeplift(
+        m, xi, pick_baseline(baselines, i, xi), pick_example(target, i), eps))
+    if bound is not None:
+        return bound
     s = setup(model, x, target)
     base = baseline_batch(baselines, s.batch, s.single)
     at_base = forward(s.graph, base, linearize=False)
@@ -257,6 +291,9 @@ def _product_multipliers(operator: object, operands: list[Array],
     exactly (the same for `@`), so summation-to-delta holds; docs/math.md §7."""
     (u, v), (u_ref, v_ref) = operands, references
     u_mid, v_mid = (u + u_ref) / 2, (v + v_ref) / 2
+    if isinstance(operator, EinsumProduct):
+        return AffineLocal(BilinearEinsum(operator.equation, v_mid, u_mid, None,
+                                          operator.operand_shapes), operands)
     if isinstance(operator, MatMulProduct):
         return AffineLocal(BilinearMatMul(v_mid, u_mid, None, operator.operand_shapes),
                            operands)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..engine.operator import AffineLocal, Array, SingleInputMap
 from ..engine.trace import Trace, backward
-from ..errors import RuleError
+from ..errors import InputError, RuleError
 from .rules import NodeView, Rule, distribute
 
 # Relative tolerance of the per-node mass conservation check (rounding only).
@@ -42,6 +42,7 @@ def bias_backpropagation(trace: Trace, seed: Array, rule: Rule,
     magnitude = np.zeros(n)
     gradient = bias_attribution = None
     for node, grad in backward(trace, seed):
+        _check_finite(node.name, node.op, "gradient", grad)
         beta = mass.pop(node.name, None)
         if node.operator is None:
             gradient = grad
@@ -49,7 +50,9 @@ def bias_backpropagation(trace: Trace, seed: Array, rule: Rule,
             continue
         local = trace.local[node.name]
         if local.bias is not None:
-            contribution = grad * local.bias  # e_v
+            with np.errstate(over="ignore", invalid="ignore"):
+                contribution = grad * local.bias  # e_v
+            _check_finite(node.name, node.op, "bias contribution e_v", contribution)
             layer_bias[node.name] = contribution.reshape(n, -1).sum(axis=1)
             magnitude += np.abs(contribution).reshape(n, -1).sum(axis=1)
             if layers is None or node.name in layers:
@@ -61,6 +64,8 @@ def bias_backpropagation(trace: Trace, seed: Array, rule: Rule,
         if isinstance(local, AffineLocal):
             view = NodeView(node.name, node.op, local.operands, grad, beta)
             shares = distribute(local, view, rule)
+            for share in shares:
+                _check_finite(node.name, node.op, "bias mass handed on", share)
             _check_conservation(node.name, rule, beta, shares)
         else:
             assert isinstance(local, SingleInputMap), node.name
@@ -69,6 +74,9 @@ def bias_backpropagation(trace: Trace, seed: Array, rule: Rule,
             previous = mass.get(source)
             mass[source] = share if previous is None else previous + share
     assert gradient is not None and bias_attribution is not None
+    if not np.isfinite(magnitude).all():
+        raise InputError("the bias contributions sum to more than float64 holds (sum_v "
+                         "sum_p |e_v[p]| overflows); the model's biases are too large")
     return BiasBackpropagation(gradient, bias_attribution, layer_bias, tuple(injected),
                                magnitude)
 
@@ -81,3 +89,9 @@ def _check_conservation(name: str, rule: Rule, beta: Array, shares: list[Array])
     if not (np.abs(handed - given) <= CONSERVATION_RTOL * scale + 1e-300).all():  # NaN fails
         raise RuleError(f"rule {rule.name!r} does not conserve bias mass at node {name!r}: "
                         f"it received {given.tolist()} and handed on {handed.tolist()}")
+
+
+def _check_finite(name: str, op: str, what: str, value: Array) -> None:
+    if not np.isfinite(value).all():
+        raise InputError(f"the {what} at node {name!r} ({op}) is not finite: the input or "
+                         "the model's weights overflow float64 there")

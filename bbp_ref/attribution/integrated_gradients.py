@@ -34,14 +34,18 @@ A gradient at a point on a kink is the engine's one-sided one (autograd's).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
+from .. import budget
+from ..binding import pick_baseline, pick_example
 from ..engine.gates import MaxPool, PiecewiseLinear
 from ..engine.operator import ROUTE, AffineOperator
 from ..engine.trace import forward, input_gradient
 from ..errors import InputError, UnsupportedOpError
 from ..graph import Graph
-from .baselines import Attribution, Setup, baseline_batch, setup, with_delta
+from .baselines import Attribution, Setup, baseline_batch, bound_call, setup, with_delta
 from .event_walk import EventWalk
 from .path_walk import BOUNDARY_RTOL, RESYNC_EVERY, PathWalk
 
@@ -53,7 +57,11 @@ LOCK_STEP_MAX_VALUES = 20_000
 
 
 def approximation_parameters(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Captum's ``(step_sizes, alphas)`` for a quadrature ``method``, in float64."""
+    """Captum's ``(step_sizes, alphas)`` for a quadrature ``method``, in float64. The
+    arrays (and Gauss-Legendre's n x n companion matrix) must fit the byte budget."""
+    what = f"n_steps={n_steps} for {method}"
+    needed = [n_steps, n_steps] if method == "gausslegendre" else [n_steps]
+    budget.check_elements(needed, what, error=InputError)
     if method in RIEMANN:
         if n_steps < 2:
             raise InputError(f"{method} needs n_steps > 1, got {n_steps}")
@@ -77,7 +85,9 @@ def approximation_parameters(method: str, n_steps: int) -> tuple[np.ndarray, np.
 def integrated_gradients(model: object, x: object, baselines: object = 0.0,
                          target: object = None, method: str = "exact", n_steps: int = 50,
                          internal_batch_size: int | None = None,
-                         max_pieces: int | None = DEFAULT_MAX_PIECES) -> Attribution:
+                         max_pieces: int | None = DEFAULT_MAX_PIECES, *,
+                         wrt: str | None = None,
+                         inputs: Mapping[str, object] | None = None) -> Attribution:
     """Integrated gradients of output ``target`` from ``baselines`` (a scalar, one
     example's shape, or the batch's shape; default 0) to ``x``.
 
@@ -88,6 +98,11 @@ def integrated_gradients(model: object, x: object, baselines: object = 0.0,
     ``"gausslegendre"`` with ``n_steps`` points, evaluated ``internal_batch_size``
     points (times examples) per engine pass (None: all at once).
     """
+    bound = bound_call(model, x, wrt, inputs, lambda m, xi, i: integrated_gradients(
+        m, xi, pick_baseline(baselines, i, xi), pick_example(target, i), method, n_steps,
+        internal_batch_size, max_pieces))
+    if bound is not None:
+        return bound
     if method not in METHODS:
         raise InputError(f"unknown integration method {method!r}; choose from {list(METHODS)}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)):
@@ -152,6 +167,10 @@ def _weighted_gradients(s: Setup, base: np.ndarray, steps: np.ndarray, alphas: n
     n = s.batch.shape[0]
     direction = s.batch - base
     per_pass = len(alphas) if internal_batch_size is None else max(1, internal_batch_size // n)
+    per_point = sum(budget.count(node.shape) for node in s.graph)
+    budget.check_elements([min(per_pass, len(alphas)), n, per_point],
+                          f"the engine's values for {min(per_pass, len(alphas))} path points "
+                          "per pass (lower internal_batch_size)", error=InputError)
     total = np.zeros_like(s.batch)
     for first in range(0, len(alphas), per_pass):
         a = alphas[first:first + per_pass]

@@ -21,11 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 
 from ..engine.operator import AffineLocal, AffineOperator, Array, CoefficientMap
-from ..errors import InputError, RuleError
+from ..errors import BBpError, InputError, RuleError
+
+T = TypeVar("T")
 
 
 def _positive(w: Array) -> Array:
@@ -115,21 +119,26 @@ def resolve_rule(rule: object) -> Rule:
 
 def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
     """The bias mass each operand of an affine node receives: `sum_p alpha[p, q] beta[p]`."""
-    terms = rule.terms(view)
-    if not rule.builtin:
+    if rule.builtin:
+        terms = rule.terms(view)
+    else:
+        terms = _user_call(rule, view, lambda: rule.terms(view))
         _check_terms(view, rule, terms)
     operator = local.operator.rule_view()
     by_map: dict[CoefficientMap, AffineOperator] = {}
     for term in terms:
         if term.coefficients not in by_map:
-            by_map[term.coefficients] = operator.map_coefficients(term.coefficients)
+            mapping = partial(operator.map_coefficients, term.coefficients)
+            by_map[term.coefficients] = mapping() if rule.builtin \
+                else _user_call(rule, view, mapping)
     mapped = [by_map[t.coefficients] for t in terms]
-    if not rule.builtin and any((c < 0).any() for op in mapped for c in op.coefficients):
+    if not rule.builtin and not all(_non_negative(c) for op in mapped for c in op.coefficients):
         raise RuleError(f"rule {rule.name!r} maps the coefficients of node {view.name!r} "
-                        "to negative values; scores must be non-negative")
+                        "to negative values (or NaN); scores must be non-negative numbers")
     shapes = [u.shape for u in local.operands]
     factors = _rescaled([[np.broadcast_to(f, s) for f, s in zip(t.operands, shapes)]
                          for t in terms])
+    mass, mass_exponent = _normalised(view.mass)
     denominator = None
     for term, op, operands in zip(terms, mapped, factors):
         part = op.linear(operands)
@@ -139,12 +148,14 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
     assert denominator is not None
     # a row whose scores vanish, or are too small to divide by (subnormal), has none
     empty = denominator < np.finfo(float).tiny
-    ratio = np.where(empty, 0.0, view.mass / np.where(empty, 1.0, denominator))
+    ratio = np.where(empty, 0.0, mass / np.where(empty, 1.0, denominator))
     shares = [np.zeros(s) for s in shapes]
     for term, op, operands in zip(terms, mapped, factors):
         back = op.vjp(ratio if term.rows is None else ratio * term.rows)
         for j, (factor, part) in enumerate(zip(operands, back)):
             shares[j] += factor * part
+    with np.errstate(over="ignore"):
+        shares = [np.ldexp(share, _per_example(mass_exponent, share.ndim)) for share in shares]
     pending = empty & (view.mass != 0)
     if pending.any():
         if rule.fallback is None:
@@ -167,18 +178,65 @@ def _rescaled(factors: list[list[Array]]) -> list[list[Array]]:
         for f in term:
             largest = np.maximum(largest, np.abs(f).reshape(f.shape[0], -1).max(axis=1))
     _, exponent = np.frexp(largest)
-    scale = np.ldexp(1.0, -exponent)
-    return [[f * scale.reshape(-1, *([1] * (f.ndim - 1))) for f in term] for term in factors]
+    # ldexp of each factor, not a product with 2^-exponent: for a subnormal largest
+    # factor (1e-310) that power of two itself would overflow
+    return [[np.ldexp(f, _per_example(-exponent, f.ndim)) for f in term] for term in factors]
 
 
-def _check_terms(view: NodeView, rule: Rule, terms: Sequence[Term]) -> None:
+def _normalised(mass: Array) -> tuple[Array, Array]:
+    """``mass`` times one power of two per example bringing its largest magnitude to
+    [0.5, 1), and the exponent that undoes it. Exact; it keeps `beta / den` finite for
+    masses near the float64 limit (a bias of 1.5e308) and for subnormal ones."""
+    n = mass.shape[0]
+    _, exponent = np.frexp(np.abs(mass).reshape(n, -1).max(axis=1, initial=0.0))
+    return np.ldexp(mass, _per_example(-exponent, mass.ndim)), exponent
+
+
+def _per_example(exponent: Array, ndim: int) -> Array:
+    return exponent.reshape(-1, *([1] * (ndim - 1)))
+
+
+def _user_call(rule: Rule, view: NodeView, call: Callable[[], T]) -> T:
+    """Run a user rule's code; its exceptions become a `RuleError` naming the node."""
+    try:
+        return call()
+    except BBpError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code raises anything
+        raise RuleError(f"rule {rule.name!r} failed at node {view.name!r} ({view.op}): "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
+def _non_negative(values: object) -> bool:
+    """All >= 0 (NaN is not: ``NaN < 0`` is False, so test ``>= 0``)."""
+    try:
+        return bool((np.asarray(values, dtype=float) >= 0).all())
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_terms(view: NodeView, rule: Rule, terms: object) -> None:
+    if not isinstance(terms, (list, tuple)) or not all(isinstance(t, Term) for t in terms):
+        raise RuleError(f"rule {rule.name!r} must return a list of bbp_ref.Term for node "
+                        f"{view.name!r}, got {type(terms).__name__}")
     if not terms:
         raise RuleError(f"rule {rule.name!r} returned no terms for node {view.name!r}")
     for term in terms:
+        if not isinstance(term.operands, (list, tuple)) or not callable(term.coefficients):
+            raise RuleError(f"rule {rule.name!r} gives node {view.name!r} a Term whose "
+                            "coefficients are not a function or whose operands are not a list")
         if len(term.operands) != len(view.operands):
             raise RuleError(f"rule {rule.name!r} gives {len(term.operands)} operand factors "
                             f"for node {view.name!r}, which has {len(view.operands)}")
-        if any((np.asarray(f) < 0).any() for f in term.operands) or (
-                term.rows is not None and (np.asarray(term.rows) < 0).any()):
+        for factor, operand in zip(term.operands, view.operands):
+            try:
+                np.broadcast_to(np.asarray(factor, dtype=float), operand.shape)
+            except (TypeError, ValueError):
+                raise RuleError(f"rule {rule.name!r} gives node {view.name!r} an operand "
+                                f"factor that is not a number array broadcasting to "
+                                f"{list(operand.shape)}") from None
+        if not all(_non_negative(f) for f in term.operands) or (
+                term.rows is not None and not _non_negative(term.rows)):
             raise RuleError(f"rule {rule.name!r} gives node {view.name!r} a negative "
-                            "operand factor or row weight; scores must be non-negative")
+                            "operand factor or row weight (or NaN); scores must be non-negative "
+                            "numbers")

@@ -27,7 +27,10 @@ import json
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import IO
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -36,6 +39,7 @@ from ..attribution.integrated_gradients import integrated_gradients
 from ..attribution.rules import RULES
 from ..errors import InputError
 from ..explain import Explanation, explain
+from ..files import write_atomically
 from ..model import Model, load
 
 RTOL = 1e-4
@@ -122,15 +126,26 @@ def compare_arrays(field: str, candidate: object, reference: np.ndarray,
 class _Reference:
     """Computes reference fields lazily, one `explain` per rule."""
 
-    def __init__(self, model: Model, x: np.ndarray, target: object) -> None:
+    def __init__(self, model: Model, x: np.ndarray, target: object,
+                 bind: Mapping[str, object] | None = None) -> None:
         self.model, self.x, self.target = model, x, target
+        self.bind = dict(bind or {})  # wrt= and inputs=, passed on to every computation
         self._explained: dict[str, Explanation] = {}
+
+    @property
+    def bound(self) -> bool:
+        return bool(self.bind) or self.model.needs_binding
 
     def explanation(self, rule: str = "abs") -> Explanation:
         if rule not in self._explained:
             self._explained[rule] = explain(self.model, self.x, target=self.target, rule=rule,
-                                            check=False)
+                                            check=False, **self.bind)  # type: ignore[arg-type]
         return self._explained[rule]
+
+    def explained_input(self) -> np.ndarray:
+        """The value of the explained tensor (``x``, or ``wrt``'s value)."""
+        value = self.explanation().wrt_value
+        return self.x if value is None else value
 
     def field(self, name: str) -> np.ndarray:
         simple: dict[str, Callable[[], np.ndarray]] = {
@@ -139,9 +154,9 @@ class _Reference:
             "logits": lambda: self.explanation().logits,
             "target": lambda: self.explanation().target,
             "gradient": lambda: self.explanation().gradient,
-            "gradient_x_input": lambda: self.explanation().gradient * self.x,
+            "gradient_x_input": lambda: self.explanation().gradient * self.explained_input(),
             "bias": lambda: self.explanation().bias,
-            "jacobian": lambda: self.model.jacobian(self.x),
+            "jacobian": lambda: self.model.jacobian(self.x, **self.bind),  # type: ignore
             "integrated_gradients": self._integrated_gradients,
             "deeplift": self._deeplift,
         }
@@ -152,7 +167,12 @@ class _Reference:
             return self.explanation(member).bias_attribution
         if family == "layer_bias" and member:
             layer_bias = self.explanation().layer_bias
-            resolved = self.model.graph_for(self._example_shape()).resolve(member)
+            if self.bound:
+                resolved: str | None = member if member in layer_bias else unquote(member)
+            else:
+                graph = self.model.graph_for(self._example_shape())
+                # a node name as written by `files.archive_member` (percent-encoded)
+                resolved = graph.resolve(member) or graph.resolve(unquote(member))
             if resolved is not None and resolved in layer_bias:
                 return np.asarray(layer_bias[resolved])
             raise InputError(f"field {name!r}: no node {member!r} with a bias; choose from "
@@ -165,10 +185,12 @@ class _Reference:
 
     def _integrated_gradients(self) -> np.ndarray:
         return np.asarray(integrated_gradients(self.model, self.x, target=self.target,
-                                               method="exact").attribution)
+                                               method="exact",
+                                               **self.bind).attribution)  # type: ignore
 
     def _deeplift(self) -> np.ndarray:
-        return np.asarray(deeplift(self.model, self.x, target=self.target).attribution)
+        return np.asarray(deeplift(self.model, self.x, target=self.target,
+                                   **self.bind).attribution)  # type: ignore
 
 
 def known_fields() -> list[str]:
@@ -177,20 +199,34 @@ def known_fields() -> list[str]:
 
 
 def compare(model: object, x: object, candidate: Mapping[str, object], target: object = None,
-            rtol: float = RTOL, atol: float = ATOL) -> Report:
+            rtol: float = RTOL, atol: float = ATOL, *, wrt: str | None = None,
+            inputs: Mapping[str, object] | None = None) -> Report:
     """Compare ``candidate`` (field name -> array from another implementation) with
     bbp_ref's exact values for ``model`` at ``x``. The target is ``target``, else the
-    candidate's own ``target`` field, else the argmax of each example's output."""
+    candidate's own ``target`` field, else the argmax of each example's output.
+    ``wrt``/``inputs`` as in `bbp_ref.explain` (the fields are then shaped like ``wrt``)."""
     loaded = load(model)
     x_array = np.asarray(x)
     if target is None and "target" in candidate:
-        target = np.asarray(candidate["target"]).astype(np.int64)
-    reference = _Reference(loaded, x_array, target)
+        target = _candidate_target(candidate["target"])
+    bind = {k: v for k, v in (("wrt", wrt), ("inputs", inputs)) if v is not None}
+    reference = _Reference(loaded, x_array, target, bind)
     results = [compare_arrays(name, value, reference.field(name), rtol, atol)
                for name, value in candidate.items()]
     if not results:
         raise InputError("the candidate has no fields to compare")
     return Report(tuple(results), rtol, atol)
+
+
+def _candidate_target(value: object) -> np.ndarray:
+    """The candidate's ``target`` field as integer indices, or an `InputError`."""
+    target = np.asarray(value)
+    if target.dtype.kind not in "iub" and not (
+            target.dtype.kind == "f" and np.isfinite(target).all()
+            and (target == np.round(target)).all()):
+        raise InputError(f"the candidate's 'target' field must hold integer output indices, "
+                         f"got an array of dtype {target.dtype}")
+    return target.astype(np.int64)
 
 
 # -- golden vectors ----------------------------------------------------------------
@@ -220,11 +256,21 @@ def golden(cases: Sequence[GoldenCase], out_dir: str | Path,
     from .. import __version__
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    entries = []
+    computed = []
     for case in cases:
         arrays = {"input": np.asarray(case.x), **golden_fields(case.model, case.x, fields)}
-        _write_npz(out / f"{case.name}.npz", arrays)
+        for name, array in arrays.items():
+            if np.asarray(array).dtype.kind == "f" and not np.isfinite(array).all():
+                raise InputError(f"golden case {case.name!r}: field {name!r} is not finite; "
+                                 "refusing to write it as a reference")
+        computed.append((case, arrays))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the golden folder {out}: {exc.strerror}") from exc
+    entries = []
+    for case, arrays in computed:
+        write_atomically(out / f"{case.name}.npz", partial(_write_npz, arrays=arrays))
         entries.append({
             "name": case.name,
             "model": case.model.name,
@@ -244,15 +290,14 @@ def golden(cases: Sequence[GoldenCase], out_dir: str | Path,
                        "(a final Softmax/LogSoftmax is stripped)",
         "cases": entries,
     }
-    path = out / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    return path
+    text = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    return write_atomically(out / "manifest.json", lambda stream: stream.write(text))
 
 
-def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+def _write_npz(stream: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:
     """An .npz (readable by numpy.load) with fixed timestamps, so the bytes depend
     on the arrays only."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, array in arrays.items():
             buffer = io.BytesIO()
             np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)

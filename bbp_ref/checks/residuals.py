@@ -6,17 +6,37 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .onnxruntime_check import Comparison
+from ..errors import InputError
+from .onnxruntime_check import Comparison, Unavailable
 
 # float64 residuals, relative to the sum of magnitudes of the summed terms (SPEC §5.1).
 RESIDUAL_TOL = 1e-10
 
+# explain(check=...): True runs the onnxruntime check when onnxruntime can run the model,
+# "strict" requires it to run, False skips it.
+CHECK_MODES = {True: "on", False: "off", "strict": "strict"}
+
+
+def check_mode(check: object) -> str:
+    """The check mode ``"on"``, ``"off"`` or ``"strict"`` for ``explain``'s ``check``
+    argument (True, False, or one of the names); anything else is an `InputError`."""
+    if isinstance(check, (bool, np.bool_)):
+        return CHECK_MODES[bool(check)]
+    if isinstance(check, str) and check in CHECK_MODES:
+        return CHECK_MODES[check]
+    names = sorted(k for k in CHECK_MODES if isinstance(k, str))
+    raise InputError(f"check must be True, False or one of {names}, got {check!r}")
+
 
 def relative_residual(total: np.ndarray, expected: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
-    """|total - expected| / magnitude, per example (0 where everything is 0)."""
-    diff = np.abs(total - expected)
-    return np.where(magnitude > 0, diff / np.where(magnitude > 0, magnitude, 1.0),
-                    np.where(diff > 0, np.inf, 0.0))
+    """|total - expected| / magnitude, per example (0 where everything is 0). A NaN or
+    infinite value in any of the three gives an infinite residual: a failure."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(total - expected)
+        residual = np.where(magnitude > 0, diff / np.where(magnitude > 0, magnitude, 1.0),
+                            np.where(diff > 0, np.inf, 0.0))
+    finite = np.isfinite(total) & np.isfinite(expected) & np.isfinite(magnitude)
+    return np.where(finite, residual, np.inf)
 
 
 @dataclass(frozen=True)
@@ -30,18 +50,26 @@ class Checks:
     `sum |e_v|` (SPEC §5.2); ``linear_passes``: the two frozen linear passes of SPEC §3
     (`W^x x` with biases zeroed, `b^x` from a zero input) against `f(x)`, for every
     output; ``onnxruntime``: the engine's output against onnxruntime's (None when
-    skipped)."""
+    skipped, `Unavailable` when onnxruntime cannot run the model); ``strict``: the
+    onnxruntime check was required (``check="strict"``).
+
+    ``passed``: every residual of every example is finite and at most ``tolerance``
+    (the worst example decides), and the onnxruntime check, if it ran, agreed; under
+    ``strict`` it must have run."""
 
     decomposition: np.ndarray
     completeness: np.ndarray
     linear_passes: np.ndarray
-    onnxruntime: Comparison | None = None
+    onnxruntime: Comparison | Unavailable | None = None
     tolerance: float = RESIDUAL_TOL
+    strict: bool = False
 
     @property
     def passed(self) -> bool:
-        residuals_ok = all(float(np.max(r)) <= self.tolerance for r in
-                           (self.decomposition, self.completeness, self.linear_passes))
+        residuals = (self.decomposition, self.completeness, self.linear_passes)
+        residuals_ok = all(bool(np.all(np.asarray(r) <= self.tolerance)) for r in residuals)
+        if isinstance(self.onnxruntime, Unavailable):
+            return residuals_ok and not self.strict
         return residuals_ok and (self.onnxruntime is None or self.onnxruntime.ok)
 
     def summary(self) -> str:
@@ -52,6 +80,10 @@ class Checks:
         ]
         if self.onnxruntime is None:
             lines.append("onnxruntime             skipped")
+        elif isinstance(self.onnxruntime, Unavailable):
+            required = " (required by strict: FAILED)" if self.strict else ""
+            lines.append(f"onnxruntime             unavailable{required}: "
+                         f"{self.onnxruntime.reason}")
         else:
             verdict = "ok" if self.onnxruntime.ok else "MISMATCH"
             lines.append(f"onnxruntime max |diff|  {self.onnxruntime.max_abs_diff:.2e} "

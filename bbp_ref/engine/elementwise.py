@@ -19,22 +19,16 @@ import numpy as np
 
 from .functions import Function
 from .gates import ElementwiseLocal
-from .operator import GATE, SMOOTH, Array, DomainError, LocalMap, Operator
+from .operator import GATE, SMOOTH, Array, DomainError, LocalMap, Operator, TangentOperator
 
 
-class _FunctionGate(Operator):
+class _FunctionGate(TangentOperator):
     def __init__(self, function: Function) -> None:
         self.function = function
 
     @property
     def has_bias(self) -> bool:
         return not self.function.piecewise_linear
-
-    def forward(self, operands: Sequence[Array]) -> Array:
-        return self.evaluate(operands)[0]
-
-    def linearize(self, operands: Sequence[Array]) -> LocalMap:
-        return self.evaluate(operands)[1]
 
     def evaluate(self, operands: Sequence[Array]) -> tuple[Array, LocalMap]:
         (u,) = operands
@@ -73,7 +67,7 @@ def _row_maximum(x: Array, axes: tuple[int, ...]) -> Array:
     return np.max(x, axis=tuple(a + 1 for a in axes), keepdims=True)
 
 
-class ShiftedExp(Operator):
+class ShiftedExp(TangentOperator):
     """`h = exp(u - m)`, `m` the maximum of `u` over ``axes`` held constant: `d = h`,
     `c = h (1 - u)`."""
 
@@ -82,23 +76,13 @@ class ShiftedExp(Operator):
     def __init__(self, axes: tuple[int, ...]) -> None:
         self.axes = axes
 
-    @property
-    def has_bias(self) -> bool:
-        return True
-
-    def forward(self, operands: Sequence[Array]) -> Array:
-        return self.evaluate(operands)[0]
-
-    def linearize(self, operands: Sequence[Array]) -> LocalMap:
-        return self.evaluate(operands)[1]
-
     def evaluate(self, operands: Sequence[Array]) -> tuple[Array, LocalMap]:
         (u,) = operands
         value = np.exp(u - _row_maximum(u, self.axes))
         return value, _frozen("Exp", u, value, value, True)
 
 
-class ShiftedLog(Operator):
+class ShiftedLog(TangentOperator):
     """`h = log(s) + m` for `s` (the sum of a `ShiftedExp`'s outputs, reduced axes kept)
     and `m` the maximum, over ``axes``, of the context operand (the `ShiftedExp`'s
     input), held constant: `d = 1 / s`, `c = h - 1`. Its one structural input is `s`;
@@ -108,16 +92,6 @@ class ShiftedLog(Operator):
 
     def __init__(self, axes: tuple[int, ...]) -> None:
         self.axes = axes
-
-    @property
-    def has_bias(self) -> bool:
-        return True
-
-    def forward(self, operands: Sequence[Array]) -> Array:
-        return self.evaluate(operands)[0]
-
-    def linearize(self, operands: Sequence[Array]) -> LocalMap:
-        return self.evaluate(operands)[1]
 
     def evaluate(self, operands: Sequence[Array]) -> tuple[Array, LocalMap]:
         s, context = operands

@@ -90,6 +90,26 @@ class Operator(ABC):
         return self.forward(operands), self.linearize(operands)
 
 
+class TangentOperator(Operator):
+    """An operator frozen at the point (docs/math.md §7): its value and local map come
+    from one computation, ``evaluate``; ``forward`` and ``linearize`` take the part they
+    need. Its local bias (a tangent intercept) is in general non-zero."""
+
+    @property
+    def has_bias(self) -> bool:
+        return True
+
+    @abstractmethod
+    def evaluate(self, operands: Sequence[Array]) -> tuple[Array, LocalMap]:
+        """The value and the local map at ``operands``."""
+
+    def forward(self, operands: Sequence[Array]) -> Array:
+        return self.evaluate(operands)[0]
+
+    def linearize(self, operands: Sequence[Array]) -> LocalMap:
+        return self.evaluate(operands)[1]
+
+
 class RouteOperator(Operator, SingleInputMap):
     """A fixed permutation or selection of elements: it is its own local map."""
 

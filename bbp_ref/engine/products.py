@@ -22,12 +22,12 @@ from .operator import (
     AffineOperator,
     Array,
     LocalMap,
-    Operator,
+    TangentOperator,
     reduce_to_shape,
 )
 
 
-class Product(Operator):
+class Product(TangentOperator):
     """Mul of two data tensors (NumPy broadcasting of the per-example shapes)."""
 
     kind = PRODUCT
@@ -35,16 +35,9 @@ class Product(Operator):
     def __init__(self, operand_shapes: Sequence[tuple[int, ...]]) -> None:
         self.operand_shapes = tuple(operand_shapes)
 
-    @property
-    def has_bias(self) -> bool:
-        return True
-
     def forward(self, operands: Sequence[Array]) -> Array:
         u, v = operands
         return u * v
-
-    def linearize(self, operands: Sequence[Array]) -> LocalMap:
-        return self.evaluate(operands)[1]
 
     def evaluate(self, operands: Sequence[Array]) -> tuple[Array, LocalMap]:
         u, v = operands
@@ -82,24 +75,12 @@ class BilinearMatMul(AffineOperator):
         return BilinearMatMul(coefficients[0], coefficients[1], None, self.operand_shapes)
 
 
-class MatMulProduct(Operator):
+class MatMulProduct(Product):
     """MatMul of two data tensors of the same rank (per-example rank >= 2)."""
-
-    kind = PRODUCT
-
-    def __init__(self, operand_shapes: Sequence[tuple[int, ...]]) -> None:
-        self.operand_shapes = tuple(operand_shapes)
-
-    @property
-    def has_bias(self) -> bool:
-        return True
 
     def forward(self, operands: Sequence[Array]) -> Array:
         u, v = operands
         return u @ v
-
-    def linearize(self, operands: Sequence[Array]) -> LocalMap:
-        return self.evaluate(operands)[1]
 
     def evaluate(self, operands: Sequence[Array]) -> tuple[Array, LocalMap]:
         u, v = operands

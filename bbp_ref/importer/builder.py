@@ -13,12 +13,14 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from .. import budget
 from ..engine.operator import Operator
 from ..errors import BBpError, ModelLoadError, UnsupportedOpError
 from ..graph import Graph, Node
 from . import handlers  # noqa: F401 - registers the handlers
 from .canonicalize import canonicalize
 from .context import NodeContext, find_handler, supported_ops
+from .folding import check_fold, check_results
 from .signature import Signature
 from .values import Const, PendingPad, Value, Var
 
@@ -37,6 +39,8 @@ class GraphBuilder:
         self.needed = _needed_nodes(model.graph, signature.explained)
         self.used = {name for index in self.needed
                      for name in model.graph.node[index].input} | {signature.explained}
+        budget.check_elements(example_shape, f"one example of the input "
+                              f"{signature.input_name!r} of shape {list(example_shape)}")
         input_node = Node(signature.input_name, "Input", None, (), example_shape,
                           signature.input_name)
         self.nodes[input_node.name] = input_node
@@ -47,11 +51,14 @@ class GraphBuilder:
 
     def add_node(self, ctx: NodeContext, operator: Operator, inputs: Sequence[Var],
                  shape: tuple[int, ...], part: str | None = None,
-                 context: Sequence[Var] = ()) -> Var:
+                 context: Sequence[Var] = (), output: int = 0) -> Var:
         _check_finite(ctx, operator)
-        tensor = ctx.node.output[0] if ctx.node.output else ctx.name
+        budget.check_elements(shape, f"the output of node {ctx.name!r} ({ctx.op_type}) of "
+                              f"shape {list(shape)} per example")
+        tensor = ctx.node.output[output] if len(ctx.node.output) > output else ctx.name
         if part is None:
-            name, op = self._unique(ctx.name), ctx.op_type
+            base = ctx.name if output == 0 else f"{ctx.name}:{output}"
+            name, op = self._unique(base), ctx.op_type
         else:
             name, op, tensor = self._unique(f"{ctx.name}/{part}"), f"{ctx.op_type}/{part}", ""
         self.nodes[name] = Node(name, op, operator, tuple(v.node for v in inputs), shape,
@@ -67,6 +74,7 @@ class GraphBuilder:
 
     def build(self) -> Graph:
         for initializer in self.model.graph.initializer:
+            budget.check_elements(initializer.dims, f"initializer {initializer.name!r}")
             try:
                 value = numpy_helper.to_array(initializer)
             except Exception as exc:  # noqa: BLE001 - numpy/onnx raise many types here
@@ -130,6 +138,8 @@ class GraphBuilder:
 
     def _fold(self, node: onnx.NodeProto, name: str,
               inputs: list[Value | None]) -> list[Value]:
+        """Evaluate a node of constants with `onnx.reference`, if `folding` allows it."""
+        check_fold(node, name, [v.value if isinstance(v, Const) else None for v in inputs])
         feeds = {tensor: value.value for tensor, value in zip(node.input, inputs)
                  if isinstance(value, Const)}
         try:
@@ -139,17 +149,21 @@ class GraphBuilder:
             raise UnsupportedOpError(node.op_type, name,
                                      f"it could not be evaluated on its constant inputs: "
                                      f"{exc}") from exc
+        check_results(node, name, [np.asarray(r) for r in results])
         return [Const(np.asarray(r)) for r in results]
 
 
 def _check_finite(ctx: NodeContext, operator: Operator) -> None:
-    """Weights, biases and slopes must be finite (a Clip bound may be infinite)."""
+    """Weights, biases and slopes must be finite; a Clip bound may be infinite, not NaN."""
     arrays = list(getattr(operator, "coefficients", ()))
     arrays += [a for a in (getattr(operator, "bias", None),
                            getattr(operator, "negative_slope", None)) if a is not None]
     if any(not np.isfinite(a).all() for a in arrays):
         raise ModelLoadError(f"node {ctx.name!r} ({ctx.op_type}) has NaN or infinite "
                              "weights, biases or slopes")
+    bounds = [getattr(operator, "lower", None), getattr(operator, "upper", None)]
+    if any(b is not None and np.isnan(b).any() for b in bounds):
+        raise ModelLoadError(f"node {ctx.name!r} ({ctx.op_type}) has a NaN bound")
 
 
 def _single_node_model(node: onnx.NodeProto, feeds: dict[str, np.ndarray],

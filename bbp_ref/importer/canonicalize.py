@@ -19,27 +19,32 @@ from ..graph import Graph, Node
 
 
 def canonicalize(graph: Graph) -> Graph:
-    while _fold_once(graph):
-        pass
-    return graph
-
-
-def _fold_once(graph: Graph) -> bool:
-    consumers = graph.consumers()
+    """Fold every foldable `Scale` into its producer, in one pass in topological order
+    (linear in the number of nodes): a chain such as Conv -> BatchNormalization -> Mul
+    folds step by step, since the merged producer is the one the next Scale sees."""
+    consumers = {name: len(users) for name, users in graph.consumers().items()}
+    merged_into: dict[str, str] = {}  # a folded node's name -> the producer it went into
+    nodes: dict[str, Node] = {}
     for node in graph:
-        if not isinstance(node.operator, Scale) or len(node.inputs) != 1:
-            continue
-        producer = graph[node.inputs[0]]
-        if len(consumers[producer.name]) != 1 or producer.shape != node.shape:
-            continue
-        folded = _fold(producer.operator, node.operator, node.shape)
-        if folded is None:
-            continue
-        merged = replace(producer, op=f"{producer.op}+{node.op}", operator=folded,
-                         tensor=node.tensor)
-        _replace_node(graph, producer, merged, removed=node)
-        return True
-    return False
+        if any(i in merged_into for i in node.inputs):
+            node = replace(node, inputs=tuple(merged_into.get(i, i) for i in node.inputs))
+        producer = nodes.get(node.inputs[0]) if len(node.inputs) == 1 else None
+        if (producer is not None and isinstance(node.operator, Scale)
+                and consumers[producer.name] == 1 and producer.shape == node.shape):
+            folded = _fold(producer.operator, node.operator, node.shape)
+            if folded is not None:
+                nodes[producer.name] = replace(producer, op=f"{producer.op}+{node.op}",
+                                               operator=folded, tensor=node.tensor)
+                consumers[producer.name] = consumers[node.name]
+                merged_into[node.name] = producer.name
+                continue
+        nodes[node.name] = node
+    graph.nodes = nodes
+    graph.output = merged_into.get(graph.output, graph.output)
+    for alias, target in list(graph.aliases.items()):
+        graph.aliases[alias] = merged_into.get(target, target)
+    graph.aliases.update(merged_into)
+    return graph
 
 
 def _fold(producer: object, scale: Scale, shape: tuple[int, ...]) -> AffineOperator | None:
@@ -74,25 +79,3 @@ def _combined_bias(bias: np.ndarray | None, factor: np.ndarray, shift: np.ndarra
         return None
     total = parts[0] if len(parts) == 1 else parts[0] + parts[1]
     return np.broadcast_to(total, np.broadcast_shapes(total.shape, (1,) * (len(shape) + 1)))
-
-
-def _replace_node(graph: Graph, old: Node, new: Node, removed: Node) -> None:
-    """Put ``new`` in ``old``'s place and drop ``removed`` (which read only ``old``),
-    pointing ``removed``'s consumers at ``new``."""
-    nodes: dict[str, Node] = {}
-    for node in graph:
-        if node.name == removed.name:
-            continue
-        if node.name == old.name:
-            node = new
-        elif removed.name in node.inputs:
-            node = replace(node, inputs=tuple(new.name if i == removed.name else i
-                                              for i in node.inputs))
-        nodes[node.name] = node
-    graph.nodes = nodes
-    if graph.output == removed.name:
-        graph.output = new.name
-    graph.aliases[removed.name] = new.name
-    for alias, target in graph.aliases.items():
-        if target == removed.name:
-            graph.aliases[alias] = new.name

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .. import budget
 from ..engine.operator import Operator
 from ..errors import UnsupportedOpError
 from .values import Const, PendingPad, Value, Var
@@ -98,12 +99,19 @@ class NodeContext:
         return np.asarray(self.const(index, what), dtype=np.float64)
 
     def add(self, operator: Operator, inputs: Sequence[Var], shape: tuple[int, ...],
-            part: str | None = None, context: Sequence[Var] = ()) -> Var:
-        """Create the canonical node for this ONNX node's first output, or, with
-        ``part``, an intermediate node of its expansion named ``<node>/<part>``.
-        ``context``: operands the operator reads that are not structural inputs."""
+            part: str | None = None, context: Sequence[Var] = (), output: int = 0) -> Var:
+        """Create the canonical node for this ONNX node's first output (``output``: for
+        another output, named ``<node>:<output>``), or, with ``part``, an intermediate
+        node of its expansion named ``<node>/<part>``. ``context``: operands the
+        operator reads that are not structural inputs."""
         return self.builder.add_node(self, operator, inputs, tuple(int(n) for n in shape),
-                                     part, context)
+                                     part, context, output)
+
+    def check_size(self, shape: Sequence[int], what: str = "the output") -> None:
+        """Refuse a tensor or table of per-example ``shape`` beyond the memory budget
+        before it is built (``bbp_ref.budget``)."""
+        budget.check_elements([int(n) for n in shape], f"{what} of node {self.name!r} "
+                              f"({self.op_type}) of shape {[int(n) for n in shape]} per example")
 
     def output_used(self, index: int) -> bool:
         return index < len(self.node.output) and self.builder.is_used(self.node.output[index])

@@ -1,33 +1,42 @@
-"""Reading an ONNX model from a path, bytes or a ModelProto, safely: external data
-must lie inside the model's folder, and nothing else on disk is read."""
+"""Reading an ONNX model from a path, bytes or a ModelProto, safely: the file's size and
+every tensor's are checked against the byte budget, external data is read only from
+inside the model's folder (`external_data`), sparse tensors are made dense, NaN attribute
+values are refused, and nothing else on disk is read."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import onnx
 import onnx.inliner
-from onnx import external_data_helper
 
+from .. import budget
 from ..errors import ModelLoadError
+from .external_data import has_external_data, load_external_data
+from .sparse_tensors import densify
+from .tensors import all_attributes
 
 MIN_OPSET = 6
 
 
 def read_model(source: object) -> onnx.ModelProto:
-    """The model as a ModelProto with external data loaded and local functions
-    inlined. ``source`` is a path, bytes, or an ``onnx.ModelProto`` (not modified)."""
+    """The model as a ModelProto with external data loaded, sparse tensors made dense
+    and local functions inlined. ``source`` is a path, bytes, or an
+    ``onnx.ModelProto`` (not modified). Sizes are checked against `budget.max_bytes`."""
     if isinstance(source, onnx.ModelProto):
+        _check_model_size(source.ByteSize(), "the model")
         model = onnx.ModelProto()
         model.CopyFrom(source)
-        if _has_external_data(model):
+        if has_external_data(model):
             raise ModelLoadError(
                 "the ModelProto refers to external data files that are not loaded; "
                 "pass the model's path instead so they can be read from its folder")
     elif isinstance(source, (bytes, bytearray, memoryview)):
+        _check_model_size(len(source), "the model")
         model = _parse(bytes(source), "the given bytes")
-        if _has_external_data(model):
+        if has_external_data(model):
             raise ModelLoadError("a model given as bytes cannot refer to external data")
     elif isinstance(source, (str, os.PathLike)):
         model = _read_path(Path(source))
@@ -41,7 +50,15 @@ def read_model(source: object) -> onnx.ModelProto:
             model = onnx.inliner.inline_local_functions(model)
         except Exception as exc:  # noqa: BLE001 - onnx raises many types here
             raise ModelLoadError(f"cannot inline the model's local functions: {exc}") from exc
+    densify(model)
     return model
+
+
+def _check_model_size(nbytes: int, what: str) -> None:
+    if nbytes > budget.PROTOBUF_MAX_BYTES:
+        raise ModelLoadError(f"{what} has {budget.describe(nbytes)}, more than an ONNX protobuf "
+                             "can hold (2 GiB); large weights belong in external data")
+    budget.check_bytes(nbytes, what)
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -63,50 +80,23 @@ def _parse(data: bytes, what: str) -> onnx.ModelProto:
 
 
 def _read_path(path: Path) -> onnx.ModelProto:
-    if path.is_dir():
-        raise ModelLoadError(f"{path} is a directory, not an ONNX model file")
-    if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path}")
     try:
+        if path.is_dir():
+            raise ModelLoadError(f"{path} is a directory, not an ONNX model file")
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        _check_model_size(path.stat().st_size, f"the model file {path}")
         data = path.read_bytes()
     except OSError as exc:
-        raise ModelLoadError(f"cannot read model file {path}: {exc}") from exc
+        raise ModelLoadError(f"cannot read model file {path}: {exc.strerror}") from exc
     model = _parse(data, str(path))
-    if _has_external_data(model):
-        folder = path.resolve().parent
-        for tensor in external_data_helper._get_all_tensors(model):
-            if external_data_helper.uses_external_data(tensor):
-                _check_location(tensor, folder)
-        try:
-            external_data_helper.load_external_data_for_model(model, str(folder))
-        except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"cannot read the external data of {path}: {exc}") from exc
+    if has_external_data(model):
+        load_external_data(model, path.resolve().parent)
     return model
 
 
-def _has_external_data(model: onnx.ModelProto) -> bool:
-    return any(external_data_helper.uses_external_data(t)
-               for t in external_data_helper._get_all_tensors(model))
-
-
-def _check_location(tensor: onnx.TensorProto, folder: Path) -> None:
-    try:
-        location = external_data_helper.ExternalDataInfo(tensor).location
-        target = (folder / location).resolve()
-    except (ValueError, OSError) as exc:  # a bad offset/length, a NUL in the location
-        raise ModelLoadError(f"initializer {tensor.name!r} has an invalid external data "
-                             f"entry: {exc}") from exc
-    if os.path.isabs(location) or not target.is_relative_to(folder):
-        raise ModelLoadError(
-            f"initializer {tensor.name!r} refers to external data {location!r} outside "
-            f"the model's folder {folder}; refusing to read it")
-    if not target.is_file():
-        raise ModelLoadError(
-            f"initializer {tensor.name!r}: external data file {location!r} not found "
-            f"in {folder}")
-
-
 def _check(model: onnx.ModelProto) -> None:
+    _check_attributes(model)
     opset = default_opset(model)
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= newest:
@@ -117,3 +107,14 @@ def _check(model: onnx.ModelProto) -> None:
     except Exception as exc:  # noqa: BLE001 - ValidationError and protobuf errors
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"invalid ONNX model: {first}") from exc
+
+
+def _check_attributes(model: onnx.ModelProto) -> None:
+    """NaN attribute values are refused: a NaN Clip bound or LeakyRelu slope would make
+    every output NaN, and NaN compares false in every check."""
+    for attribute, where in all_attributes(model):
+        values = list(attribute.floats)
+        if attribute.HasField("f"):
+            values.append(attribute.f)
+        if any(math.isnan(v) for v in values):
+            raise ModelLoadError(f"{where} is NaN")

@@ -36,6 +36,53 @@ class Signature:
         return self.input_dims[1:]
 
 
+@dataclass(frozen=True)
+class GraphInput:
+    """A graph input that is not an initializer: its name, element type (None if not a
+    tensor of a known type) and declared dims (None for a symbolic dim; ``dim_params``
+    holds the symbols)."""
+
+    name: str
+    dtype: np.dtype | None
+    dims: tuple[int | None, ...] | None
+    dim_params: tuple[str | None, ...] | None
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype is not None and bool(np.issubdtype(self.dtype, np.floating))
+
+    def describe(self) -> str:
+        dims = "?" if self.dims is None else [d if d is not None else p for d, p in
+                                              zip(self.dims, self.dim_params or ())]
+        return f"{self.name} ({self.dtype or 'unknown type'}, {dims})"
+
+
+def graph_inputs(model: onnx.ModelProto) -> tuple[GraphInput, ...]:
+    """The model's data inputs (graph inputs that are not initializers), in order."""
+    graph = model.graph
+    constants = {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}
+    found = []
+    for info in graph.input:
+        if info.name in constants:
+            continue
+        tensor_type = info.type.tensor_type
+        dtype = _np_dtype(tensor_type.elem_type) if info.type.HasField("tensor_type") else None
+        if info.type.HasField("tensor_type") and tensor_type.HasField("shape"):
+            dims = tuple(d.dim_value if d.HasField("dim_value") else None
+                         for d in tensor_type.shape.dim)
+            params = tuple(d.dim_param if d.HasField("dim_param") else None
+                           for d in tensor_type.shape.dim)
+        else:
+            dims, params = None, None
+        found.append(GraphInput(info.name, dtype, dims, params))
+    return tuple(found)
+
+
+def check_output(model: onnx.ModelProto, output: str | None) -> None:
+    """Raise the error `read_signature` would for an unknown or missing output."""
+    _choose_output(model.graph, output)
+
+
 def read_signature(model: onnx.ModelProto, output: str | None = None) -> Signature:
     graph = model.graph
     constants = {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}

@@ -60,23 +60,6 @@ FORWARD_RTOL = {np.dtype(np.float16): 1e-2, np.dtype(np.float32): 1e-5,
 # Cases that need ops or op forms docs/math.md §2 excludes: name -> (text the error must
 # contain, why it is rejected).
 EXPECTED_REJECTIONS: dict[str, tuple[str, str]] = {
-    "test_ConstantPad2d": (
-        "only a constant-zero Pad before a Conv",
-        "Pad with value 2 (not 0): the padding would carry a bias with no input to hand "
-        "it to (math.md §2.7)"),
-    "test_ReflectionPad2d": (
-        "only a constant-zero Pad before a Conv",
-        "Pad mode 'reflect' is not a zero Pad (math.md §2.7)"),
-    "test_ReplicationPad2d": (
-        "only a constant-zero Pad before a Conv",
-        "Pad mode 'edge' is not a zero Pad (math.md §2.7)"),
-    "test_ZeroPad2d": (
-        "a Pad is only supported directly before a Conv",
-        "a non-zero Pad that no Conv absorbs: zero padding elements would be outputs "
-        "with no structural input (math.md §2.7)"),
-    "test_operator_pad": (
-        "only a constant-zero Pad before a Conv",
-        "Pad mode 'reflect' (math.md §2.7)"),
     "test_operator_index": (
         "slicing the batch axis is not supported",
         "x[0]: a Slice of the batch axis (then a Squeeze of it) mixes examples "
@@ -89,6 +72,16 @@ EXPECTED_REJECTIONS: dict[str, tuple[str, str]] = {
         "varies along the batch axis",
         "a [2, 2] parameter added to a [2, 2] input: its axis 0 is not a batch axis "
         "(math.md §2.4)"),
+    "test_Embedding": (
+        "a float input is needed",
+        "the data input is integer token ids (a Gather of the weight table by data "
+        "indices): explain with respect to a float tensor (math.md §7.3)"),
+    "test_Embedding_sparse": (
+        "a float input is needed",
+        "the data input is integer token ids (math.md §7.3)"),
+    "test_operator_chunk": (
+        "operating on the batch axis",
+        "a Split of axis 0, the batch axis, mixes examples (math.md §2.4, §7.3)"),
     "test_operator_sqrt": (
         "Sqrt of a negative value",
         "the data set feeds negative numbers to Sqrt (its expected output is NaN): outside "

@@ -542,10 +542,14 @@ def test_conv_window_in_padding_only():
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 3])], [w, b])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    # output 0 would be the bias alone, with no input to attribute it to: refused at load
-    # (found by this suite; it once raised RuleError in explain)
-    with pytest.raises(bbp_ref.UnsupportedOpError, match="entirely in the padding"):
-        bbp_ref.load(proto)
+    # output 0 is the bias alone (found by this suite; it once raised RuleError in
+    # explain, then was refused at load): now its mass is spread over the whole input
+    # (docs/math.md §7.3), by |x| for abs, evenly for uniform
+    x = np.array([[[1.0, -3.0]]], np.float32)
+    for rule, expected in (("abs", [0.125, 0.375]), ("uniform", [0.25, 0.25])):
+        e = bbp_ref.explain(proto, x, target=0, rule=rule)
+        assert e.output == 0.5 and e.bias == 0.5 and e.checks.passed
+        np.testing.assert_allclose(e.bias_attribution.ravel(), expected, rtol=1e-15)
 
 
 @pytest.mark.parametrize("rule", ["abs", "signed"])

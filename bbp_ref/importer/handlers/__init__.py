@@ -1,4 +1,21 @@
 """One handler per ONNX op (or op family), registered by op type. Importing this
 package registers them all."""
 
-from . import activations, conv, elementwise, heads, linear, pooling, shapes, smooth  # noqa: F401
+from . import (  # noqa: F401
+    activations,
+    conv,
+    conv_transpose,
+    einsum,
+    elementwise,
+    heads,
+    linear,
+    norm_reductions,
+    normalization,
+    pad,
+    pooling,
+    resize,
+    routes_more,
+    selection,
+    shapes,
+    smooth,
+)

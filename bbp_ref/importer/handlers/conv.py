@@ -1,12 +1,15 @@
-"""Conv (1-, 2-, 3-D, groups, any padding) and the zero Pad folded into it."""
+"""Conv (1-, 2-, 3-D, groups, any padding), with a zero Pad before it folded into its
+padding (`handlers.pad` decides when)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ...engine.affine import Conv
+from ...engine.operator import AffineOperator
+from ...engine.orphans import WithEmptyOutputs
 from ..context import NodeContext, handler
-from ..values import PendingPad, Value, Var
+from ..values import PendingPad, Var
 from .window_attributes import read_window
 
 
@@ -32,7 +35,7 @@ def conv(ctx: NodeContext) -> list[Var]:
     if kernel != weight.shape[2:]:
         raise ctx.error(f"kernel_shape {list(kernel)} differs from the weight's "
                         f"{list(weight.shape[2:])}")
-    window = read_window(ctx, spatial, kernel, extra)
+    window = read_window(ctx, spatial, kernel, extra, allow_empty=True)
     bias = None
     if ctx.has_input(2):
         b = ctx.float_const(2, "B")
@@ -40,40 +43,8 @@ def conv(ctx: NodeContext) -> list[Var]:
             raise ctx.error(f"bias of shape {list(b.shape)} must have one entry per "
                             "output channel")
         bias = b.reshape(1, -1, *([1] * len(spatial)))
-    operator = Conv(weight, bias, window, groups, channels)
+    operator: AffineOperator = Conv(weight, bias, window, groups, channels)
+    empty = window.window_sum(np.ones((1, 1, *spatial))) == 0
+    if empty.any():  # windows entirely in the padding: outputs that read no input
+        operator = WithEmptyOutputs(operator, empty.astype(np.float64), [source.shape])
     return [ctx.add(operator, [source], (weight.shape[0], *window.out_spatial))]
-
-
-def _pad_arguments(ctx: NodeContext, rank: int) -> tuple[np.ndarray, float, str]:
-    if ctx.opset < 11:
-        pads = np.asarray(ctx.attr("pads", []), dtype=np.int64)
-        value = float(ctx.attr("value", 0.0))
-    else:
-        pads = np.asarray(ctx.const(1, "pads"), dtype=np.int64)
-        value = float(np.asarray(ctx.optional_const(2, "constant_value", 0.0)).reshape(()))
-        if ctx.has_input(3):
-            axes = [int(a) % rank for a in np.asarray(ctx.const(3, "axes")).ravel()]
-            full = np.zeros(2 * rank, dtype=np.int64)
-            half = len(axes)
-            for i, axis in enumerate(axes):
-                full[axis], full[rank + axis] = pads[i], pads[half + i]
-            pads = full
-    return pads, value, ctx.attr("mode", "constant")
-
-
-@handler("Pad")
-def pad(ctx: NodeContext) -> list[Value]:
-    data = ctx.var(0)
-    pads, value, mode = _pad_arguments(ctx, data.rank)
-    if mode != "constant" or value != 0.0:
-        raise ctx.error(f"only a constant-zero Pad before a Conv is supported "
-                        f"(mode={mode!r}, value={value})")
-    if pads.shape != (2 * data.rank,) or (pads < 0).any():
-        raise ctx.error(f"pads {pads.tolist()} must be {2 * data.rank} non-negative numbers")
-    begin, end = pads[: data.rank], pads[data.rank:]
-    if begin[:2].any() or end[:2].any():
-        raise ctx.error("only the spatial axes may be padded (it folds into a Conv)")
-    if not pads.any():
-        return [data]
-    return [PendingPad(data, tuple(int(p) for p in begin[2:]), tuple(int(p) for p in end[2:]),
-                       ctx.name)]

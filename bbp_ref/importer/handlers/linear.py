@@ -14,8 +14,9 @@ from ..values import Const, Var
 def gemm(ctx: NodeContext) -> list[Var]:
     """`Y = alpha * A' B' + beta * C` with A the data ([N, K]) and B constant."""
     if isinstance(ctx.inputs[1], Var):
-        raise ctx.error("input B depends on the model input; only A may (a product of "
-                        "two data tensors is not piecewise linear)")
+        raise ctx.error("input B depends on the model input: Gemm's operands are 2-D, so "
+                        "B's axis 0 (contracted, or an output axis with transB) would be "
+                        "the batch axis and mix examples (docs/math.md §7.3)")
     if ctx.attr("transA", 0):
         raise ctx.error("transA=1 on the data input would move the batch axis")
     data = ctx.var(0, "A")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import budget
 from ...engine.windows import Window, auto_pads
 from ..context import NodeContext
 
 
 def read_window(ctx: NodeContext, in_spatial: tuple[int, ...], kernel: tuple[int, ...],
                 extra_pads: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
-                ceil_mode: bool = False) -> Window:
+                ceil_mode: bool = False, allow_empty: bool = False) -> Window:
+    """The window of a Conv or pool; with ``allow_empty`` (Conv) a window may lie
+    entirely in the padding (its outputs read no input, docs/math.md §7.3)."""
     dims = len(kernel)
     strides = tuple(ctx.attr("strides", [1] * dims))
     dilations = tuple(ctx.attr("dilations", [1] * dims))
@@ -44,7 +47,20 @@ def read_window(ctx: NodeContext, in_spatial: tuple[int, ...], kernel: tuple[int
     if any(n <= 0 for n in window.out_spatial):
         raise ctx.error(f"the window {list(kernel)} does not fit the input "
                         f"{list(in_spatial)} with these pads")
-    if not window.window_sum(np.ones(window.in_spatial)).all():
+    _check_budget(ctx, window)
+    if not allow_empty and not window.window_sum(np.ones(window.in_spatial)).all():
         raise ctx.error("some output windows lie entirely in the padding: those outputs "
                         "read no input, so their bias mass could not be attributed")
     return window
+
+
+def _check_budget(ctx: NodeContext, window: Window) -> None:
+    """The engine loops over the kernel's offsets and pads each input: both must be
+    bounded (`budget`) before the first window sum below runs."""
+    offsets = budget.count(window.kernel)
+    if offsets > budget.MAX_WINDOW_OFFSETS:
+        raise ctx.error(f"its kernel {list(window.kernel)} has {offsets} offsets, more than "
+                        f"the limit of {budget.MAX_WINDOW_OFFSETS}")
+    budget.check_elements(window.padded_spatial,
+                          f"the padded input of node {ctx.name!r} ({ctx.op_type}), spatial "
+                          f"shape {list(window.padded_spatial)}")

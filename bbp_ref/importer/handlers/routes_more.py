@@ -1,0 +1,241 @@
+"""Routes given by a table (docs/math.md §7.3): Split, Tile, Expand of data, Gather and
+GatherElements with constant indices, DepthToSpace, SpaceToDepth, and Where with a
+constant condition. Each table is the op applied to `np.arange` of the per-example
+input (flat indices), so the route is the op itself; an output that a constant fills
+(Where choosing a constant) makes the node an `Embed` (§7.2 decision 6).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...engine.embed import Embed
+from ...engine.routes import IndexRoute, Slice
+from ..context import NodeContext, batched_constant, handler, normalize_axis, per_example_axis
+from ..values import Const, Value, Var
+
+
+def _arange(shape: tuple[int, ...]) -> np.ndarray:
+    return np.arange(int(np.prod(shape))).reshape(shape)
+
+
+def _route(ctx: NodeContext, data: list[Var], table: np.ndarray) -> list[Var]:
+    if table.size == 0:
+        raise ctx.error("the output is empty")
+    if len(data) == 1 and table.shape == data[0].shape and \
+            np.array_equal(table, _arange(data[0].shape)):
+        return [data[0]]
+    return [ctx.add(IndexRoute([v.shape for v in data], table), data, table.shape)]
+
+
+# -- Split ----------------------------------------------------------------------------------
+def _split_sizes(ctx: NodeContext, length: int, outputs: int) -> list[int]:
+    if ctx.opset >= 13:
+        split = ctx.optional_const(1, "split")
+    else:
+        split = ctx.attr("split")
+    if split is not None and np.asarray(split).size:
+        sizes = [int(s) for s in np.asarray(split).ravel()]
+        if len(sizes) != outputs or sum(sizes) != length or min(sizes) < 0:
+            raise ctx.error(f"split {sizes} does not cut length {length} into {outputs} parts")
+        return sizes
+    parts = ctx.attr("num_outputs") if ctx.opset >= 18 else None
+    if parts is not None:
+        if int(parts) != outputs:
+            raise ctx.error(f"num_outputs={parts} but the node has {outputs} outputs")
+        size = -(-length // outputs)
+        sizes = [min(size, max(length - size * k, 0)) for k in range(outputs)]
+        if sizes[-1] == 0:
+            raise ctx.error(f"num_outputs={parts} leaves an empty part of length {length}")
+        return sizes
+    if length % outputs:
+        raise ctx.error(f"length {length} does not split evenly into {outputs} parts")
+    return [length // outputs] * outputs
+
+
+@handler("Split")
+def split(ctx: NodeContext) -> list[Value]:
+    data = ctx.var(0)
+    axis = per_example_axis(ctx, int(ctx.attr("axis", 0)), data.rank)
+    outputs = len(ctx.node.output)
+    sizes = _split_sizes(ctx, data.shape[axis], outputs)
+    results: list[Value] = []
+    start = 0
+    for k, size in enumerate(sizes):
+        if not ctx.output_used(k):
+            results.append(Const(np.zeros(0)))  # never read
+        elif size == 0:
+            raise ctx.error(f"output {k} is empty")
+        else:
+            index = [slice(None)] * len(data.shape)
+            index[axis] = slice(start, start + size)
+            shape = data.shape[:axis] + (size,) + data.shape[axis + 1:]
+            results.append(ctx.add(Slice(data.shape, tuple(index)), [data], shape, output=k))
+        start += size
+    return results
+
+
+# -- Tile, Expand ---------------------------------------------------------------------------
+@handler("Tile")
+def tile(ctx: NodeContext) -> list[Var]:
+    data = ctx.var(0)
+    if ctx.opset < 6:
+        raise ctx.error("Tile before opset 6 (tiles and axis inputs) is not supported")
+    repeats = [int(r) for r in np.asarray(ctx.const(1, "repeats")).ravel()]
+    if len(repeats) != data.rank or min(repeats) < 1:
+        raise ctx.error(f"repeats {repeats} must be {data.rank} positive numbers")
+    if repeats[0] != 1:
+        raise ctx.error("repeating the batch axis would mix examples")
+    ctx.check_size([n * r for n, r in zip(data.shape, repeats[1:])])
+    return _route(ctx, [data], np.tile(_arange(data.shape), repeats[1:]))
+
+
+@handler("Expand", since=8)
+def expand(ctx: NodeContext) -> list[Var]:
+    data = ctx.var(0)
+    target = [int(n) for n in np.asarray(ctx.const(1, "shape")).ravel()]
+    if len(target) > data.rank:
+        raise ctx.error(f"expanding to {target} adds axes before the batch axis")
+    target = [1] * (data.rank - len(target)) + target
+    if target[0] != 1:
+        raise ctx.error(f"expanding the batch axis to {target[0]} would copy examples "
+                        "(shape subgraphs are folded with a batch of 1)")
+    try:
+        shape = np.broadcast_shapes(data.shape, tuple(target[1:]))
+    except ValueError as exc:
+        raise ctx.error(f"{list(data.shape)} does not broadcast to {target}") from exc
+    ctx.check_size(shape)
+    return _route(ctx, [data], np.broadcast_to(_arange(data.shape), shape))
+
+
+# -- Gather, GatherElements -----------------------------------------------------------------
+def _indices(ctx: NodeContext, size: int) -> np.ndarray:
+    indices = np.asarray(ctx.const(1, "indices"))
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise ctx.error("indices must be integers")
+    if indices.size and (indices.min() < -size or indices.max() >= size):
+        raise ctx.error(f"indices out of range [-{size}, {size - 1}]")
+    return np.where(indices < 0, indices + size, indices).astype(np.int64)
+
+
+@handler("Gather")
+def gather(ctx: NodeContext) -> list[Var]:
+    data = ctx.var(0)
+    if isinstance(ctx.inputs[1], Var):
+        raise ctx.error("indices computed from the model input (data-dependent "
+                        "indices) are not supported")
+    onnx_axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), data.rank)
+    if onnx_axis == 0:
+        raise ctx.error("gathering along the batch axis (axis 0) would mix examples")
+    axis = onnx_axis - 1
+    indices = _indices(ctx, data.shape[axis])
+    ctx.check_size(data.shape[:axis] + indices.shape + data.shape[axis + 1:])
+    return _route(ctx, [data], np.take(_arange(data.shape), indices, axis=axis))
+
+
+@handler("GatherElements")
+def gather_elements(ctx: NodeContext) -> list[Var]:
+    """Constant indices whose rows along the batch axis are all equal: the same table
+    for every example."""
+    data = ctx.var(0)
+    if isinstance(ctx.inputs[1], Var):
+        raise ctx.error("indices computed from the model input (data-dependent "
+                        "indices) are not supported")
+    onnx_axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), data.rank)
+    if onnx_axis == 0:
+        raise ctx.error("gathering along the batch axis (axis 0) would mix examples")
+    axis = onnx_axis - 1
+    indices = _indices(ctx, data.shape[axis])
+    if indices.ndim != data.rank:
+        raise ctx.error(f"indices of rank {indices.ndim} must have the data's rank {data.rank}")
+    if (indices != indices[:1]).any():
+        raise ctx.error("indices that differ between examples (along the batch axis) "
+                        "are not supported")
+    rows = indices[0]
+    if any(r > n for a, (r, n) in enumerate(zip(rows.shape, data.shape)) if a != axis):
+        raise ctx.error(f"indices of shape {list(indices.shape)} exceed the data "
+                        f"{[1, *data.shape]} off the gather axis")
+    grid = list(np.indices(rows.shape))
+    grid[axis] = rows
+    return _route(ctx, [data], _arange(data.shape)[tuple(grid)])
+
+
+# -- DepthToSpace, SpaceToDepth -------------------------------------------------------------
+def _blocks(ctx: NodeContext, data: Var) -> tuple[int, int, int, int]:
+    if len(data.shape) != 3:
+        raise ctx.error(f"input must be [N, C, H, W], got per-example {list(data.shape)}")
+    block = int(ctx.attr("blocksize", 0))
+    if block < 1:
+        raise ctx.error("blocksize must be positive")
+    return block, *data.shape
+
+
+@handler("DepthToSpace")
+def depth_to_space(ctx: NodeContext) -> list[Var]:
+    data = ctx.var(0)
+    b, c, h, w = _blocks(ctx, data)
+    if c % (b * b):
+        raise ctx.error(f"{c} channels are not a multiple of blocksize^2 = {b * b}")
+    table = _arange(data.shape)
+    mode = ctx.attr("mode", "DCR") if ctx.opset >= 11 else "DCR"
+    if mode == "DCR":
+        table = table.reshape(b, b, c // (b * b), h, w).transpose(2, 3, 0, 4, 1)
+    elif mode == "CRD":
+        table = table.reshape(c // (b * b), b, b, h, w).transpose(0, 3, 1, 4, 2)
+    else:
+        raise ctx.error(f"unknown mode {mode!r}")
+    return _route(ctx, [data], table.reshape(c // (b * b), h * b, w * b))
+
+
+@handler("SpaceToDepth")
+def space_to_depth(ctx: NodeContext) -> list[Var]:
+    data = ctx.var(0)
+    b, c, h, w = _blocks(ctx, data)
+    if h % b or w % b:
+        raise ctx.error(f"spatial size {[h, w]} is not a multiple of blocksize {b}")
+    table = _arange(data.shape).reshape(c, h // b, b, w // b, b).transpose(2, 4, 0, 1, 3)
+    return _route(ctx, [data], table.reshape(c * b * b, h // b, w // b))
+
+
+# -- Where ----------------------------------------------------------------------------------
+@handler("Where")
+def where(ctx: NodeContext) -> list[Var]:
+    """``Where(condition, X, Y)`` with a constant condition: each output copies an
+    element of X or Y; one chosen from a constant is local bias (an `Embed`)."""
+    if isinstance(ctx.inputs[0], Var):
+        raise ctx.error("a condition computed from the model input (data-dependent "
+                        "selection) is not supported")
+    branches = ctx.inputs[1:3]
+    data = [v for v in branches if isinstance(v, Var)]
+    if not data or any(not isinstance(v, (Var, Const)) for v in branches):
+        raise ctx.error("X and Y must be tensors")
+    rank = max(v.rank for v in data)
+    if any(v.rank != rank for v in data):
+        raise ctx.error("data operands of different ranks would broadcast along the "
+                        "batch axis")
+    condition = batched_constant(ctx, ctx.const(0, "condition").astype(bool), rank,
+                                 "condition")[0].astype(bool)
+    constants = {k: batched_constant(ctx, v.value, rank, f"input {k + 1}")[0]
+                 for k, v in enumerate(branches) if isinstance(v, Const)}
+    try:
+        shape = np.broadcast_shapes(condition.shape, *(v.shape for v in data),
+                                    *(c.shape for c in constants.values()))
+    except ValueError as exc:
+        raise ctx.error(f"condition, X and Y do not broadcast: {exc}") from exc
+    if len(shape) != rank - 1:
+        raise ctx.error("a constant would add axes before the batch axis")
+    ctx.check_size(shape)
+    tables, values, offset = [], [], 0
+    for k, value in enumerate(branches):
+        if isinstance(value, Var):
+            tables.append(np.broadcast_to(_arange(value.shape) + offset, shape))
+            values.append(np.zeros(shape))
+            offset += int(np.prod(value.shape))
+        else:
+            tables.append(np.full(shape, -1))
+            values.append(np.broadcast_to(constants[k], shape))
+    table = np.where(condition, tables[0], tables[1])
+    if not (table < 0).any():
+        return _route(ctx, data, table)
+    bias = np.where(condition, values[0], values[1])[None]
+    return [ctx.add(Embed([v.shape for v in data], table, bias), data, shape)]
