@@ -22,8 +22,10 @@ float32 (`torch_architectures.as_exported`). For a float32 batch of 2 inputs:
   `b^x` of the explained output, and explain's own checks pass, onnxruntime's output
   included.
 
-The models are not piecewise linear (HardSwish, SiLU, Gelu, Sigmoid gates, LayerNorm,
-attention): `W^x` is the tangent model's `J(x)` (docs/math.md §7).
+Most of the models are not piecewise linear (HardSwish, SiLU, Gelu, Sigmoid gates,
+LayerNorm, attention): `W^x` is the tangent model's `J(x)` (docs/math.md §7). The ViT and the
+Swin move the batch axis and are refused at load (docs/math.md §7.7 decision 2): strict
+expected failures, so that the mark must go when they import.
 """
 
 from __future__ import annotations
@@ -105,7 +107,11 @@ def test_architecture_matches_torch_autograd(name: str, exporter: str, tmp_path)
     out, jac = torch_reference(model, x, exporter)
     path = tmp_path / f"{name}.{exporter}.onnx"
     export(model, x, path, exporter)
-    m = bbp_ref.load(path)
+    try:
+        m = bbp_ref.load(path)
+    except UnsupportedOpError as error:  # an expected failure must fail for its reason
+        assert (name, exporter) not in NOT_IMPORTED or "batch axis" in str(error), error
+        raise
     n = len(x)
 
     forward = m.forward(x)
