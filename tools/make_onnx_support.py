@@ -28,6 +28,7 @@ KINDS = {
              "Gather GatherElements DepthToSpace SpaceToDepth",
     "pass-through": "Identity Dropout Cast CastLike",
     "constant": "Shape Size",
+    "unrolled": "LSTM GRU RNN",
 }
 NOTES = {
     "Gemm": "data input A only (a data B would mix examples), transA=0; alpha, beta, transB; "
@@ -50,7 +51,8 @@ NOTES = {
                "Indices output is rejected",
     "Flatten": "axis >= 1 with the leading per-example dims of size 1",
     "Reshape": "constant target (folded shape subgraphs included) keeping the batch axis",
-    "Transpose": "perm[0] = 0", "Squeeze": "attribute (< 13) and input (13+) axes",
+    "Transpose": "any perm; moving the batch axis makes no node (docs/math.md §7.5)",
+    "Squeeze": "attribute (< 13) and input (13+) axes",
     "Unsqueeze": "attribute (< 13) and input (13+) axes",
     "Concat": "of data tensors and constants (the constants are local bias), axis != 0",
     "Slice": "constant starts/ends/axes/steps (attribute form < 10), off the batch axis",
@@ -83,6 +85,10 @@ NOTES = {
     "Log": "positive inputs", "Sqrt": "positive inputs", "Reciprocal": "non-zero inputs",
     "Gelu": "exact and tanh", "HardSigmoid": "affine node and Clip",
     "Shape": "of a data tensor: a constant (batch dim taken as 1)",
+    "LSTM": "unrolled over the sequence (math.md §7.7): all directions, layout 0/1, "
+            "initial states, peepholes, clip, input_forget, listed activations; "
+            "sequence_lens equal to the sequence length",
+    "GRU": "as LSTM; linear_before_reset", "RNN": "as LSTM",
     "LayerNormalization": "(x - m) / Sqrt(E[(x - m)^2] + eps) * Scale + B (math.md §7.4); "
                           "Mean and InvStdDev outputs; constant Scale and B",
     "InstanceNormalization": "as LayerNormalization over the spatial axes",
@@ -125,7 +131,9 @@ def render() -> str:
         "Every listed op is supported at every opset from 6 to the newest: the versions column",
         "lists the op versions (the opsets where its definition changed) that the handlers",
         "cover. Any op, supported or not, whose inputs are all constants is folded to a",
-        "constant with `onnx.reference` at import. Any other op raises `UnsupportedOpError`.",
+        "constant with `onnx.reference` at import. If (with a constant condition), Loop",
+        "(constant trip count) and Scan are inlined or unrolled (docs/math.md §7.8). Any",
+        "other op raises `UnsupportedOpError`.",
         "",
         "| op | kind | op versions | notes |",
         "| --- | --- | --- | --- |",

@@ -19,7 +19,8 @@ from ..errors import BBpError, ModelLoadError, UnsupportedOpError
 from ..graph import Graph, Node
 from . import handlers  # noqa: F401 - registers the handlers
 from .canonicalize import canonicalize
-from .context import NodeContext, find_handler, supported_ops
+from .context import NodeContext, check_batch_axes, find_handler, supported_ops
+from .control_flow import CONTROL_FLOW, expand_control_flow, subgraph_reads
 from .folding import check_fold, check_results
 from .signature import Signature
 from .values import Const, PendingPad, Value, Var
@@ -36,9 +37,12 @@ class GraphBuilder:
         self.signature = signature
         self.nodes: dict[str, Node] = {}
         self.env: dict[str, Value] = {}
+        self.unrolled_nodes = 0  # made by unrolling recurrent ops and loops (unrolling.py)
         self.needed = _needed_nodes(model.graph, signature.explained)
         self.used = {name for index in self.needed
-                     for name in model.graph.node[index].input} | {signature.explained}
+                     for name in (*model.graph.node[index].input,
+                                  *subgraph_reads(model.graph.node[index]))}
+        self.used.add(signature.explained)
         budget.check_elements(example_shape, f"one example of the input "
                               f"{signature.input_name!r} of shape {list(example_shape)}")
         input_node = Node(signature.input_name, "Input", None, (), example_shape,
@@ -83,7 +87,7 @@ class GraphBuilder:
             self.env[initializer.name] = Const(value)
         for index, node in enumerate(self.model.graph.node):
             if index in self.needed:
-                self._visit(node, node.name or f"{node.op_type}_{index}")
+                self.visit(node, node.name or f"{node.op_type}_{index}")
         explained = self.env.get(self.signature.explained)
         if isinstance(explained, PendingPad):
             raise UnsupportedOpError("Pad", explained.node_name,
@@ -91,11 +95,32 @@ class GraphBuilder:
         if not isinstance(explained, Var):
             raise ModelLoadError(
                 f"output {self.signature.explained!r} does not depend on the model input")
+        if explained.batch_axis != 0:
+            op_type, name = self._producer(self.signature.explained)
+            raise UnsupportedOpError(
+                op_type, name,
+                f"its output {self.signature.explained!r}, the explained output, holds the "
+                f"batch at ONNX axis {explained.batch_axis}; an explained output needs the "
+                "batch axis at 0 (docs/math.md §7.5)")
         graph = Graph(self.nodes, self.signature.input_name, explained.node,
                       self.signature.stripped)
         return canonicalize(graph)
 
-    def _visit(self, node: onnx.NodeProto, name: str) -> None:
+    def _all_constant(self, node: onnx.NodeProto, inputs: list[Value | None]) -> bool:
+        """Whether a node's inputs and the outer-scope tensors its subgraphs read are all
+        constants (then it is folded like any other node)."""
+        outer = [self.env.get(t) for t in subgraph_reads(node)]
+        return all(v is None or isinstance(v, Const) for v in [*inputs, *outer])
+
+    def _producer(self, tensor: str) -> tuple[str, str]:
+        """The op type and name of the ONNX node that computes ``tensor``."""
+        for index, node in enumerate(self.model.graph.node):
+            if tensor in node.output:
+                return node.op_type, node.name or f"{node.op_type}_{index}"
+        return "Output", tensor
+
+    def visit(self, node: onnx.NodeProto, name: str) -> None:
+        """Import one ONNX node: fold it, expand its control flow, or run its handler."""
         if node.domain not in DEFAULT_DOMAINS:
             raise UnsupportedOpError(node.op_type, name,
                                      f"ops of domain {node.domain!r} are not supported")
@@ -108,8 +133,11 @@ class GraphBuilder:
             else:
                 raise ModelLoadError(f"node {name!r} ({node.op_type}) reads tensor "
                                      f"{tensor!r}, which no node or initializer produces")
-        if all(v is None or isinstance(v, Const) for v in inputs):
-            outputs: Sequence[Value] = self._fold(node, name, inputs)
+        outputs: Sequence[Value]
+        if node.op_type in CONTROL_FLOW and not self._all_constant(node, inputs):
+            outputs = expand_control_flow(self, node, name, inputs)
+        elif all(v is None or isinstance(v, Const) for v in inputs):
+            outputs = self._fold(node, name, inputs)
         else:
             handle = find_handler(node.op_type, self.signature.opset)
             if handle is None:
@@ -118,6 +146,7 @@ class GraphBuilder:
                     "this op is not supported (supported: "
                     + ", ".join(supported_ops()) + ")")
             ctx = NodeContext(node, name, self.signature.opset, inputs, self)
+            check_batch_axes(ctx, handle)
             try:
                 outputs = handle(ctx)
             except BBpError:
@@ -142,6 +171,10 @@ class GraphBuilder:
         check_fold(node, name, [v.value if isinstance(v, Const) else None for v in inputs])
         feeds = {tensor: value.value for tensor, value in zip(node.input, inputs)
                  if isinstance(value, Const)}
+        for tensor in subgraph_reads(node):  # outer-scope tensors of If/Loop/Scan bodies
+            outer = self.env.get(tensor)
+            if isinstance(outer, Const):
+                feeds[tensor] = outer.value
         try:
             evaluator = ReferenceEvaluator(_single_node_model(node, feeds, self.model))
             results = evaluator.run(None, feeds)
@@ -190,6 +223,7 @@ def _needed_nodes(graph: onnx.GraphProto, explained: str) -> set[int]:
             continue
         needed.add(index)
         stack.extend(t for t in graph.node[index].input if t)
+        stack.extend(subgraph_reads(graph.node[index]))
     return needed
 
 

@@ -20,19 +20,54 @@ if TYPE_CHECKING:
 Handler = Callable[["NodeContext"], Sequence[Value]]
 _HANDLERS: dict[str, list[tuple[int, Handler]]] = {}
 
+# How a handler treats a moved batch axis (docs/math.md §7.5): SAME_BATCH_AXIS handlers
+# act element-wise, so all their data inputs must hold the batch at one ONNX axis,
+# which their output keeps; OWN_BATCH_AXIS handlers place it themselves. Every other
+# handler sees only tensors whose batch is at ONNX axis 0.
+SAME_BATCH_AXIS = "same"
+OWN_BATCH_AXIS = "own"
+_BATCH_AXIS_MODES: dict[Handler, str] = {}
 
-def handler(*op_types: str, since: int = 1) -> Callable[[Handler], Handler]:
+
+def handler(*op_types: str, since: int = 1,
+            batch_axis: str | None = None) -> Callable[[Handler], Handler]:
     """Register a handler for ``op_types`` from opset ``since`` on (the newest
-    registration not newer than the model's opset is used)."""
+    registration not newer than the model's opset is used). ``batch_axis``:
+    `SAME_BATCH_AXIS` or `OWN_BATCH_AXIS` if the handler understands a moved batch axis."""
 
     def register(fn: Handler) -> Handler:
         for op_type in op_types:
             entries = _HANDLERS.setdefault(op_type, [])
             entries.append((since, fn))
             entries.sort(key=lambda entry: entry[0])
+        if batch_axis is not None:
+            _BATCH_AXIS_MODES[fn] = batch_axis
         return fn
 
     return register
+
+
+def check_batch_axes(ctx: NodeContext, fn: Handler) -> None:
+    """Refuse, before the handler runs, data inputs whose batch axis it cannot place:
+    a moved batch axis for a handler that did not opt in, or data inputs that disagree
+    on it for an element-wise handler."""
+    mode = _BATCH_AXIS_MODES.get(fn)
+    if mode == OWN_BATCH_AXIS:
+        return
+    data = [(i, v) for i, v in enumerate(ctx.inputs) if isinstance(v, Var)]
+    # NumPy broadcasting aligns the last axes: the batch must sit as far from the end
+    from_end = {v.rank - v.batch_axis for _, v in data}
+    if mode == SAME_BATCH_AXIS and len(from_end) > 1:
+        found = ", ".join(f"input {i} of rank {v.rank} at axis {v.batch_axis}" for i, v in data)
+        raise ctx.error("data operands of different ranks would broadcast along the batch "
+                        f"axis: they hold it at different axes counted from the end ({found})")
+    if mode is None:
+        for i, v in data:
+            if v.batch_axis != 0:
+                raise ctx.error(
+                    f"input {i} holds the batch at ONNX axis {v.batch_axis} (moved there "
+                    "by a Transpose or a recurrent op); this op is supported only with the "
+                    "batch at axis 0")
 
 
 def find_handler(op_type: str, opset: int) -> Handler | None:
@@ -98,14 +133,25 @@ class NodeContext:
     def float_const(self, index: int, what: str) -> np.ndarray:
         return np.asarray(self.const(index, what), dtype=np.float64)
 
+    @property
+    def batch_axis(self) -> int:
+        """The ONNX batch axis the data inputs share (0 if they disagree or there are
+        none); what an element-wise op's output keeps."""
+        axes = {v.batch_axis for v in self.inputs if isinstance(v, Var)}
+        return axes.pop() if len(axes) == 1 else 0
+
     def add(self, operator: Operator, inputs: Sequence[Var], shape: tuple[int, ...],
-            part: str | None = None, context: Sequence[Var] = (), output: int = 0) -> Var:
+            part: str | None = None, context: Sequence[Var] = (), output: int = 0,
+            batch_axis: int | None = None) -> Var:
         """Create the canonical node for this ONNX node's first output (``output``: for
         another output, named ``<node>:<output>``), or, with ``part``, an intermediate
         node of its expansion named ``<node>/<part>``. ``context``: operands the
-        operator reads that are not structural inputs."""
-        return self.builder.add_node(self, operator, inputs, tuple(int(n) for n in shape),
-                                     part, context, output)
+        operator reads that are not structural inputs. ``batch_axis``: the ONNX axis of
+        the batch in the result (default: the one the data inputs share)."""
+        var = self.builder.add_node(self, operator, inputs, tuple(int(n) for n in shape),
+                                    part, context, output)
+        axis = self.batch_axis if batch_axis is None else batch_axis
+        return var if axis == 0 else Var(var.node, var.shape, axis)
 
     def check_size(self, shape: Sequence[int], what: str = "the output") -> None:
         """Refuse a tensor or table of per-example ``shape`` beyond the memory budget
@@ -117,19 +163,21 @@ class NodeContext:
         return index < len(self.node.output) and self.builder.is_used(self.node.output[index])
 
 
-def batched_constant(ctx: NodeContext, value: np.ndarray, rank: int, what: str) -> np.ndarray:
+def batched_constant(ctx: NodeContext, value: np.ndarray, rank: int, what: str,
+                     batch_axis: int = 0) -> np.ndarray:
     """A constant operand of an element-wise op against a tensor of ONNX ``rank``
-    (batch axis included), as a float64 array of that rank whose batch axis is 1.
-    A constant that would broadcast along, or add axes before, the batch axis is
+    (batch axis included) whose batch is at ONNX ``batch_axis``, as a float64 array of
+    that rank with the batch axis first and of length 1 (the engine's layout). A
+    constant that would broadcast along, or add axes before, the batch axis is
     rejected."""
     value = np.asarray(value, dtype=np.float64)
     if value.ndim > rank:
         raise ctx.error(f"{what} of shape {list(value.shape)} has more axes than the data "
                         "tensor; broadcasting it would add axes before the batch axis")
     value = np.reshape(value, (1,) * (rank - value.ndim) + tuple(value.shape))
-    if np.shape(value)[0] != 1:
+    if np.shape(value)[batch_axis] != 1:
         raise ctx.error(f"{what} of shape {list(value.shape)} varies along the batch axis")
-    return value
+    return value if batch_axis == 0 else np.moveaxis(value, batch_axis, 0)
 
 
 def normalize_axis(ctx: NodeContext, axis: int, rank: int) -> int:
@@ -139,9 +187,9 @@ def normalize_axis(ctx: NodeContext, axis: int, rank: int) -> int:
     return axis % rank
 
 
-def per_example_axis(ctx: NodeContext, axis: int, rank: int) -> int:
+def per_example_axis(ctx: NodeContext, axis: int, rank: int, batch_axis: int = 0) -> int:
     """The per-example axis for ONNX ``axis``; the batch axis itself is rejected."""
     axis = normalize_axis(ctx, axis, rank)
-    if axis == 0:
-        raise ctx.error("operating on the batch axis (axis 0) is not supported")
-    return axis - 1
+    if axis == batch_axis:
+        raise ctx.error(f"operating on the batch axis (axis {batch_axis}) is not supported")
+    return axis if axis < batch_axis else axis - 1

@@ -14,7 +14,8 @@ from ...engine.affine import Scale, Sum
 from ...engine.elementwise import function_gate
 from ...engine.functions import Function
 from ...engine.products import Product
-from ..context import NodeContext, batched_constant, handler
+from ...engine.routes import Reshape
+from ..context import SAME_BATCH_AXIS, NodeContext, batched_constant, handler
 from ..values import Const, Value, Var
 
 
@@ -29,7 +30,25 @@ def _legacy_aligned(ctx: NodeContext, value: np.ndarray, rank: int) -> np.ndarra
 
 def _constant_operand(ctx: NodeContext, index: int, data: Var) -> np.ndarray:
     value = _legacy_aligned(ctx, ctx.float_const(index, f"input {index}"), data.rank)
-    return batched_constant(ctx, value, data.rank, f"input {index}")
+    return batched_constant(ctx, value, data.rank, f"input {index}", data.batch_axis)
+
+
+def _lift(ctx: NodeContext, data: Var, rank: int) -> Var:
+    """``data`` with leading length-1 axes up to ONNX ``rank``, as NumPy broadcasting
+    against a higher-rank operand does; this moves its batch axis (docs/math.md §7.5)."""
+    extra = rank - data.rank
+    if extra <= 0:
+        return data
+    shape = (1,) * extra + data.shape
+    return ctx.add(Reshape(data.shape, shape), [data], shape, part="broadcast",
+                   batch_axis=data.batch_axis + extra)
+
+
+def _with_constant(ctx: NodeContext, data_index: int) -> Var:
+    """The data operand, lifted to the rank of the other (constant) operand."""
+    constant = ctx.inputs[1 - data_index]
+    rank = np.ndim(constant.value) if isinstance(constant, Const) else 0
+    return _lift(ctx, ctx.var(data_index), rank)
 
 
 def _scale(ctx: NodeContext, data: Var, scale: np.ndarray,
@@ -40,18 +59,22 @@ def _scale(ctx: NodeContext, data: Var, scale: np.ndarray,
         raise ctx.error("the constant operand would add axes before the batch axis")
     if shape != data.shape:  # a constant broadcasts the data up: `A` maps onto the output
         scale = np.broadcast_to(scale, (1, *shape))
-    return [ctx.add(Scale(scale, bias, data.shape), [data], tuple(shape))]
+    return [ctx.add(Scale(scale, bias, data.shape), [data], tuple(shape),
+                    batch_axis=data.batch_axis)]
 
 
 def _sum(ctx: NodeContext, terms: Sequence[tuple[float, Value | None]]) -> list[Var]:
     """`sum_j sign_j * input_j` over data tensors and constants."""
-    data = [(sign, v) for sign, v in terms if isinstance(v, Var)]
-    rank = max(v.rank for _, v in data)
+    ranks = [np.ndim(v.value) if isinstance(v, Const) else v.rank if isinstance(v, Var) else 0
+             for _, v in terms]
+    rank = max(ranks)
+    data = [(sign, _lift(ctx, v, rank)) for sign, v in terms if isinstance(v, Var)]
+    batch = data[0][1].batch_axis
     bias = None
     for sign, value in terms:
         if isinstance(value, Const):
             c = sign * batched_constant(ctx, np.asarray(value.value, np.float64), rank,
-                                        "a constant operand")
+                                        "a constant operand", batch)
             bias = c if bias is None else bias + c
         elif not isinstance(value, Var):
             raise ctx.error("every operand must be a tensor")
@@ -69,35 +92,40 @@ def _sum(ctx: NodeContext, terms: Sequence[tuple[float, Value | None]]) -> list[
     if shape != np.broadcast_shapes(*shapes):  # the constant broadcasts the data up
         signs[0] = np.broadcast_to(signs[0], (1, *shape))
     operator = Sum(signs, bias, shapes)
-    return [ctx.add(operator, [v for _, v in data], tuple(shape))]
+    return [ctx.add(operator, [v for _, v in data], tuple(shape), batch_axis=batch)]
 
 
-@handler("Add")
+@handler("Add", batch_axis=SAME_BATCH_AXIS)
 def add(ctx: NodeContext) -> list[Var]:
     a, b = ctx.inputs[0], ctx.inputs[1]
     if isinstance(a, Var) and isinstance(b, Const):
+        a = _with_constant(ctx, 0)
         return _scale(ctx, a, np.ones((1,) * a.rank), _constant_operand(ctx, 1, a))
     if isinstance(b, Var) and isinstance(a, Const):
+        b = _with_constant(ctx, 1)
         return _scale(ctx, b, np.ones((1,) * b.rank), _constant_operand(ctx, 0, b))
     return _sum(ctx, [(1.0, ctx.var(0)), (1.0, ctx.var(1))])
 
 
-@handler("Sub")
+@handler("Sub", batch_axis=SAME_BATCH_AXIS)
 def sub(ctx: NodeContext) -> list[Var]:
     a, b = ctx.inputs[0], ctx.inputs[1]
     if isinstance(a, Var) and isinstance(b, Const):
+        a = _with_constant(ctx, 0)
         return _scale(ctx, a, np.ones((1,) * a.rank), -_constant_operand(ctx, 1, a))
     if isinstance(b, Var) and isinstance(a, Const):
+        b = _with_constant(ctx, 1)
         return _scale(ctx, b, -np.ones((1,) * b.rank), _constant_operand(ctx, 0, b))
     return _sum(ctx, [(1.0, ctx.var(0)), (-1.0, ctx.var(1))])
 
 
-@handler("Sum")
+@handler("Sum", batch_axis=SAME_BATCH_AXIS)
 def sum_(ctx: NodeContext) -> list[Var]:
     return _sum(ctx, [(1.0, v) for v in ctx.inputs])
 
 
 def _product(ctx: NodeContext, a: Var, b: Var, part: str | None = None) -> Var:
+    a, b = _lift(ctx, a, b.rank), _lift(ctx, b, a.rank)
     if a.rank != b.rank:
         raise ctx.error("data operands of different ranks would broadcast along the "
                         "batch axis")
@@ -105,21 +133,23 @@ def _product(ctx: NodeContext, a: Var, b: Var, part: str | None = None) -> Var:
         shape = np.broadcast_shapes(a.shape, b.shape)
     except ValueError as exc:
         raise ctx.error(f"shapes {list(a.shape)} and {list(b.shape)} do not broadcast") from exc
-    return ctx.add(Product([a.shape, b.shape]), [a, b], shape, part=part)
+    return ctx.add(Product([a.shape, b.shape]), [a, b], shape, part=part,
+                   batch_axis=a.batch_axis)
 
 
-@handler("Mul")
+@handler("Mul", batch_axis=SAME_BATCH_AXIS)
 def mul(ctx: NodeContext) -> list[Var]:
     a, b = ctx.inputs[0], ctx.inputs[1]
     if isinstance(a, Var) and isinstance(b, Var):
         return [_product(ctx, a, b)]
     if isinstance(a, Var):
+        a = _with_constant(ctx, 0)
         return _scale(ctx, a, _constant_operand(ctx, 1, a), None)
-    data = ctx.var(1)
+    data = _with_constant(ctx, 1)
     return _scale(ctx, data, _constant_operand(ctx, 0, data), None)
 
 
-@handler("Div")
+@handler("Div", batch_axis=SAME_BATCH_AXIS)
 def div(ctx: NodeContext) -> list[Var]:
     """By a constant: a `Scale`. By a data tensor `v`: `u * Reciprocal(v)` (the
     documented expansion, docs/math.md §7), the Reciprocal a node ``<name>/reciprocal``."""
@@ -131,14 +161,14 @@ def div(ctx: NodeContext) -> list[Var]:
         if isinstance(numerator, Var):
             return [_product(ctx, numerator, inverse)]
         return _scale(ctx, inverse, _constant_operand(ctx, 0, inverse), None)
-    data = ctx.var(0)
+    data = _with_constant(ctx, 0)
     divisor = _constant_operand(ctx, 1, data)
     if (divisor == 0).any():
         raise ctx.error("division by zero")
     return _scale(ctx, data, 1.0 / divisor, None)
 
 
-@handler("Neg")
+@handler("Neg", batch_axis=SAME_BATCH_AXIS)
 def neg(ctx: NodeContext) -> list[Var]:
     data = ctx.var(0)
     return _scale(ctx, data, -np.ones((1,) * data.rank), None)

@@ -21,7 +21,7 @@ from ...engine.elementwise import ShiftedExp, ShiftedLog, function_gate
 from ...engine.functions import Function
 from ...engine.products import Product
 from ...engine.routes import Reshape
-from ..context import NodeContext, handler, per_example_axis
+from ..context import SAME_BATCH_AXIS, NodeContext, handler, per_example_axis
 from ..values import Var
 
 
@@ -29,7 +29,10 @@ def _softmax_axes(ctx: NodeContext, data: Var) -> tuple[int, ...]:
     """Opset >= 13: the one ``axis`` (default -1); before: ``axis`` (default 1) and
     every axis after it (the input is coerced to 2-D there)."""
     if ctx.opset >= 13:
-        return (per_example_axis(ctx, int(ctx.attr("axis", -1)), data.rank),)
+        return (per_example_axis(ctx, int(ctx.attr("axis", -1)), data.rank, data.batch_axis),)
+    if data.batch_axis != 0:
+        raise ctx.error("before opset 13 this op flattens the axes from `axis` on, which "
+                        f"would include the batch at ONNX axis {data.batch_axis}")
     first = per_example_axis(ctx, int(ctx.attr("axis", 1)), data.rank)
     return tuple(range(first, len(data.shape)))
 
@@ -42,7 +45,7 @@ def _exp_sum(ctx: NodeContext, data: Var, axes: tuple[int, ...]) -> tuple[Var, V
     return exp, total
 
 
-@handler("Softmax")
+@handler("Softmax", batch_axis=SAME_BATCH_AXIS)
 def softmax(ctx: NodeContext) -> list[Var]:
     data = ctx.var(0)
     exp, total = _exp_sum(ctx, data, _softmax_axes(ctx, data))
@@ -51,7 +54,7 @@ def softmax(ctx: NodeContext) -> list[Var]:
     return [ctx.add(Product([exp.shape, inverse.shape]), [exp, inverse], data.shape)]
 
 
-@handler("LogSoftmax")
+@handler("LogSoftmax", batch_axis=SAME_BATCH_AXIS)
 def log_softmax(ctx: NodeContext) -> list[Var]:
     data = ctx.var(0)
     axes = _softmax_axes(ctx, data)

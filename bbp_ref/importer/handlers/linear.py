@@ -6,7 +6,7 @@ import numpy as np
 
 from ...engine.affine import MatMul
 from ...engine.products import MatMulProduct
-from ..context import NodeContext, batched_constant, handler
+from ..context import OWN_BATCH_AXIS, NodeContext, batched_constant, handler
 from ..values import Const, Var
 
 
@@ -35,12 +35,15 @@ def gemm(ctx: NodeContext) -> list[Var]:
     return [ctx.add(MatMul(weight, bias, data.shape), [data], (weight.shape[1],))]
 
 
-@handler("MatMul")
+@handler("MatMul", batch_axis=OWN_BATCH_AXIS)
 def matmul(ctx: NodeContext) -> list[Var]:
     """`data @ W` or `W @ data` with a constant `W` (NumPy matmul semantics)."""
     left, right = ctx.inputs[0], ctx.inputs[1]
     if isinstance(left, Var) and isinstance(right, Var):
         return [_matmul_product(ctx, left, right)]
+    moved = next(v for v in (left, right) if isinstance(v, Var))
+    if moved.batch_axis != 0:
+        return [_matmul_moved_batch(ctx, moved, left is moved)]
     if isinstance(left, Var):
         data, side, weight = left, "right", ctx.float_const(1, "B")
     else:
@@ -63,9 +66,34 @@ def matmul(ctx: NodeContext) -> list[Var]:
     return [ctx.add(MatMul(weight, None, data.shape, side), [data], shape)]
 
 
+def _matmul_moved_batch(ctx: NodeContext, data: Var, data_left: bool) -> Var:
+    """`data @ W` or `W @ data` for a 2-D constant `W` and a data tensor whose batch is
+    at ONNX axis `b` > 0 off the contracted axis (docs/math.md §7.5): per example the
+    same product, the batch staying at `b`. `data @ W` contracts the last axis only,
+    `W @ data` acts on the last two."""
+    weight = ctx.float_const(1 if data_left else 0, "the constant operand")
+    free = data.rank - (1 if data_left else 2)  # the batch must lie before these axes
+    if weight.ndim != 2 or data.batch_axis >= free:
+        raise ctx.error(f"with the batch at ONNX axis {data.batch_axis} of a rank-"
+                        f"{data.rank} tensor, only a 2-D constant operand that does not "
+                        "act on the batch axis is supported")
+    side = "right" if data_left else "left"
+    example = np.zeros((1, *data.shape))
+    try:
+        shape = (example @ weight if data_left else weight @ example).shape[1:]
+    except ValueError as exc:
+        raise ctx.error(f"shapes do not match: {exc}") from exc
+    return ctx.add(MatMul(weight, None, data.shape, side), [data], shape)
+
+
 def _matmul_product(ctx: NodeContext, left: Var, right: Var) -> Var:
     """MatMul of two data tensors: a product node (docs/math.md §7). Both need the same
-    rank (>= 3 with the batch axis), or their batch axes would not line up."""
+    rank (>= 3 with the batch axis), or their batch axes would not line up; a moved
+    batch axis must be the same for both and off the two matrix axes."""
+    if left.batch_axis != right.batch_axis or left.batch_axis >= max(left.rank - 2, 1):
+        raise ctx.error(f"the operands hold the batch at ONNX axes {left.batch_axis} and "
+                        f"{right.batch_axis}; a MatMul of two data tensors needs the same "
+                        "batch axis before the two matrix axes")
     if left.rank != right.rank or left.rank < 3:
         raise ctx.error(f"a MatMul of two data tensors needs operands of the same rank >= 3 "
                         f"(batch axis included), got {left.rank} and {right.rank}")

@@ -7,7 +7,7 @@ import numpy as np
 from ...engine.affine import AveragePool, Reduction
 from ...engine.gates import MaxPool
 from ...engine.windows import Window
-from ..context import NodeContext, handler, per_example_axis
+from ..context import SAME_BATCH_AXIS, NodeContext, handler, per_example_axis
 from ..values import Var
 from .window_attributes import read_window
 
@@ -80,22 +80,25 @@ def _reduce(ctx: NodeContext, mean: bool) -> list[Var]:
         if ctx.attr("noop_with_empty_axes", 0):
             return [data]
         raise ctx.error("reducing over all axes would reduce over the batch axis")
-    axes = tuple(sorted({per_example_axis(ctx, int(a), data.rank)
+    axes = tuple(sorted({per_example_axis(ctx, int(a), data.rank, data.batch_axis)
                          for a in np.asarray(axes_value).ravel()}))
+    batch = data.batch_axis if keepdims else data.batch_axis - sum(
+        1 for a in axes if a < data.batch_axis)
     count = int(np.prod([data.shape[a] for a in axes]))
     scale = np.asarray(1.0 / count if mean else 1.0)
     if keepdims:
         shape = tuple(1 if a in axes else n for a, n in enumerate(data.shape))
     else:
         shape = tuple(n for a, n in enumerate(data.shape) if a not in axes)
-    return [ctx.add(Reduction(axes, keepdims, data.shape, scale), [data], shape)]
+    return [ctx.add(Reduction(axes, keepdims, data.shape, scale), [data], shape,
+                    batch_axis=batch)]
 
 
-@handler("ReduceMean")
+@handler("ReduceMean", batch_axis=SAME_BATCH_AXIS)
 def reduce_mean(ctx: NodeContext) -> list[Var]:
     return _reduce(ctx, mean=True)
 
 
-@handler("ReduceSum")
+@handler("ReduceSum", batch_axis=SAME_BATCH_AXIS)
 def reduce_sum(ctx: NodeContext) -> list[Var]:
     return _reduce(ctx, mean=False)

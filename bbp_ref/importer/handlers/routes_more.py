@@ -11,7 +11,14 @@ import numpy as np
 
 from ...engine.embed import Embed
 from ...engine.routes import IndexRoute, Slice
-from ..context import NodeContext, batched_constant, handler, normalize_axis, per_example_axis
+from ..context import (
+    OWN_BATCH_AXIS,
+    NodeContext,
+    batched_constant,
+    handler,
+    normalize_axis,
+    per_example_axis,
+)
 from ..values import Const, Value, Var
 
 
@@ -19,13 +26,15 @@ def _arange(shape: tuple[int, ...]) -> np.ndarray:
     return np.arange(int(np.prod(shape))).reshape(shape)
 
 
-def _route(ctx: NodeContext, data: list[Var], table: np.ndarray) -> list[Var]:
+def _route(ctx: NodeContext, data: list[Var], table: np.ndarray,
+           batch_axis: int = 0) -> list[Var]:
     if table.size == 0:
         raise ctx.error("the output is empty")
     if len(data) == 1 and table.shape == data[0].shape and \
             np.array_equal(table, _arange(data[0].shape)):
-        return [data[0]]
-    return [ctx.add(IndexRoute([v.shape for v in data], table), data, table.shape)]
+        return [Var(data[0].node, data[0].shape, batch_axis)]
+    return [ctx.add(IndexRoute([v.shape for v in data], table), data, table.shape,
+                    batch_axis=batch_axis)]
 
 
 # -- Split ----------------------------------------------------------------------------------
@@ -118,19 +127,23 @@ def _indices(ctx: NodeContext, size: int) -> np.ndarray:
     return np.where(indices < 0, indices + size, indices).astype(np.int64)
 
 
-@handler("Gather")
+@handler("Gather", batch_axis=OWN_BATCH_AXIS)
 def gather(ctx: NodeContext) -> list[Var]:
+    """With the batch at ONNX axis `b` (docs/math.md §7.5), gathering along an axis before
+    it moves it by the rank of the indices minus one (`Y_h[-1]` of a recurrent op)."""
     data = ctx.var(0)
     if isinstance(ctx.inputs[1], Var):
         raise ctx.error("indices computed from the model input (data-dependent "
                         "indices) are not supported")
     onnx_axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), data.rank)
-    if onnx_axis == 0:
-        raise ctx.error("gathering along the batch axis (axis 0) would mix examples")
-    axis = onnx_axis - 1
+    if onnx_axis == data.batch_axis:
+        raise ctx.error(f"gathering along the batch axis (axis {data.batch_axis}) would mix "
+                        "examples")
+    axis = data.example_axis(onnx_axis)
     indices = _indices(ctx, data.shape[axis])
     ctx.check_size(data.shape[:axis] + indices.shape + data.shape[axis + 1:])
-    return _route(ctx, [data], np.take(_arange(data.shape), indices, axis=axis))
+    batch = data.batch_axis + (indices.ndim - 1 if onnx_axis < data.batch_axis else 0)
+    return _route(ctx, [data], np.take(_arange(data.shape), indices, axis=axis), batch)
 
 
 @handler("GatherElements")

@@ -14,7 +14,7 @@ from ...engine.affine import Scale
 from ...engine.elementwise import function_gate
 from ...engine.functions import Function
 from ...engine.gates import PiecewiseLinear
-from ..context import NodeContext, batched_constant, handler
+from ..context import SAME_BATCH_AXIS, NodeContext, batched_constant, handler
 from ..values import Var
 
 # op type -> the row, from the node's attributes (ONNX defaults)
@@ -50,7 +50,7 @@ FUNCTIONS: dict[str, Callable[[NodeContext], Function]] = {
 }
 
 
-@handler(*FUNCTIONS)
+@handler(*FUNCTIONS, batch_axis=SAME_BATCH_AXIS)
 def elementwise_function(ctx: NodeContext) -> list[Var]:
     if ctx.op_type == "Gelu" and ctx.attr("approximate", "none") not in ("none", "tanh"):
         raise ctx.error(f"unknown approximate={ctx.attr('approximate')!r}")
@@ -58,7 +58,7 @@ def elementwise_function(ctx: NodeContext) -> list[Var]:
     return [ctx.add(function_gate(FUNCTIONS[ctx.op_type](ctx)), [data], data.shape)]
 
 
-@handler("Pow")
+@handler("Pow", batch_axis=SAME_BATCH_AXIS)
 def power(ctx: NodeContext) -> list[Var]:
     """`u ** p` with a constant exponent `p` (a constant base to a data exponent is
     `exp(p log c)`, not supported)."""
@@ -66,7 +66,7 @@ def power(ctx: NodeContext) -> list[Var]:
         raise ctx.error("a constant base raised to a data exponent is not supported")
     data = ctx.var(0, "X")
     exponent = batched_constant(ctx, ctx.float_const(1, "Y (the exponent)"), data.rank,
-                                "the exponent")
+                                "the exponent", data.batch_axis)
     shape = np.broadcast_shapes(data.shape, exponent.shape[1:])
     if shape != data.shape:
         raise ctx.error("an exponent that broadcasts the data to a larger shape is not "
@@ -76,7 +76,7 @@ def power(ctx: NodeContext) -> list[Var]:
     return [ctx.add(function_gate(Function("Pow", fn.power(exponent))), [data], data.shape)]
 
 
-@handler("HardSigmoid")
+@handler("HardSigmoid", batch_axis=SAME_BATCH_AXIS)
 def hard_sigmoid(ctx: NodeContext) -> list[Var]:
     """`max(0, min(1, alpha u + beta))` as an affine node and a Clip (both piecewise
     linear, so exact integrated gradients walks it)."""
