@@ -31,6 +31,7 @@ decision 2): strict expected failures, so that the mark must go when they import
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -58,7 +59,7 @@ FORWARD_RTOL = 1e-12
 JACOBIAN_RTOL = 1e-9
 
 PIECEWISE_LINEAR = {"shufflenet_v2_x1_0", "unet_decoder"}  # ReLU networks
-# The exports bbp_ref cannot import yet: (why, what the load error must say). They must
+# The exports bbp_ref cannot import yet: (why, a pattern the load error must match). They must
 # fail at load with that UnsupportedOpError (strict), so the mark goes when they import.
 MERGED_BATCH = "a Reshape that merges the batch axis with another axis"
 NOT_IMPORTED: dict[tuple[str, str], tuple[str, str]] = {
@@ -68,7 +69,8 @@ NOT_IMPORTED: dict[tuple[str, str], tuple[str, str]] = {
        for exporter in EXPORTERS},
     **{("swin_small", exporter): (
         f"{MERGED_BATCH} (the window partition reshapes [N, ...] to [N * windows, ...])",
-        "does not keep the batch axis first")
+        # refused at that Reshape, or (with a merged batch tracked) at an op reading it
+        "does not keep the batch axis first|does not support a merged batch")
        for exporter in EXPORTERS},
 }
 
@@ -112,7 +114,7 @@ def test_architecture_matches_torch_autograd(name: str, exporter: str, tmp_path)
         m = bbp_ref.load(path)
     except UnsupportedOpError as error:  # an expected failure must fail for its reason
         _, message = NOT_IMPORTED.get((name, exporter), (None, ""))
-        assert message in str(error), error
+        assert re.search(message, str(error)), error
         raise
     n = len(x)
 
