@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from test_ops import RULES, Case, assert_forward_close, ort_output, verify
 
 import bbp_ref
+from bbp_ref.engine.orphans import WithEmptyOutputs
 from bbp_ref.errors import InputError, UnsupportedOpError
 
 SAME_RTOL = 1e-12
@@ -673,3 +674,90 @@ def test_lrn_pairs_agree(channels: int, size: int, alpha: float, beta: float, bi
             node("Pow", ["base", "beta"], "power"), node("Div", ["x", "power"], "n")]
     decomposed = model(core + tail, ["N", channels, 2, 3], inits)
     assert_same_explanations(fused, decomposed, f32(rng, 2, channels, 2, 3, scale=2.0))
+
+
+# -- a zero Pad before an AveragePool folds into its padding (LRN's exported form) ----------
+def _pad_pool(pads: list[int], own_pads: list[int], count_include_pad: int, kernel: int,
+              stride: int, seed: int = 17, also_read: bool = False) -> tuple:
+    """x [N, 2, 5, 5] -> Conv 3x3 -> Pad(zeros, ``pads`` on H, W) -> AveragePool ->
+    Flatten -> Gemm (``also_read``: a Relu reads the padded tensor too, added to the
+    pool's output by a global average)."""
+    rng = np.random.default_rng(seed)
+    spatial = [3 + pads[0] + pads[2] + own_pads[0] + own_pads[2],
+               3 + pads[1] + pads[3] + own_pads[1] + own_pads[3]]
+    out = [(n - kernel) // stride + 1 for n in spatial]
+    nodes = [node("Conv", ["x", "wc", "bc"], "c"),
+             node("Pad", ["c", "pads"], "p", mode="constant"),
+             node("AveragePool", ["p"], "a", kernel_shape=[kernel, kernel],
+                  strides=[stride, stride], pads=own_pads, count_include_pad=count_include_pad)]
+    if also_read:
+        nodes += [node("Relu", ["p"], "r"), node("GlobalAveragePool", ["r"], "g"),
+                  node("Add", ["a", "g"], "s")]
+    nodes += [node("Flatten", ["s" if also_read else "a"], "f"), node("Gemm", ["f", "w", "b"], "y")]
+    inits = {"wc": f32(rng, 3, 2, 3, 3), "bc": f32(rng, 3),
+             "pads": np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]),
+             "w": f32(rng, 3 * out[0] * out[1], 2), "b": f32(rng, 2)}
+    return model(nodes, ["N", 2, 5, 5], inits), f32(rng, 3, 2, 5, 5)
+
+
+# pads, the pool's own pads, count_include_pad, kernel, stride, windows in padding alone
+PAD_POOLS = [([1, 1, 1, 1], [0, 0, 0, 0], 1, 3, 1, False),
+             ([2, 0, 1, 1], [0, 0, 0, 0], 0, 3, 1, False),
+             ([1, 1, 1, 1], [1, 0, 0, 1], 0, 3, 2, False),
+             ([1, 2, 0, 1], [1, 1, 0, 0], 1, 2, 1, True),
+             ([3, 3, 3, 3], [0, 0, 0, 0], 1, 2, 2, True)]
+
+
+@pytest.mark.parametrize(("pads", "own_pads", "count_include_pad", "kernel", "stride",
+                          "empty"), PAD_POOLS, ids=[f"case{i}" for i in range(len(PAD_POOLS))])
+def test_zero_pad_before_an_average_pool_folds(pads: list[int], own_pads: list[int],
+                                               count_include_pad: int, kernel: int,
+                                               stride: int, empty: bool) -> None:
+    """Against onnxruntime and finite differences; the Pad is no node of its own; where
+    the pool counts every padded element, the same as one AveragePool with both pads
+    (the form exporters write at opset >= 11) for every rule. Windows in the padding
+    alone read no input (connected to the whole input, as a Conv's): accepted after a
+    folded Pad, as they were with the Pad a node of its own; a plain AveragePool with
+    such windows is refused (docs/math.md §7.3), so there is nothing to compare with."""
+    proto, x = _pad_pool(pads, own_pads, count_include_pad, kernel, stride)
+    m, _ = verify(Case(proto, x))
+    assert "Pad" not in {n.op for n in m.nodes}
+    pool = next(n for n in m.graph if n.op == "AveragePool")
+    assert isinstance(pool.operator, WithEmptyOutputs) == empty
+    if not empty and (count_include_pad or not any(own_pads)):
+        merged = onnx.ModelProto()
+        merged.CopyFrom(proto)
+        graph = merged.graph
+        pool = next(n for n in graph.node if n.op_type == "AveragePool")
+        total = [p + o for p, o in zip(pads, own_pads)]
+        for attribute in pool.attribute:
+            if attribute.name == "pads":
+                attribute.ints[:] = total
+            if attribute.name == "count_include_pad":
+                attribute.i = 1
+        pool.input[0] = "c"
+        graph.node.remove(next(n for n in graph.node if n.op_type == "Pad"))
+        assert_same_explanations(proto, merged, x)
+
+
+def test_zero_pad_read_by_more_than_pools_stays_a_node() -> None:
+    proto, x = _pad_pool([1, 1, 1, 1], [0, 0, 0, 0], 1, 3, 1, also_read=True)
+    m, _ = verify(Case(proto, x))
+    assert "Pad" in {n.op for n in m.nodes}
+
+
+def test_zero_pad_before_a_ceil_mode_pool_stays_a_node() -> None:
+    """With ceil_mode a pool drops a last window starting in its end padding, which the
+    Pad's zeros are not: onnxruntime keeps that window (5 + 2 elements, kernel 2,
+    stride 3: 3 windows, the last starting at element 6), so the Pad is not folded."""
+    rng = np.random.default_rng(18)
+    nodes = [node("Conv", ["x", "wc", "bc"], "c"),
+             node("Pad", ["c", "pads"], "p", mode="constant"),
+             node("AveragePool", ["p"], "a", kernel_shape=[2, 2], strides=[3, 3],
+                  ceil_mode=1),
+             node("Flatten", ["a"], "f"), node("Gemm", ["f", "w", "b"], "y")]
+    inits = {"wc": f32(rng, 3, 2, 1, 1), "bc": f32(rng, 3),
+             "pads": np.array([0, 0, 0, 0, 0, 0, 2, 2]), "w": f32(rng, 27, 2),
+             "b": f32(rng, 2)}
+    m, _ = verify(Case(model(nodes, ["N", 2, 5, 5], inits), f32(rng, 3, 2, 5, 5)))
+    assert "Pad" in {n.op for n in m.nodes}

@@ -41,7 +41,8 @@ NOTES = {
     "Mul": "by a constant (affine) or of two data tensors of the same rank (a product node)",
     "Div": "by a non-zero constant, or by a data tensor: Mul by its Reciprocal",
     "Sum": "data tensors and constants",
-    "AveragePool": "pads, strides, dilations (19+), ceil_mode, count_include_pad",
+    "AveragePool": "pads, strides, dilations (19+), ceil_mode, count_include_pad; a zero Pad "
+                   "before it folds into its padding",
     "ReduceMean": "over non-batch axes (attribute < 18, input 18+), keepdims",
     "ReduceSum": "over non-batch axes (attribute < 13, input 13+), keepdims",
     "Clip": "attribute form (< 11) and input form (11+); Relu6, HardTanh; saturation gives a "
@@ -58,7 +59,8 @@ NOTES = {
     "Slice": "constant starts/ends/axes/steps (attribute form < 10), off the batch axis",
     "Dropout": "inference (training_mode false, mask unused)", "Cast": "to a float type",
     "Pad": "every mode (constant: an Embed node whose border is local bias; reflect, edge, "
-           "wrap: a route); negative pads crop; a zero Pad read only by Convs folds into them",
+           "wrap: a route); negative pads crop; a zero Pad read only by Convs and "
+           "AveragePools folds into their padding",
     "Resize": "constant scales or sizes (axes, keep_aspect_ratio_policy); nearest (a route), "
               "linear and cubic (affine; antialias, exclude_outside, cubic_coeff_a); every "
               "coordinate_transformation_mode; tf_crop_and_resize extrapolates constants",

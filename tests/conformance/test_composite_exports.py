@@ -13,10 +13,14 @@ exporter at opsets 13 and 17 and by the dynamo exporter. What the exporters writ
   decomposition written by hand (`test_composite_ops`);
 * nn.RMSNorm (dynamo): decomposed at the default opset, RMSNormalization at 23.
 
+* nn.LocalResponseNorm: Mul, Reshape, a zero Pad, AveragePool, Squeeze, Mul, Add, Pow,
+  Div (TorchScript: the Squeeze inside an If on a constant condition); compared with LRN;
+* F.normalize: ReduceL1/ReduceL2, Clip, Expand, Div; compared with LpNormalization;
+* nn.AvgPool2d(padding=1) at opset 9 (a zero Pad and an AveragePool) and 13 (one pool).
+
 For each: the fused and the decomposed graph give the same `W^x`, `b^x`, `B(x)` for every
 rule to 1e-12 (invariant 9), and `W^x` and `f(x)` equal torch autograd's in float64 to
-1e-12 (invariant 8). LRN and LpNormalization, whose exports need a Pad before an
-AveragePool and an Expand of data, are compared with torch autograd as fused ops here.
+1e-12 (invariant 8).
 
 ONNX attributes are float32, torch's float64 module keeps the Python float: an epsilon
 that float32 does not hold exactly (1e-3) puts the two ~1e-10 apart, so the epsilons
@@ -213,12 +217,12 @@ def test_lp_normalization_against_autograd(p: int) -> None:
 
 
 class _NormalizeChannels(nn.Module):
-    def __init__(self, p: int) -> None:
+    def __init__(self, p: int, eps: float = 0.0) -> None:
         super().__init__()
-        self.p = p
+        self.p, self.eps = p, eps
 
     def forward(self, h):
-        return nn.functional.normalize(h, p=self.p, dim=1, eps=0.0)
+        return nn.functional.normalize(h, p=self.p, dim=1, eps=self.eps)
 
 
 class _Reversed(nn.Module):
@@ -245,3 +249,59 @@ def test_rms_norm_fused_and_decomposed_exports_agree(tmp_path) -> None:
     assert_same_explanations(fused, decomposed, x)
     for proto in (fused, decomposed):
         assert_matches_autograd(proto, module, x)
+
+
+def _fused_around(module: nn.Module, core: list) -> onnx.ModelProto:
+    """``core`` (reading ``h``, writing ``n``) between ``module``'s Conv and Linear."""
+    weights = {k: v.detach().numpy() for k, v in module.state_dict().items()
+               if k.startswith(("before.", "after."))}
+    nodes = ([node("Conv", ["x", "before.weight", "before.bias"], "h", pads=[1, 1, 1, 1])]
+             + core + [node("Flatten", ["n"], "flat"),
+                       node("Gemm", ["flat", "after.1.weight", "after.1.bias"], "y",
+                            transB=1)])
+    return model(nodes, ["N", 2, 3, 3], weights)
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_lrn_exports_agree_with_fused_lrn(size: int, tmp_path) -> None:
+    """PyTorch writes LRN as Mul, Reshape, a zero Pad, AveragePool, Squeeze (TorchScript:
+    inside an If on a constant condition), Mul, Add, Pow, Div; the zero Pad folds into
+    the pool's padding, so every rule agrees with the fused LRN."""
+    channels = 5
+    module = _conv_sandwich(nn.LocalResponseNorm(size, alpha=0.5, beta=0.75, k=2.0),
+                            channels, 6)
+    x = np.random.default_rng(6).normal(size=(3, 2, 3, 3)).astype(np.float32)
+    fused = _fused_around(module, [node("LRN", ["h"], "n", size=size, alpha=0.5, beta=0.75,
+                                        bias=2.0)])
+    assert_matches_autograd(fused, module, x)
+    for name in ("ts13", "dynamo"):
+        exported = _export(module, x, tmp_path / f"{name}.onnx", EXPORTERS[name])
+        assert {"Pad", "AveragePool"} <= {n.op_type for n in exported.graph.node}
+        assert_same_explanations(fused, exported, x)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_normalize_exports_agree_with_lp_normalization(p: int, tmp_path) -> None:
+    """F.normalize exports as ReduceL1/ReduceL2, Clip(min=eps), Expand, Div: the same
+    explanations as LpNormalization wherever the norm exceeds eps."""
+    module = _conv_sandwich(_NormalizeChannels(p, eps=1e-12), 4, 7)
+    x = np.random.default_rng(7).normal(size=(3, 2, 3, 3)).astype(np.float32)
+    fused = _fused_around(module, [node("LpNormalization", ["h"], "n", p=p, axis=1)])
+    for name in ("ts13", "dynamo"):
+        exported = _export(module, x, tmp_path / f"{name}.onnx", EXPORTERS[name])
+        assert {f"ReduceL{p}", "Expand"} <= {n.op_type for n in exported.graph.node}
+        assert_same_explanations(fused, exported, x)
+
+
+def test_padded_average_pool_at_opset_9_and_13_agree(tmp_path) -> None:
+    """nn.AvgPool2d(padding=1) exports as a zero Pad and an AveragePool at opset 9, as
+    one AveragePool with pads from opset 11: the same explanation for every rule."""
+    module = _randomized(nn.Sequential(nn.Conv2d(2, 3, 3), nn.AvgPool2d(3, 1, padding=1),
+                                       nn.Flatten(), nn.Linear(48, 2)), 8)
+    x = np.random.default_rng(8).normal(size=(3, 2, 6, 6)).astype(np.float32)
+    old = _export(module, x, tmp_path / "ts9.onnx", dict(dynamo=False, opset_version=9))
+    new = _export(module, x, tmp_path / "ts13.onnx", EXPORTERS["ts13"])
+    assert "Pad" in {n.op_type for n in old.graph.node}
+    assert "Pad" not in {n.op_type for n in new.graph.node}
+    assert_same_explanations(old, new, x)
+    assert_matches_autograd(new, module, x)

@@ -1,7 +1,7 @@
 """Pad of a data tensor, every mode (docs/math.md §7.3).
 
-* A constant-zero Pad of the spatial axes whose every consumer is a Conv folds into the
-  Conv's padding (a `PendingPad`; §2).
+* A constant-zero Pad of the spatial axes whose every consumer is a Conv or an
+  AveragePool folds into their padding (a `PendingPad`; §2, §7.4).
 * Otherwise a constant Pad is an `Embed` node: the border elements are constants, local
   bias connected for the rules to the whole input (§7.2 decision 6).
 * ``reflect``, ``edge`` and ``wrap`` are routes (`IndexRoute`): each border element
@@ -13,6 +13,7 @@ Negative pads crop. The batch axis cannot be padded or cropped.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from ...engine.embed import Embed
 from ...engine.routes import IndexRoute
@@ -20,6 +21,7 @@ from ..context import NodeContext, handler
 from ..values import PendingPad, Value
 
 MODES = ("constant", "reflect", "edge", "wrap")
+WINDOW_READERS = ("Conv", "AveragePool")  # ops a zero Pad folds into
 
 
 def _arguments(ctx: NodeContext, rank: int) -> tuple[np.ndarray, float, str]:
@@ -51,10 +53,11 @@ def _arguments(ctx: NodeContext, rank: int) -> tuple[np.ndarray, float, str]:
     return pads, value, mode
 
 
-def _folds_into_conv(ctx: NodeContext, pads: np.ndarray, value: float, mode: str,
-                     rank: int) -> bool:
-    """Whether this Pad folds into the Conv(s) reading it: a zero Pad of the spatial
-    axes only, read by Convs only (as their input X)."""
+def _folds_into_window(ctx: NodeContext, pads: np.ndarray, value: float, mode: str,
+                       rank: int) -> bool:
+    """Whether this Pad folds into the padding of the Convs and AveragePools reading it:
+    a zero Pad of the spatial axes only, read by those only (as their input X). (An
+    AveragePool counts the folded zeros in its divisor: LRN's exported form, §7.4.)"""
     if mode != "constant" or value != 0.0 or (pads < 0).any():
         return False
     if pads[:2].any() or pads[rank:rank + 2].any():
@@ -65,8 +68,16 @@ def _folds_into_conv(ctx: NodeContext, pads: np.ndarray, value: float, mode: str
         return False
     readers = [builder.model.graph.node[i] for i in sorted(builder.needed)
                if tensor in builder.model.graph.node[i].input]
-    return bool(readers) and all(n.op_type == "Conv" and list(n.input).index(tensor) == 0
-                                 and list(n.input).count(tensor) == 1 for n in readers)
+    return bool(readers) and all(n.op_type in WINDOW_READERS
+                                 and list(n.input).index(tensor) == 0
+                                 and list(n.input).count(tensor) == 1
+                                 and not _ceil_mode(n) for n in readers)
+
+
+def _ceil_mode(node: onnx.NodeProto) -> bool:
+    """A pool with ceil_mode drops a last window that starts in its end padding: after
+    folding, the Pad's zeros would count as padding there, so such a pool is not folded."""
+    return any(a.name == "ceil_mode" and a.i for a in node.attribute)
 
 
 def pad_table(shape: tuple[int, ...], begin: np.ndarray, end: np.ndarray,
@@ -94,7 +105,7 @@ def pad(ctx: NodeContext) -> list[Value]:
         raise ctx.error("padding or cropping the batch axis is not supported")
     if not pads.any():
         return [data]
-    if _folds_into_conv(ctx, pads, value, mode, rank):
+    if _folds_into_window(ctx, pads, value, mode, rank):
         return [PendingPad(data, tuple(int(p) for p in begin[2:]),
                            tuple(int(p) for p in end[2:]), ctx.name)]
     if mode == "reflect":
