@@ -21,3 +21,23 @@ def test_ci_runs_the_readme_test_command():
     test_command = 'pip install -q -e ".[test]" && python -m pytest -q'
     assert 'pip install -e ".[test]" && python -m pytest -q' in readme
     assert test_command in ci
+
+
+def _onnx_support_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_onnx_support", ROOT / "tools" / "make_onnx_support.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_onnx_support_table_is_generated_and_every_op_has_a_kind():
+    """docs/onnx-support.md is what tools/make_onnx_support.py writes now, and every
+    supported op has a declared kind (a new handler adds its op to the tool's KINDS)."""
+    tool = _onnx_support_tool()
+    without_kind = [op for op in supported_ops() if tool.kind_of(op) == "?"]
+    assert not without_kind, f"add these ops to KINDS in tools/make_onnx_support.py: {without_kind}"
+    assert (ROOT / "docs" / "onnx-support.md").read_text() == tool.render(), \
+        "run python tools/make_onnx_support.py"

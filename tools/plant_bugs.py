@@ -1,6 +1,8 @@
 """Prove the test suite can fail: plant each bug of issue 3's list by hand, run the
 suite, record which tests catch it, revert. `python tools/plant_bugs.py [pytest args]`
-prints the table that docs/testing.md shows (about a minute per bug).
+prints the table that docs/testing.md shows (about a minute per bug);
+`python tools/plant_bugs.py --tangent [pytest args]` plants the tangent model's bugs
+(docs/math.md §7) instead.
 
 Every bug is a one-line source edit, applied to the working tree and always reverted
 (even on Ctrl-C)."""
@@ -52,6 +54,34 @@ BUGS = [
 ]
 
 
+# The tangent model's engine (docs/math.md §7): what the node cases and the tangent
+# properties must catch (docs/testing.md, "Planted bugs in the tangent model").
+TANGENT_BUGS = [
+    Bug("Tanh derivative sign flipped", "bbp_ref/engine/functions.py",
+        "return value, 1.0 - value * value", "return value, value * value - 1.0"),
+    Bug("Gelu derivative without its u N(u) term", "bbp_ref/engine/functions.py",
+        "return u * cdf, cdf + u * INV_SQRT_2PI * np.exp(-0.5 * u * u)",
+        "return u * cdf, cdf"),
+    Bug("product's bias with the wrong sign (+u0 v0)", "bbp_ref/engine/products.py",
+        "local = Sum([np.broadcast_to(v, shape), np.broadcast_to(u, shape)], -value,",
+        "local = Sum([np.broadcast_to(v, shape), np.broadcast_to(u, shape)], value,"),
+    Bug("broadcast operand's gradient not summed (first copy taken)",
+        "bbp_ref/engine/operator.py",
+        "grad = grad.sum(axis=axes, keepdims=True)",
+        "grad = grad[tuple(slice(0, 1) if i in axes else slice(None) "
+        "for i in range(grad.ndim))]"),
+    Bug("Softmax shift applied twice in the Log node", "bbp_ref/engine/elementwise.py",
+        "value = np.log(s) + _row_maximum(context, self.axes)",
+        "value = np.log(s) + 2 * _row_maximum(context, self.axes)"),
+    Bug("Embed fill mass dropped (constant outputs not connected for the rules)",
+        "bbp_ref/engine/embed.py",
+        "        if not self.fill.any():\n            return self",
+        "        if True:\n            return self"),
+    Bug("Reciprocal derivative sign flipped", "bbp_ref/engine/functions.py",
+        "return value, -value * value", "return value, value * value"),
+]
+
+
 def run(bug: Bug, pytest_args: list[str]) -> tuple[list[str], float]:
     path = ROOT / bug.path
     original = path.read_text()
@@ -71,9 +101,12 @@ def run(bug: Bug, pytest_args: list[str]) -> tuple[list[str], float]:
 
 def main() -> None:
     pytest_args = sys.argv[1:]
+    bugs = BUGS
+    if pytest_args[:1] == ["--tangent"]:
+        bugs, pytest_args = TANGENT_BUGS, pytest_args[1:]
     print("| planted bug | failing tests | examples |")
     print("| --- | --- | --- |")
-    for bug in BUGS:
+    for bug in bugs:
         failed, seconds = run(bug, pytest_args)
         files = sorted({f.split("::")[0] for f in failed})
         examples = ", ".join(f"`{f.split('::', 1)[1]}`" for f in failed[:3])

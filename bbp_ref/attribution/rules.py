@@ -176,7 +176,8 @@ def _rescaled(factors: list[list[Array]]) -> list[list[Array]]:
     largest = np.zeros(n)
     for term in factors:
         for f in term:
-            largest = np.maximum(largest, np.abs(f).reshape(f.shape[0], -1).max(axis=1))
+            largest = np.maximum(largest, np.abs(f).reshape(f.shape[0], -1).max(axis=1,
+                                                                             initial=0.0))
     _, exponent = np.frexp(largest)
     # ldexp of each factor, not a product with 2^-exponent: for a subnormal largest
     # factor (1e-310) that power of two itself would overflow

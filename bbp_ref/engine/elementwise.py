@@ -57,14 +57,15 @@ def _frozen(name: str, u: Array, value: Array, slope: Array,
             with_bias: bool) -> ElementwiseLocal:
     if not (np.isfinite(value).all() and np.isfinite(slope).all()):
         raise DomainError(f"{name} has no finite value or derivative at an input of "
-                          f"{float(np.max(np.abs(u))):.6g}")
+                          f"{float(np.max(np.abs(u), initial=0.0)):.6g}")
     offset = value - slope * u if with_bias else None
     return ElementwiseLocal(slope, offset)
 
 
 def _row_maximum(x: Array, axes: tuple[int, ...]) -> Array:
-    """`m`: the maximum over per-example ``axes`` (kept as length-1 axes)."""
-    return np.max(x, axis=tuple(a + 1 for a in axes), keepdims=True)
+    """`m`: the maximum over per-example ``axes`` (kept as length-1 axes; -inf over an
+    empty set, whose sum of exponentials is then 0)."""
+    return np.max(x, axis=tuple(a + 1 for a in axes), keepdims=True, initial=-np.inf)
 
 
 class ShiftedExp(TangentOperator):

@@ -95,18 +95,19 @@ def erf(u: Array) -> tuple[Array, Array]:
 
 
 def exp(u: Array) -> tuple[Array, Array]:
-    _require(u <= 709.0, f"Exp overflows float64 at an input of {float(np.max(u)):.6g}")
+    _require(u <= 709.0,
+             f"Exp overflows float64 at an input of {float(np.max(u, initial=-np.inf)):.6g}")
     value = np.exp(u)
     return value, value
 
 
 def log(u: Array) -> tuple[Array, Array]:
-    _require(u > 0, f"Log of a non-positive value ({float(np.min(u)):.6g})")
+    _require(u > 0, f"Log of a non-positive value ({float(np.min(u, initial=np.inf)):.6g})")
     return np.log(u), 1.0 / u
 
 
 def sqrt(u: Array) -> tuple[Array, Array]:
-    _require(u >= 0, f"Sqrt of a negative value ({float(np.min(u)):.6g})")
+    _require(u >= 0, f"Sqrt of a negative value ({float(np.min(u, initial=np.inf)):.6g})")
     _require(u > 0, "Sqrt at 0 has no finite derivative")
     value = np.sqrt(u)
     return value, 0.5 / value

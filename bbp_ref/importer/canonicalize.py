@@ -23,11 +23,15 @@ def canonicalize(graph: Graph) -> Graph:
     (linear in the number of nodes): a chain such as Conv -> BatchNormalization -> Mul
     folds step by step, since the merged producer is the one the next Scale sees."""
     consumers = {name: len(users) for name, users in graph.consumers().items()}
+    for node in graph:  # a context reader needs the producer's own value: no fold into it
+        for source in node.context:
+            consumers[source] += 1
     merged_into: dict[str, str] = {}  # a folded node's name -> the producer it went into
     nodes: dict[str, Node] = {}
     for node in graph:
-        if any(i in merged_into for i in node.inputs):
-            node = replace(node, inputs=tuple(merged_into.get(i, i) for i in node.inputs))
+        if any(i in merged_into for i in node.inputs + node.context):
+            node = replace(node, inputs=tuple(merged_into.get(i, i) for i in node.inputs),
+                           context=tuple(merged_into.get(i, i) for i in node.context))
         producer = nodes.get(node.inputs[0]) if len(node.inputs) == 1 else None
         if (producer is not None and isinstance(node.operator, Scale)
                 and consumers[producer.name] == 1 and producer.shape == node.shape):

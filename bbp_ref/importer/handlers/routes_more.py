@@ -206,7 +206,14 @@ def space_to_depth(ctx: NodeContext) -> list[Var]:
     b, c, h, w = _blocks(ctx, data)
     if h % b or w % b:
         raise ctx.error(f"spatial size {[h, w]} is not a multiple of blocksize {b}")
-    table = _arange(data.shape).reshape(c, h // b, b, w // b, b).transpose(2, 4, 0, 1, 3)
+    table = _arange(data.shape).reshape(c, h // b, b, w // b, b)
+    mode = ctx.attr("mode", "DCR")  # an attribute from opset 28
+    if mode == "DCR":
+        table = table.transpose(2, 4, 0, 1, 3)
+    elif mode == "CRD":
+        table = table.transpose(0, 2, 4, 1, 3)
+    else:
+        raise ctx.error(f"unknown mode {mode!r}")
     return _route(ctx, [data], table.reshape(c * b * b, h // b, w // b))
 
 

@@ -58,6 +58,8 @@ def _reduce_extremum(ctx: NodeContext, largest: bool) -> list[Var]:
         raise ctx.error("reducing over all axes would reduce over the batch axis")
     axes = tuple(sorted({per_example_axis(ctx, int(a), data.rank)
                          for a in np.asarray(value).ravel()}))
+    if any(data.shape[a] == 0 for a in axes):  # the result would be -inf/+inf, no arg-max
+        raise ctx.error("reducing an empty set: there is no element to select")
     operator = ReduceExtremum(axes, bool(ctx.attr("keepdims", 1)), data.shape, largest)
     return [ctx.add(operator, [data], operator.out_shape)]
 

@@ -58,7 +58,7 @@ def cast(ctx: NodeContext) -> list[Value]:
     return _float_cast(ctx, int(ctx.attr("to")))
 
 
-@handler("CastLike", batch_axis=SAME_BATCH_AXIS)
+@handler("CastLike", batch_axis=OWN_BATCH_AXIS)  # input 1 only lends its type
 def cast_like(ctx: NodeContext) -> list[Value]:
     """A cast to the type of another tensor; casting a constant to the type of a data
     tensor (as unoptimised dynamo exports do for a zero bias) stays a constant."""
