@@ -11,6 +11,7 @@ from .attribution.baselines import Attribution, deeplift, gradient, gradient_x_i
 from .attribution.integrated_gradients import integrated_gradients
 from .attribution.rules import NodeView, Rule, Term
 from .checks.onnxruntime_check import first_divergence
+from .dataset import DatasetRun, explain_dataset
 from .errors import BBpError, InputError, ModelLoadError, RuleError, UnsupportedOpError
 from .explain import Explanation, explain
 from .model import Model, NodeInfo, load
@@ -18,8 +19,8 @@ from .model import Model, NodeInfo, load
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attribution", "BBpError", "Explanation", "InputError", "Model", "ModelLoadError",
-    "NodeInfo", "NodeView", "Rule", "RuleError", "Term", "UnsupportedOpError", "deeplift",
-    "explain", "first_divergence", "gradient", "gradient_x_input", "integrated_gradients",
-    "load", "oracle",
+    "Attribution", "BBpError", "DatasetRun", "Explanation", "InputError", "Model",
+    "ModelLoadError", "NodeInfo", "NodeView", "Rule", "RuleError", "Term",
+    "UnsupportedOpError", "deeplift", "explain", "explain_dataset", "first_divergence",
+    "gradient", "gradient_x_input", "integrated_gradients", "load", "oracle",
 ]

@@ -2,20 +2,27 @@
 
 - ``bbp-ref explain [MODEL INPUT.npy] [--target K] [--rule R] [--layers ...] [--out F]``
   explains one output and prints a summary; with no MODEL it runs on the embedded default
-  digits model and its sample input. Exit code 1 if a check fails.
+  digits model and its sample input. ``--plot`` / ``--plot-layers`` draw the figures.
 - ``bbp-ref nodes [MODEL]`` lists the canonical nodes.
 - ``bbp-ref verify MODEL INPUT.npy CANDIDATE.npz`` compares another implementation's
-  arrays with bbp_ref's (exit code 1 on a mismatch).
+  arrays (or a file of ``explain --out``) with bbp_ref's.
 - ``bbp-ref golden OUT_DIR MODEL INPUT.npy [MODEL INPUT.npy ...]`` writes golden vectors.
+- ``bbp-ref explain-dataset MODEL DATA [--out PATH] [--scheduler ADDRESS] [--workers N]``
+  explains every example of a dataset into a Zarr store (docs/scaling.md; needs the
+  'dataset' extra).
 - ``bbp-ref reproduce`` and ``bbp-ref digit-flip``: the paper's claims on the digits models
   (docs/reproduction.md).
 
-Errors exit with code 2 and one line on stderr.
+Exit codes (`EXIT_CODES`): 0 success, 1 a check failed, 2 bad input or usage (one line on
+stderr, never a traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,15 +30,23 @@ from typing import NoReturn
 
 import numpy as np
 
-from . import oracle
+from . import __version__, oracle
 from .attribution.rules import RULES
 from .binding import tensor_types
 from .defaults import default_input, default_model_path
 from .errors import BBpError, InputError
-from .experiments import digit_flip
+from .experiments import digit_flip, reproduce
 from .explain import Explanation, explain
 from .files import archive_member, printable, read_npy, read_npz, write_atomically
-from .model import load
+from .model import Model, load
+
+EXIT_CODES = ("exit codes: 0 success; 1 a check failed (explain: a residual above 1e-10 or "
+              "onnxruntime disagrees; verify: a field outside the tolerance); 2 bad input or "
+              "usage (one line on stderr)")
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+GRID_METHODS = ("bbp", "bbp-abs", "bbp-signed", "bbp-uniform", "gradient", "gradient-x-input",
+                "ig", "ig-exact")
+DEFAULT_GRID_METHODS = ("bbp", "gradient-x-input", "ig")
 
 
 class _UsageError(Exception):
@@ -46,52 +61,140 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see '{self.prog} --help')")
 
 
+def _version() -> str:
+    import onnx
+    import onnxruntime
+
+    return (f"bbp-ref {__version__} (onnx {onnx.__version__}, onnxruntime "
+            f"{onnxruntime.__version__}, numpy {np.__version__}, Python "
+            f"{platform.python_version()})")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="bbp-ref", description="Bias Backpropagation (BBp) for ONNX models.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    ex = commands.add_parser("explain", help="explain one output of a model at an input")
+    parser = _Parser(prog="bbp-ref", description="Bias Backpropagation (BBp) for ONNX models: "
+                     "the exact decomposition f_t(x) = W^x x + b^x and the bias attribution "
+                     "B(x) (docs/math.md).", epilog=EXIT_CODES)
+    parser.add_argument("--version", action="version", version=_version(),
+                        help="print the versions of bbp-ref, onnx, onnxruntime and numpy")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="one of the commands below; 'bbp-ref COMMAND --help' "
+                                     "lists its options")
+    _add_explain(commands)
+    nodes = commands.add_parser("nodes", help="list a model's canonical nodes",
+                                epilog=EXIT_CODES)
+    nodes.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
+    _add_verify(commands)
+    rep = commands.add_parser("reproduce", help="the paper's table and figures on digits "
+                              "(docs/reproduction.md; needs the 'experiments' extra)",
+                              epilog=EXIT_CODES)
+    reproduce.add_arguments(rep)
+    flip = commands.add_parser("digit-flip", help="the paper's digit-flip test (Claim 3) on "
+                               "digits (docs/reproduction.md; needs the 'experiments' extra)",
+                               epilog=EXIT_CODES)
+    digit_flip.add_arguments(flip)
+    _add_explain_dataset(commands)
+    gold = commands.add_parser("golden", help="write golden vectors for models and inputs",
+                               epilog=EXIT_CODES)
+    gold.add_argument("out", help="output folder")
+    gold.add_argument("pairs", nargs="+", metavar="MODEL INPUT",
+                      help="ONNX model and .npy input, repeated")
+    return parser
+
+
+def _add_explain(commands: argparse._SubParsersAction) -> None:
+    ex = commands.add_parser("explain", help="explain one output of a model at an input",
+                             epilog=EXIT_CODES)
     ex.add_argument("model", nargs="?", help="ONNX model (default: the embedded digits CNN)")
     ex.add_argument("input", nargs="?", help=".npy file: one example or a batch")
-    ex.add_argument("--target", type=int, help="output index (default: the argmax)")
-    ex.add_argument("--rule", default="abs", choices=sorted(RULES), help="BBp rule")
+    ex.add_argument("--target", type=int, metavar="K",
+                    help="index into the explained tensor, flattened (default: the argmax)")
+    ex.add_argument("--rule", default="abs", choices=sorted(RULES),
+                    help="how BBp splits a node's bias among its inputs (docs/math.md §4.1; "
+                    "default abs)")
     ex.add_argument("--layers", nargs="+", metavar="NODE",
-                    help="attribute only the biases of these nodes")
-    ex.add_argument("--out", help="save the arrays to this .npz file")
+                    help="attribute only the biases of these nodes (see 'bbp-ref nodes')")
+    ex.add_argument("--output", metavar="TENSOR",
+                    help="the tensor to explain: a graph output or any float tensor inside "
+                    "the graph, e.g. the logit before a Sigmoid (default: the first float "
+                    "output)")
+    ex.add_argument("--out", metavar="FILE",
+                    help="save the arrays to exactly this file (.npz format), readable by "
+                    "'bbp-ref verify' as a candidate")
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     ex.add_argument("--strict", action="store_true",
                     help="fail (exit 1) if onnxruntime cannot run the model for its check")
+    ex.add_argument("--full-check", action="store_true",
+                    help="also run the two linear passes of SPEC §3 (check='full')")
     ex.add_argument("--plot", metavar="OUT.png",
                     help="draw the attribution grid (needs matplotlib: the 'plot' extra)")
     ex.add_argument("--plot-layers", metavar="OUT.png",
-                    help="draw the per-layer bias attribution (needs matplotlib)")
+                    help="draw each layer's bias attribution (needs matplotlib)")
+    ex.add_argument("--methods", nargs="+", choices=GRID_METHODS, metavar="METHOD",
+                    default=list(DEFAULT_GRID_METHODS),
+                    help="the grid's columns: " + ", ".join(GRID_METHODS) + " (default: "
+                    + " ".join(DEFAULT_GRID_METHODS) + "; bbp uses --rule, ig integrates by "
+                    "Gauss-Legendre quadrature, ig-exact walks every kink of the path and can "
+                    "take hours on a large model)")
+    ex.add_argument("--ig-steps", type=int, default=32, metavar="N",
+                    help="quadrature points of 'ig' (default 32)")
     ex.add_argument("--labels", type=int, nargs="+", metavar="K",
                     help="true classes of the examples, shown in the plots")
+    ex.add_argument("--dpi", type=int, default=100, metavar="N",
+                    help="resolution of PNG figures (default 100)")
+    ex.add_argument("--quiet", action="store_true",
+                    help="no progress bar (it is shown on stderr only when it is a terminal)")
     _add_binding_arguments(ex)
-    nodes = commands.add_parser("nodes", help="list a model's canonical nodes")
-    nodes.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
-    verify = commands.add_parser("verify", help="check another implementation's arrays")
+
+
+def _add_verify(commands: argparse._SubParsersAction) -> None:
+    verify = commands.add_parser("verify", help="check another implementation's arrays",
+                                 epilog=EXIT_CODES)
     verify.add_argument("model", help="ONNX model")
     verify.add_argument("input", help=".npy file: one example or a batch")
     verify.add_argument("candidate", help=".npz file: field name -> array (see docs/oracle.md)")
     verify.add_argument("--target", type=int, help="output index (default: the candidate's "
                         "'target' field, else the argmax)")
-    verify.add_argument("--rtol", type=float, default=oracle.RTOL)
-    verify.add_argument("--atol", type=float, default=oracle.ATOL)
+    verify.add_argument("--rtol", type=float, default=oracle.RTOL,
+                        help=f"relative tolerance per element (default {oracle.RTOL:g})")
+    verify.add_argument("--atol", type=float, default=oracle.ATOL,
+                        help="absolute tolerance, times the field's largest magnitude "
+                        f"(default {oracle.ATOL:g})")
     _add_binding_arguments(verify)
-    rep = commands.add_parser("reproduce", help="the paper's table and figures on digits "
-                              "(docs/reproduction.md; needs the 'experiments' extra)")
-    rep.add_argument("--models", default="models/digits", help="folder of the digits models")
-    rep.add_argument("--images", default="docs/images", help="folder for the figures")
-    rep.add_argument("--no-figures", action="store_true", help="only the table")
-    flip = commands.add_parser("digit-flip", help="the paper's digit-flip test (Claim 3) on "
-                               "digits (docs/reproduction.md; needs the 'experiments' extra)")
-    digit_flip.add_arguments(flip)
-    gold = commands.add_parser("golden", help="write golden vectors for models and inputs")
-    gold.add_argument("out", help="output folder")
-    gold.add_argument("pairs", nargs="+", metavar="MODEL INPUT",
-                      help="ONNX model and .npy input, repeated")
-    return parser
+
+
+def _add_explain_dataset(commands: argparse._SubParsersAction) -> None:
+    ds = commands.add_parser("explain-dataset", help="explain every example of a dataset into "
+                             "a Zarr store (docs/scaling.md; needs the 'dataset' extra)")
+    ds.add_argument("model", help="ONNX model")
+    ds.add_argument("data", help=".npy file (a batch) or a folder of .npy files")
+    ds.add_argument("--out", default="explanations.zarr",
+                    help="Zarr store to write or resume [%(default)s]")
+    ds.add_argument("--target", type=int, help="output index (default: each argmax)")
+    ds.add_argument("--rule", default="abs", choices=sorted(RULES), help="BBp rule")
+    ds.add_argument("--batch-size", type=int, help="examples per task and chunk [16]")
+    ds.add_argument("--scheduler", metavar="ADDRESS",
+                    help="a running Dask scheduler (default: a local cluster)")
+    ds.add_argument("--workers", type=int,
+                    help="local worker processes (default: the CPU count; 0: this process)")
+    ds.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+
+
+def _explain_dataset(args: argparse.Namespace) -> int:
+    from .dataset import connect, explain_dataset
+
+    client = None if args.scheduler is None else connect(args.scheduler)
+    try:
+        run = explain_dataset(args.model, args.data, target=args.target, rule=args.rule,
+                              batch_size=args.batch_size, out=args.out, client=client,
+                              workers=args.workers, check=not args.no_check)
+    finally:
+        if client is not None:
+            client.close()
+    print(f"wrote        {run.path} ({run.examples} examples, {len(run.computed)} of "
+          f"{run.chunks} chunks computed now, {run.seconds:.1f} s)")
+    for index, reason in sorted(run.failures.items()):
+        print(f"failed       example {index}: {reason}")
+    return 0
 
 
 def _add_binding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,26 +226,123 @@ def _binding(args: argparse.Namespace) -> dict[str, object]:
     return bound
 
 
+# -- files -----------------------------------------------------------------------------
+
+
 def _read_input(path: str) -> np.ndarray:
-    return read_npy(path)
+    """The array of an .npy file, or an `InputError` that names what the file really is."""
+    file = Path(path)
+    if file.is_dir():
+        raise InputError(f"input {path} is a directory, not an .npy file")
+    if not file.is_file():
+        raise InputError(f"input file not found: {path}")
+    try:
+        with open(file, "rb") as stream:
+            head = stream.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    if head.startswith(ZIP_MAGIC):
+        raise InputError(f"input {path} is an .npz archive of several arrays; give one array "
+                         "as an .npy file (numpy.save('x.npy', archive['name']))")
+    if not head.startswith(NPY_MAGIC):
+        raise InputError(f"input {path} {_not_npy(file)}")
+    return read_npy(path)  # budgeted, pickles refused
 
 
-def _summary(e: Explanation, source: str, x: np.ndarray) -> str:
-    batch = np.ndim(e.output) > 0
-    rows = [f"model        {source}"]
+def _not_npy(file: Path) -> str:
+    """What a file that is not an .npy array looks like, for the error message."""
+    data = file.read_bytes()[:4096]
+    if file.suffix.lower() == ".onnx" or _parses_as_onnx(file):
+        return ("is an ONNX model, not an .npy array: were MODEL and INPUT swapped? "
+                "(bbp-ref explain MODEL.onnx INPUT.npy)")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not an .npy array (it lacks the .npy header); save it with numpy.save"
+    return ("is a text file, not an .npy array; load it (e.g. numpy.loadtxt) and save it "
+            "with numpy.save")
+
+
+def _parses_as_onnx(file: Path) -> bool:
+    try:
+        load(str(file))
+    except BBpError:
+        return False
+    return True
+
+
+def _load_model(path: str | None, output: str | None = None) -> tuple[Model, str]:
+    """The model of the MODEL argument (default: the embedded one) and its path."""
+    source = path or str(default_model_path())
+    file = Path(source)
+    if file.is_file():
+        with open(file, "rb") as stream:
+            head = stream.read(len(NPY_MAGIC))
+        if head.startswith(NPY_MAGIC):
+            raise InputError(f"model {source} is a NumPy .npy array, not an ONNX model: were "
+                             "MODEL and INPUT swapped? (bbp-ref explain MODEL.onnx INPUT.npy)")
+    return load(source, output=output), source
+
+
+def _write_exactly(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """An .npz archive written to exactly ``path`` (numpy.savez alone would append
+    ``.npz``), atomically; node names become safe archive member names
+    (`files.archive_member`, which `oracle.compare` decodes)."""
+    safe = {_member(name): value for name, value in arrays.items()}
+    write_atomically(path, lambda stream: np.savez(stream, **safe))  # type: ignore[arg-type]
+
+
+def _member(field: str) -> str:
+    family, sep, node = field.partition("/")
+    return f"{family}/{archive_member(node)}" if family == "layer_bias" and sep else field
+
+
+def _metadata(e: Explanation, model: Model, source: str) -> dict[str, np.ndarray]:
+    """What ``explain --out`` records besides the arrays (``meta/`` fields, which
+    ``verify`` does not compare): the rule, the explained tensor, the model's file and
+    SHA-256, and the versions that computed it."""
+    import onnx
+    import onnxruntime
+
+    versions = {"bbp_ref": __version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+                "python": platform.python_version()}
+    output = {"meta/output": np.array(_explained_output(model))} if _explained_output(
+        model) else {}
+    return {"meta/rule": np.array(e.rule), **output, "meta/model": np.array(Path(source).name),
+            "meta/model_sha256": np.array(_sha256(source)),
+            "meta/versions": np.array(json.dumps(versions, sort_keys=True))}
+
+
+def _explained_output(model: Model) -> str:
+    return (model.output_name or "") if model.needs_binding else model.signature.output
+
+
+def _sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _read_candidate(path: str) -> dict[str, np.ndarray]:
+    file = Path(path)
+    if file.is_dir():
+        raise InputError(f"candidate {path} is a directory, not an .npz file")
+    return read_npz(path)  # budgeted, pickles refused
+
+
+# -- the summary -----------------------------------------------------------------------
+
+
+def _summary(e: Explanation, model: Model, source: str, x: np.ndarray,
+             target_given: bool) -> str:
+    """The explanation in words, for a reader who has not read the paper."""
+    rows = [f"model        {source}", _explained_line(e, model, target_given)]
     if e.stripped:
-        rows.append(f"stripped     {printable(', '.join(e.stripped))} (the logits are "
-                    "explained)")
-    outputs = np.atleast_1d(e.output)
-    targets = np.atleast_1d(e.target)
-    biases = np.atleast_1d(e.bias)
-    attributions = np.atleast_2d(np.reshape(e.bias_attribution, (len(outputs), -1)))
-    weights_times_x = np.reshape(e.gradient * x, (len(outputs), -1)).sum(axis=1)
-    for i, (t, out, b) in enumerate(zip(targets, outputs, biases)):
-        label = f"example {i}: " if batch else ""
-        rows.append(f"{label}target {t}   f_t(x) = {out:.6g}   W^x x = {weights_times_x[i]:.6g}   "
-                    f"b^x = {b:.6g}   sum B(x) = {attributions[i].sum():.6g}")
-    rows.append(f"rule         {e.rule}")
+        rows.append(f"stripped     {printable(', '.join(e.stripped))}: its input is explained")
+    rows += _value_lines(e, x)
+    rows.append(f"rule         {e.rule}: how each node's bias is split among its inputs "
+                "(docs/math.md §4.1)")
+    if set(e.layers) != set(e.layer_bias):
+        rows += _partial_lines(e)
     rows.append(f"model kind   {_model_kind(e)}")
     rows.append(e.checks.summary())
     return "\n".join(rows)
@@ -158,27 +358,59 @@ def _model_kind(e: Explanation) -> str:
             f"({shown})")
 
 
-def _save(path: str, e: Explanation) -> None:
-    """The arrays to exactly ``path`` (no ``.npz`` added), written atomically; node
-    names are made safe archive member names (`files.archive_member`)."""
-    arrays = {"output": e.output, "target": e.target, "gradient": e.gradient, "bias": e.bias,
-              "bias_attribution": e.bias_attribution, "logits": e.logits}
-    arrays.update({f"layer_bias/{archive_member(name)}": v for name, v in e.layer_bias.items()})
-    write_atomically(path, lambda stream: np.savez(stream, **arrays))  # type: ignore[arg-type]
+def _explained_line(e: Explanation, model: Model, target_given: bool) -> str:
+    size = int(np.prod(np.shape(e.logits)[np.ndim(e.output):]))
+    why = "chosen with --target" if target_given else "the largest, e.g. the predicted class"
+    tensor = printable(repr(_explained_tensor(model)))
+    return f"explained    element t of tensor {tensor} (of {size}; {why})"
 
 
-def _read_candidate(path: str) -> dict[str, np.ndarray]:
-    return read_npz(path)
+def _explained_tensor(model: Model) -> str:
+    if model.needs_binding:  # several graph inputs: the signature depends on the binding
+        return model.output_name or "the first float output"
+    return model.signature.explained
+
+
+def _value_lines(e: Explanation, x: np.ndarray) -> list[str]:
+    outputs = np.atleast_1d(e.output)
+    n = len(outputs)
+    weights_times_x = np.reshape(e.gradient * x, (n, -1)).sum(axis=1)
+    attributed = np.reshape(e.bias_attribution, (n, -1)).sum(axis=1)
+    legend = ["f_t(x)       the explained output at the input x",
+              "W^x x        gradient × input: the part of f_t(x) that is linear in x",
+              "b^x          the bias term of the local linear model f(x) = W^x x + b^x",
+              "sum B(x)     the bias attribution B(x) (b^x spread over the input "
+              "features), summed"]
+    rows = []
+    for i, (t, out, b) in enumerate(zip(np.atleast_1d(e.target), outputs,
+                                        np.atleast_1d(e.bias))):
+        label = f"example {i}: " if np.ndim(e.output) > 0 else ""
+        rows.append(f"{label}target {t}   f_t(x) = {out:.6g}   W^x x = "
+                    f"{weights_times_x[i]:.6g}   b^x = {b:.6g}   sum B(x) = "
+                    f"{attributed[i]:.6g}")
+    return legend + rows
+
+
+def _partial_lines(e: Explanation) -> list[str]:
+    injected = np.sum([np.asarray(e.layer_bias[name]) for name in e.layers], axis=0)
+    share = ", ".join(f"{v:.6g}" for v in np.atleast_1d(injected))
+    return [f"layers       only {printable(', '.join(e.layers))}: B(x) spreads these nodes' "
+            "biases only, "
+            f"so sum B(x) is their share of b^x ({share}), not b^x"]
+
+
+# -- the commands ----------------------------------------------------------------------
 
 
 def _run(args: argparse.Namespace) -> int:
     commands = {"explain": _explain, "nodes": _nodes, "verify": _verify, "golden": _golden,
-                "reproduce": _reproduce, "digit-flip": _digit_flip}
+                "reproduce": reproduce.run, "digit-flip": _digit_flip,
+                "explain-dataset": _explain_dataset}
     return commands[args.command](args)
 
 
 def _nodes(args: argparse.Namespace) -> int:
-    model = load(args.model or str(default_model_path()))
+    model, _ = _load_model(args.model)
     print("graph inputs:")
     for info in model.graph_inputs:
         print(f"  {printable(info.describe())}")
@@ -194,11 +426,22 @@ def _nodes(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    report = oracle.compare(args.model, _read_input(args.input), _read_candidate(args.candidate),
-                            target=args.target, rtol=args.rtol, atol=args.atol,
-                            **_binding(args))  # type: ignore[arg-type]
+    candidate = _read_candidate(args.candidate)
+    x = _read_input(args.input)
+    model, source = _load_model(args.model, output=_text(candidate.get("meta/output")))
+    report = oracle.compare(model, x, candidate, target=args.target, rtol=args.rtol,
+                            atol=args.atol, **_binding(args))  # type: ignore[arg-type]
     print("\n".join(printable(line) for line in str(report).splitlines()))
+    recorded = _text(candidate.get("meta/model_sha256"))
+    if recorded is not None and recorded != _sha256(source):
+        print(f"MODEL MISMATCH: the candidate was computed for a model with SHA-256 "
+              f"{recorded}, not {source}")
+        return 1
     return 0 if report.passed else 1
+
+
+def _text(value: np.ndarray | None) -> str | None:
+    return None if value is None else str(np.asarray(value).item())
 
 
 def _golden(args: argparse.Namespace) -> int:
@@ -217,50 +460,51 @@ def _golden(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reproduce(args: argparse.Namespace) -> int:
-    from .experiments import reproduce
-
-    argv = ["--models", args.models, "--images", args.images]
-    return reproduce.main(argv + (["--no-figures"] if args.no_figures else []))
-
-
 def _digit_flip(args: argparse.Namespace) -> int:
     digit_flip.run(args)
     return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
-    source = args.model or str(default_model_path())
     if args.model is not None and args.input is None:
         raise InputError("give an INPUT.npy file after the model")
     x = default_input() if args.model is None else _read_input(args.input)
-    if args.strict and args.no_check:
-        raise _UsageError("--strict and --no-check exclude each other")
-    model = load(source)  # once, for the explanation and the figures
+    if sum((args.strict, args.no_check, args.full_check)) > 1:
+        raise _UsageError("--strict, --no-check and --full-check exclude each other")
+    model, source = _load_model(args.model, output=args.output)  # once, for all below
     bound = _binding(args)
     if bound and (args.plot or args.plot_layers):
         raise InputError("--plot and --plot-layers do not support --wrt/--input yet")
     e = explain(model, x, target=args.target, rule=args.rule, layers=args.layers,
-                check="strict" if args.strict else not args.no_check,
-                **bound)  # type: ignore[arg-type]
-    explained = x if e.wrt_value is None else e.wrt_value
-    print(_summary(e, source, np.asarray(explained, dtype=np.float64)))
+                check="full" if args.full_check else "strict" if args.strict
+                else not args.no_check, **bound)  # type: ignore[call-overload]
+    explained = np.asarray(x if e.wrt_value is None else e.wrt_value)
+    print(_summary(e, model, source, explained.astype(np.float64), args.target is not None))
     if args.out:
-        _save(args.out, e)
-        print(f"saved        {printable(args.out)}")
+        _write_exactly(args.out, {**oracle.explanation_fields(e, explained),
+                                  **_metadata(e, model, source)})
+        print(f"saved        {printable(args.out)} (bbp-ref verify MODEL INPUT "
+              f"{printable(args.out)} checks it)")
     if args.plot or args.plot_layers:
-        from . import plot
-
-        if args.plot:
-            written = plot.explain_plot(model, x, args.plot, labels=args.labels,
-                                        target=args.target, rule=args.rule, layers=args.layers,
-                                        layers_out_path=args.plot_layers)
-        else:
-            figure = plot.layer_figure(model, x, labels=args.labels, target=args.target,
-                                       rule=args.rule, layers=args.layers)
-            written = [plot.save(figure, args.plot_layers)]
-        print(f"plotted      {', '.join(str(p) for p in written)}")
+        _plot(args, model, x, e if args.layers is None else None)
     return 0 if e.checks.passed else 1
+
+
+def _plot(args: argparse.Namespace, model: Model, x: np.ndarray,
+          explained: Explanation | None) -> None:
+    from . import plot
+    from .progress import Progress
+
+    progress = Progress("figures", enabled=False if args.quiet else None)
+    try:
+        written = plot.explain_plot(
+            model, x, args.plot, labels=args.labels, target=args.target, rule=args.rule,
+            layers=args.layers, layers_out_path=args.plot_layers, dpi=args.dpi,
+            methods=plot.grid_methods(args.methods, args.rule), ig_steps=args.ig_steps,
+            progress=progress, explained=explained)
+    finally:
+        progress.close()
+    print(f"plotted      {', '.join(str(p) for p in written)}")
 
 
 def _fail(message: str) -> int:

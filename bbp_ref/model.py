@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,13 @@ from .graph import Graph
 from .importer.builder import build_graph
 from .importer.loading import read_model
 from .importer.signature import Signature, check_output, graph_inputs, read_signature
+from .importer.torch_export import (
+    as_numpy,
+    export_module,
+    is_torch_module,
+    require_torch,
+    weights_digest,
+)
 
 
 @dataclass(frozen=True)
@@ -38,9 +46,12 @@ class Model:
     """
 
     def __init__(self, proto: onnx.ModelProto, output: str | None = None,
-                 source: str | None = None, max_bytes: int | None = None) -> None:
+                 source: str | None = None, max_bytes: int | None = None,
+                 exporter: str | None = None) -> None:
         self.proto = proto
         self.source = source
+        #: for a torch module: the exporter that wrote ``proto`` (`load`); else None
+        self.exporter = exporter
         self.max_bytes = budget.max_bytes() if max_bytes is None else budget.validated(max_bytes)
         self.output_name = output
         self.graph_inputs = graph_inputs(proto)
@@ -109,14 +120,15 @@ class Model:
         if self.needs_binding:
             return f"Model({name!r}, inputs={[i.name for i in self.graph_inputs]})"
         nodes = len(self._graphs and self.graph) if self._graphs else "?"
-        return f"Model({name!r}, input_shape={self.input_shape}, nodes={nodes})"
+        exported = f", exported by {self.exporter}" if self.exporter else ""
+        return f"Model({name!r}, input_shape={self.input_shape}, nodes={nodes}{exported})"
 
     # -- computation -------------------------------------------------------------
     def prepare(self, x: object) -> tuple[np.ndarray, bool]:
         """``x`` as a float64 batch, and whether it was a single example."""
         try:
-            array = np.asarray(x)
-        except (TypeError, ValueError) as exc:
+            array = np.asarray(as_numpy(x))
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise InputError(f"input is not an array: {exc}") from exc
         if not np.issubdtype(array.dtype, np.floating):
             raise InputError(f"input must be a float array, got dtype {array.dtype}")
@@ -174,7 +186,7 @@ class Model:
 
     def decompose(self, x: object) -> tuple[np.ndarray, np.ndarray]:
         """`(W^x x, b^x)` for every output at once (shaped like `forward(x)`), from the two
-        linear passes of SPEC §3; their sum is `f(x)` up to rounding."""
+        linear passes of docs/math.md §3; their sum is `f(x)` up to rounding."""
         batch, single = self.prepare(x)
         trace = self.trace(batch)
         weights_times_x, bias = linear_parts(trace, batch)
@@ -216,14 +228,52 @@ def _check_finite_values(trace: Trace) -> None:
                              "the input or the model's weights overflow float64 there")
 
 
-def load(model: object, output: str | None = None, max_bytes: int | None = None) -> Model:
-    """Import an ONNX model (a path, bytes, an ``onnx.ModelProto``, or a `Model`,
-    returned as is). ``output`` names the graph output to explain (default: the
-    first float output). ``max_bytes`` is the byte budget for everything the model's
-    declarations make bbp_ref allocate (default: ``BBP_MAX_BYTES`` or 4 GiB;
-    docs/security.md)."""
+def load(model: object, output: str | None = None, max_bytes: int | None = None,
+         example: object = None) -> Model:
+    """Import an ONNX model: a path, bytes, an ``onnx.ModelProto``, a `Model` (returned
+    as is), or a ``torch.nn.Module`` (exported to ONNX in memory; needs ``example``, a
+    batch whose axis 0 is the batch axis, for the input shape; see `_load_module`).
+    ``output`` names the tensor to explain: a graph output or any float tensor inside
+    the graph (default: the first float graph output). ``max_bytes`` is the byte budget
+    for everything the model's declarations make bbp_ref allocate (default:
+    ``BBP_MAX_BYTES`` or 4 GiB; docs/security.md)."""
     if isinstance(model, Model):
         return model
+    if is_torch_module(model):
+        return _load_module(model, output, example, max_bytes)
     source = str(Path(model)) if isinstance(model, (str, Path)) else None
     with budget.limit(max_bytes) as chosen:
         return Model(read_model(model), output, source, chosen)
+
+
+#: Exported modules: module -> {(example shape, output, weights digest): Model}.
+_EXPORTED: weakref.WeakKeyDictionary[Any, dict[tuple[object, ...], Model]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _load_module(module: Any, output: str | None, example: object,
+                 max_bytes: int | None = None) -> Model:
+    """A torch module exported to ONNX (`importer.torch_export`), cached per module,
+    per-example input shape, ``output`` and digest of its weights, so that changed
+    weights are exported again. Axis 0 of ``example`` is the batch axis."""
+    require_torch()
+    if example is None:
+        raise InputError("a torch.nn.Module is exported to ONNX for an input shape: give "
+                         "the input (a batch; axis 0 is the batch axis)")
+    try:
+        array = np.asarray(as_numpy(example))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"input is not an array: {exc}") from exc
+    if array.ndim < 1 or array.shape[0] == 0:
+        raise InputError(f"the input of a torch.nn.Module must be a non-empty batch (axis 0 "
+                         f"is the batch axis), got shape {list(array.shape)}")
+    digest = weights_digest(module)
+    cache = _EXPORTED.setdefault(module, {})
+    key = (tuple(array.shape[1:]), output, digest)
+    if key not in cache:
+        exported = export_module(module, array[0])
+        with budget.limit(max_bytes) as chosen:
+            cache[key] = Model(exported.proto, output,
+                               source=f"{type(module).__name__} (torch.nn.Module)",
+                               max_bytes=chosen, exporter=exported.exporter)
+    return cache[key]

@@ -8,9 +8,10 @@ from .checks.oracle import (
     Report,
     compare,
     compare_arrays,
+    explanation_fields,
     golden,
     known_fields,
 )
 
 __all__ = ["ATOL", "RTOL", "FieldResult", "GoldenCase", "Report", "compare", "compare_arrays",
-           "golden", "known_fields"]
+           "explanation_fields", "golden", "known_fields"]

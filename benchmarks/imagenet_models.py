@@ -46,7 +46,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # however this module is imported
-import torchvision_models  # noqa: E402
+import tangent_models  # noqa: E402
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -353,8 +353,8 @@ def small_cnn(seed: int = 0, size: int = IMAGE_SIZE) -> onnx.ModelProto:
 
 
 BUILT_HERE = {"resnet50": resnet50, "vgg16": vgg16, "small_cnn": small_cnn}
-# torchvision architectures exported by PyTorch (torchvision_models.py; needs torch)
-MODELS = {**BUILT_HERE, **torchvision_models.MODELS}
+# torchvision architectures exported by PyTorch (tangent_models.py; needs torch)
+MODELS = {**BUILT_HERE, **tangent_models.MODELS}
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:

@@ -1,4 +1,4 @@
-"""Small hand-written networks of the architectures SPEC §5 is checked on."""
+"""Small hand-written networks of the architectures docs/math.md §5 is checked on."""
 
 from __future__ import annotations
 

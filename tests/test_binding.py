@@ -165,7 +165,7 @@ def test_cli_wrt_and_inputs(tmp_path, capsys) -> None:
     e = bbp_ref.explain(_token_model(), ids, wrt="emb", inputs={"mask": mask})
     saved = np.load(tmp_path / "r.npz")
     np.testing.assert_array_equal(saved["gradient"], e.gradient)
-    np.testing.assert_array_equal(saved["bias_attribution"], e.bias_attribution)
+    np.testing.assert_array_equal(saved["bias_attribution/abs"], e.bias_attribution)
     assert main(["nodes", str(path)]) == 0
     listing = capsys.readouterr().out
     assert "ids (int64, ['N', 3])" in listing and "mask (float32, ['N', 3])" in listing

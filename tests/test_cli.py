@@ -3,6 +3,9 @@ given one; every error exits with code 2 and one line on stderr, never a traceba
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +16,7 @@ import pytest
 from builders import f32, model, node
 
 import bbp_ref
-from bbp_ref.cli import main
+from bbp_ref.cli import _parser, main
 from bbp_ref.defaults import DEFAULT_MODEL, DEFAULT_SAMPLE
 
 DATA = Path(bbp_ref.__file__).parent / "data"
@@ -80,6 +83,15 @@ def test_explain_model_and_input(capsys: pytest.CaptureFixture[str], files) -> N
     assert "onnxruntime max |diff|" in out
 
 
+def test_explain_full_check(capsys: pytest.CaptureFixture[str], files) -> None:
+    code, out, err = run(capsys, "explain", files["model"], files["x"], "--full-check")
+    assert (code, err) == (0, "")
+    assert "linear-pass residual    " in out and "skipped" not in out
+    assert "onnxruntime max |diff|" in out and "checks                  passed" in out
+    code, out, _ = run(capsys, "explain", files["model"], files["x"])
+    assert "linear-pass residual    skipped (check='full' runs it)" in out
+
+
 def test_explain_options_and_out(capsys: pytest.CaptureFixture[str], files) -> None:
     result = Path(files["dir"]) / "result.npz"
     code, out, err = run(capsys, "explain", files["model"], files["x"], "--target", "1",
@@ -91,17 +103,58 @@ def test_explain_options_and_out(capsys: pytest.CaptureFixture[str], files) -> N
     expected = bbp_ref.explain(files["model"], X, target=1, rule="signed", layers=["fc2"],
                                check=False)
     with np.load(result, allow_pickle=False) as saved:
-        assert set(saved.files) == {"output", "target", "gradient", "bias",
-                                    "bias_attribution", "logits", "layer_bias/fc1",
-                                    "layer_bias/fc2"}
-        assert int(saved["target"]) == 1
-        for key in ("output", "gradient", "bias", "bias_attribution", "logits"):
+        assert set(saved.files) == {
+            "input", "output", "target", "gradient", "gradient_x_input", "bias",
+            "bias_attribution/signed", "logits", "layer_bias/fc1", "layer_bias/fc2",
+            "meta/layers", "meta/rule", "meta/output", "meta/model", "meta/model_sha256",
+            "meta/versions"}
+        assert int(saved["target"]) == 1 and str(saved["meta/rule"]) == "signed"
+        assert saved["meta/layers"].tolist() == ["fc2"] and str(saved["meta/output"]) == "y"
+        for key in ("output", "gradient", "bias", "logits"):
             np.testing.assert_array_equal(saved[key], getattr(expected, key))
-        assert saved["bias_attribution"].shape == (4,)
-        np.testing.assert_allclose(saved["bias_attribution"].sum(), saved["layer_bias/fc2"],
-                                   rtol=1e-10)
+        np.testing.assert_array_equal(saved["bias_attribution/signed"],
+                                      expected.bias_attribution)
+        np.testing.assert_array_equal(saved["input"], X)
+        assert saved["bias_attribution/signed"].shape == (4,)
+        np.testing.assert_allclose(saved["bias_attribution/signed"].sum(),
+                                   saved["layer_bias/fc2"], rtol=1e-10)
         np.testing.assert_allclose(saved["layer_bias/fc1"] + saved["layer_bias/fc2"],
                                    saved["bias"], rtol=1e-12)
+        digest = hashlib.sha256(Path(files["model"]).read_bytes()).hexdigest()
+        assert str(saved["meta/model_sha256"]) == digest
+        versions = json.loads(str(saved["meta/versions"]))
+        assert versions["bbp_ref"] == bbp_ref.__version__ and versions["onnx"] == onnx.__version__
+    # the file is a candidate that verify accepts (the layers come from meta/layers)
+    code, out, err = run(capsys, "verify", files["model"], files["x"], str(result))
+    assert (code, err) == (0, "") and "PASSED" in out
+    assert "bias_attribution/signed" in out and "meta/" not in out
+
+
+def test_out_is_written_to_exactly_the_given_path(capsys, files) -> None:
+    target = Path(files["dir"]) / "result.arrays"  # numpy.savez alone would add ".npz"
+    code, _, err = run(capsys, "explain", files["model"], files["batch"], "--out", str(target))
+    assert (code, err) == (0, "")
+    assert target.is_file() and not Path(str(target) + ".npz").exists()
+    assert run(capsys, "verify", files["model"], files["batch"], str(target))[0] == 0
+
+
+def test_verify_fails_on_a_changed_field_or_another_model(capsys, files, tmp_path) -> None:
+    result = tmp_path / "r.npz"
+    assert run(capsys, "explain", files["model"], files["x"], "--out", str(result))[0] == 0
+    with np.load(result, allow_pickle=False) as saved:
+        fields = dict(saved)
+    fields["bias_attribution/abs"] = fields["bias_attribution/abs"] + 1e-3
+    np.savez(tmp_path / "changed.npz", **fields)
+    code, out, _ = run(capsys, "verify", files["model"], files["x"],
+                       str(tmp_path / "changed.npz"))
+    assert code == 1 and "FAIL" in out
+    other = mlp()
+    other.graph.initializer[1].float_data[:] = []  # b1 changed: another model file
+    bias = onnx.numpy_helper.to_array(other.graph.initializer[1]) + 1.0
+    other.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(bias, "b1"))
+    onnx.save_model(other, str(tmp_path / "other.onnx"))
+    code, out, _ = run(capsys, "verify", str(tmp_path / "other.onnx"), files["x"], str(result))
+    assert code == 1 and "MODEL MISMATCH" in out
 
 
 def test_explain_batch(capsys: pytest.CaptureFixture[str], files) -> None:
@@ -111,9 +164,33 @@ def test_explain_batch(capsys: pytest.CaptureFixture[str], files) -> None:
     assert (code, err) == (0, "")
     assert "example 0: target" in out and "example 2: target" in out
     with np.load(result, allow_pickle=False) as saved:
-        assert saved["bias_attribution"].shape == (3, 4)
-        np.testing.assert_allclose(saved["bias_attribution"].sum(axis=1), saved["bias"],
-                                   rtol=1e-10)
+        assert saved["bias_attribution/uniform"].shape == (3, 4)
+        assert "meta/layers" not in saved.files  # every bias attributed
+        np.testing.assert_allclose(saved["bias_attribution/uniform"].sum(axis=1),
+                                   saved["bias"], rtol=1e-10)
+
+
+def test_summary_words_every_line_and_says_when_only_some_layers_are_in(capsys, files):
+    _, out, _ = run(capsys, "explain", files["model"], files["x"])
+    for words in ("the explained output at the input x",
+                  "the bias term of the local linear model f(x) = W^x x + b^x",
+                  "gradient × input", "b^x spread over the input features",
+                  "how each node's bias is split among its inputs"):
+        assert words in out
+    assert "only" not in out
+    _, out, _ = run(capsys, "explain", files["model"], files["x"], "--layers", "fc1")
+    e = bbp_ref.explain(files["model"], X, layers=["fc1"], check=False)
+    line = next(row for row in out.splitlines() if row.startswith("layers"))
+    assert "only fc1" in line and "not b^x" in line
+    assert f"{float(e.layer_bias['fc1']):.6g}" in line
+
+
+def test_output_option_explains_an_inner_tensor(capsys, files):
+    code, out, err = run(capsys, "explain", files["model"], files["x"], "--output", "h",
+                         "--target", "2")
+    assert (code, err) == (0, "")
+    expected = bbp_ref.explain(files["model"], X, target=2, output="h")
+    assert f"f_t(x) = {float(expected.output):.6g}" in out and "tensor 'h'" in out
 
 
 def test_nodes(capsys: pytest.CaptureFixture[str], files) -> None:
@@ -132,7 +209,33 @@ def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["explain", "--help"])
     assert info.value.code == 0
-    assert "--rule" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--rule" in out and "exit codes: 0 success; 1 a check failed" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"bbp-ref {bbp_ref.__version__} (onnx {onnx.__version__}, ")
+
+
+def test_every_option_has_help() -> None:
+    parser = _parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    parsers = {"bbp-ref": parser, **commands.choices}
+    assert set(commands.choices) == {"explain", "nodes", "verify", "golden", "reproduce",
+                                     "digit-flip"}
+    missing = [f"{name} {action.dest}" for name, p in parsers.items() for action in p._actions
+               if not action.help or action.help == argparse.SUPPRESS]
+    assert missing == []
+    assert all(p.epilog and "exit codes" in p.epilog for p in parsers.values())
+
+
+def test_readme_documents_the_exit_codes() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "| 0 |" in readme and "| 1 |" in readme and "| 2 |" in readme
 
 
 # -- errors ----------------------------------------------------------------------------
@@ -156,6 +259,10 @@ def _write_bad_files(folder: Path) -> None:
     np.save(folder / "nan.npy", np.array([0, np.nan, 1, 2], np.float32))
     (folder / "text.npy").write_text("1 2 3 4\n")
     (folder / "junk.onnx").write_bytes(b"\x08\x07junk" * 10)
+    (folder / "numbers.txt").write_text("1 2 3 4\n")
+    np.savez(folder / "arrays.npz", x=X)
+    (folder / "subdir").mkdir()
+    (folder / "binary.npy").write_bytes(bytes(range(200, 256)) * 4)
     onnx.save_model(model([node("Sign", ["x"], "y", name="act")], ["N", 4]),
                     str(folder / "sign.onnx"))
 
@@ -168,7 +275,17 @@ ERRORS = [
      "unsupported op Sign in node 'act'"),
     ("missing_input", ["explain", "{model}", "{dir}/missing.npy"], "input file not found"),
     ("pickled_input", ["explain", "{model}", "{dir}/pickled.npy"], "pickles are refused"),
-    ("text_input", ["explain", "{model}", "{dir}/text.npy"], "cannot read"),
+    ("text_input", ["explain", "{model}", "{dir}/text.npy"], "is a text file, not an .npy"),
+    ("txt_input", ["explain", "{model}", "{dir}/numbers.txt"], "is a text file"),
+    ("binary_input", ["explain", "{model}", "{dir}/binary.npy"], "lacks the .npy header"),
+    ("npz_input", ["explain", "{model}", "{dir}/arrays.npz"], "is an .npz archive"),
+    ("dir_input", ["explain", "{model}", "{dir}/subdir"], "is a directory, not an .npy"),
+    ("swapped_onnx_as_input", ["explain", "{model}", "{model}"],
+     "is an ONNX model, not an .npy array: were MODEL and INPUT swapped?"),
+    ("swapped_in_explain", ["explain", "{x}", "{model}"], "were MODEL and INPUT swapped?"),
+    ("npy_as_model", ["nodes", "{x}"],
+     "is a NumPy .npy array, not an ONNX model: were MODEL and INPUT swapped?"),
+    ("verify_dir_candidate", ["verify", "{model}", "{x}", "{dir}/subdir"], "is a directory"),
     ("wrong_shape", ["explain", "{model}", "{dir}/wrong_shape.npy"],
      "does not match the model input"),
     ("int_input", ["explain", "{model}", "{dir}/ints.npy"], "dtype int64"),

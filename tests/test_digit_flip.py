@@ -5,6 +5,8 @@ the tables, the command (on a few images), its box plot and its progress bar."""
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import math
 from pathlib import Path
 
@@ -21,7 +23,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("scipy")
 from bbp_ref.experiments.digits import digits_split  # noqa: E402
 
-DIGITS = Path(__file__).resolve().parent.parent / "models" / "digits"
+DIGITS = Path(__file__).resolve().parent.parent / "bbp_ref" / "data" / "digits"
 PNG = b"\x89PNG\r\n\x1a\n"
 #: Student-t quantiles t_{0.975, dof} from a printed table.
 T_TABLE = {2: 4.302653, 4: 2.776445}
@@ -248,9 +250,51 @@ def test_the_command_on_one_image_per_digit_with_the_progress_bar(capsys):
     rows = [line.split(" | ")[0].lstrip("| ") for line in lines[head + 3:head + 13]]
     assert rows == list(df.METHODS.values())
     assert "minus grad. × input" in out and "pixels erased per image" in out
-    # one tick per (image, explained class): 8 -> {8, 3, 6}, 4 -> {4, 9}, 9 -> {9, 4}
-    assert "\rdigit flip cnn_bias [" in err and err.rstrip().endswith(" s")
-    assert "] 7/7 " in err and "[" + "#" * 30 + "]" in err
+    # one tick per (image, explained class): 8 -> {8, 3, 6}, 4 -> {4, 9}, 9 -> {9, 4};
+    # drawn by tqdm when it is installed, else as a plain line
+    assert "digit flip cnn_bias" in err and "7/7" in err
+    if importlib.util.find_spec("tqdm") is None:
+        assert "\rdigit flip cnn_bias [" in err and "[" + "#" * 30 + "]" in err
+    else:
+        assert "100%" in err
+
+
+def test_the_plain_progress_bar():
+    stream = io.StringIO()
+    bar = df.Progress("x", stream=stream, enabled=True, plain=True)
+    bar.add(4)
+    bar.update(3)
+    bar.update(1)
+    bar.close()
+    assert "\rx [" + "#" * 22 + "." * 8 + "] 3/4 " in stream.getvalue()
+    assert "\rx [" + "#" * 30 + "] 4/4 " in stream.getvalue()
+
+
+def test_quiet_turns_the_bar_off(capsys, monkeypatch):
+    monkeypatch.setattr("bbp_ref.progress.isatty", lambda stream: True)  # as on a terminal
+    argv = ["--model-names", "mlp_bias", "--limit", "1", "--no-figures", "--pairs", "8:3"]
+    assert df.main(argv) == 0
+    assert "digit flip mlp_bias" in capsys.readouterr().err
+    assert df.main([*argv, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_from_any_folder_the_figures_go_into_a_new_folder_there(capsys, tmp_path,
+                                                                monkeypatch):
+    """No --models: the package's digits models; no --out: a new folder in the current
+    directory (never the source tree), a fresh one on each run."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    argv = ["digit-flip", "--model-names", "mlp_bias", "--limit", "1", "--pairs", "8:3",
+            "--dpi", "40"]
+    assert cli_main(argv) == 0 and cli_main(argv) == 0
+    out = capsys.readouterr().out
+    first = Path("bbp-ref-digit-flip") / "digit_flip_mlp_bias.png"
+    second = Path("bbp-ref-digit-flip-2") / "digit_flip_mlp_bias.png"
+    assert f"wrote {first}" in out and f"wrote {second}" in out
+    assert (tmp_path / first).read_bytes().startswith(PNG)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bbp-ref-digit-flip",
+                                                          "bbp-ref-digit-flip-2"]
 
 
 def test_no_progress_bar_unless_asked_or_a_terminal(capsys):
@@ -262,7 +306,7 @@ def test_no_progress_bar_unless_asked_or_a_terminal(capsys):
     assert bar.enabled
 
 
-class _Terminal:
+class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
 

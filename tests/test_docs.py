@@ -41,3 +41,28 @@ def test_onnx_support_table_is_generated_and_every_op_has_a_kind():
     assert not without_kind, f"add these ops to KINDS in tools/make_onnx_support.py: {without_kind}"
     assert (ROOT / "docs" / "onnx-support.md").read_text() == tool.render(), \
         "run python tools/make_onnx_support.py"
+
+
+def test_readme_python_example_works_for_one_example_and_a_batch(capsys):
+    import numpy as np
+
+    from bbp_ref.defaults import default_input, default_model_path
+
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)```", readme, flags=re.DOTALL).group(1)
+    code = example.replace('"model.onnx"', "MODEL")
+    assert "MODEL" in code
+    for x in (default_input(), np.stack([default_input(), default_input()[:, ::-1]])):
+        exec(code, {"MODEL": str(default_model_path()), "x": x})  # noqa: S102 - our README
+    assert "checks passed" in capsys.readouterr().out
+
+
+def test_the_repository_is_self_contained():
+    """README, docs and code cite docs/math.md, never a file outside the repository or an
+    issue number."""
+    files = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "docs").rglob("*.py"),
+             *(ROOT / "bbp_ref").rglob("*.py"), *(ROOT / "benchmarks").glob("*.md")]
+    pattern = re.compile(r"SPEC\.md|SPEC §|\.\./shared|shared/|[Ii]ssue #?\d+")
+    found = [f"{path.relative_to(ROOT)}: {match.group(0)}" for path in files
+             for match in pattern.finditer(path.read_text())]
+    assert found == []

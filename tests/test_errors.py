@@ -157,7 +157,7 @@ def test_integer_input() -> None:
 
 
 def test_unknown_output_name() -> None:
-    with pytest.raises(InputError, match="'logits' is not an output"):
+    with pytest.raises(InputError, match="'logits' is no tensor of the model"):
         bbp_ref.load(mlp(), output="logits")
 
 
@@ -479,17 +479,30 @@ def test_graph_of_dynamic_model_before_input() -> None:
     ([0, 3, 1], BATCH, r"target \[0, 3, 1\] is out of range"),
     (1.0, X, "target must be an integer index, got 1.0"),
     (np.float32(2), X, "must be an integer index"),
-    ("1", X, "must be an integer index"),
+    ("1", X, "must be an index, a list of indices or .all., got .1."),
     (True, X, "must be an integer index"),
     ([0, 1], BATCH, r"one per example \(3\), got shape \[2\]"),
     ([0, 1, 2, 0], BATCH, r"one per example \(3\), got shape \[4\]"),
     ([[0, 1, 2]], BATCH, r"got shape \[1, 3\]"),
-    ([1], X, r"one index or one per example \(1\), got shape \[1\]"),
+    ([[1]], X, r"a list for one example or an array \[N, T\] for a batch of N = 1, "
+                r"got shape \[1, 1\]"),
+    ([[0, 1], [1, 2]], BATCH, r"array \[N, T\] for a batch of N = 3, got shape \[2, 2\]"),
+    ([[0, 3], [1, 2], [0, 0]], BATCH, r"target \[\[0, 3\], \[1, 2\], \[0, 0\]\] is out of range"),
+    ([], X, "targets must be integer indices"),
+    ("all!", X, "an index, a list of indices or 'all'"),
 ], ids=["too_big", "negative", "huge", "batch_out_of_range", "float", "np_float", "string",
-        "bool", "too_few", "too_many", "2d", "list_for_single"])
+        "bool", "too_few", "too_many", "2d", "2d_for_single", "rows_for_batch",
+        "several_out_of_range", "empty_list", "bad_string"])
 def test_bad_target(target: object, x: np.ndarray, message: str) -> None:
     with pytest.raises(InputError, match=message):
         bbp_ref.explain(mlp(), x, target=target, check=False)
+
+
+@pytest.mark.parametrize("check", ["fast", "FULL", 1, None])
+def test_bad_check_mode(check: object) -> None:
+    with pytest.raises(InputError, match=r"check must be True, False or one of \['full', "
+                       r"'strict'\], got"):
+        bbp_ref.explain(mlp(), X, check=check)
 
 
 def test_good_targets() -> None:
@@ -507,7 +520,9 @@ def test_good_targets() -> None:
     ("", "unknown rule ''"),
     (3, "rule must be a name, a Rule or a callable, not int"),
     (None, "not NoneType"),
-    (["abs"], "not list"),
+    (["abs", "bias.2"], "unknown rule 'bias.2'"),
+    ([["abs"]], "not list"),
+    ([], "rule is an empty list"),
 ])
 def test_bad_rule(rule: object, message: str) -> None:
     with pytest.raises(InputError, match=message):

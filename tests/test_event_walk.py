@@ -23,6 +23,7 @@ from bbp_ref.engine.windows import Window
 from bbp_ref.errors import BBpError
 
 TORCH_MODELS = sorted((Path(__file__).parent.parent / "models" / "torch").glob("*.ts17.onnx"))
+DIGITS_CNN = Path(__file__).parent.parent / "bbp_ref" / "data" / "digits" / "cnn_bias.onnx"
 
 
 def _geometries(rng, count):
@@ -141,7 +142,7 @@ def test_gate_free_prefix_is_counted_once(without_gates, rng):
 
 @pytest.mark.parametrize("resync_every", [1, 5])
 def test_resynchronising_changes_nothing_but_rounding(resync_every, rng):
-    model = bbp_ref.load(Path(__file__).parent.parent / "models" / "digits" / "cnn_bias.onnx")
+    model = bbp_ref.load(DIGITS_CNN)
     x = rng.random((1, 8, 8))
     often, _, d, change = _walks(model, x, 0.0, 3, resync_every=resync_every)
     rarely, *_ = _walks(model, x, 0.0, 3)
@@ -151,7 +152,7 @@ def test_resynchronising_changes_nothing_but_rounding(resync_every, rng):
 
 
 def test_max_pieces_stops_the_event_walk(rng):
-    model = bbp_ref.load(Path(__file__).parent.parent / "models" / "digits" / "cnn_bias.onnx")
+    model = bbp_ref.load(DIGITS_CNN)
     with pytest.raises(BBpError, match="more than 10 linear pieces"):
         bbp_ref.integrated_gradients(model, rng.random((1, 8, 8)), max_pieces=10)
 
@@ -161,7 +162,7 @@ def test_lock_step_batches_equal_one_example_at_a_time(rng):
     and single examples by events: the two give the same attributions."""
     from bbp_ref.attribution import integrated_gradients as ig_module
 
-    m = bbp_ref.load(Path(__file__).parent.parent / "models" / "digits" / "cnn_bias.onnx")
+    m = bbp_ref.load(DIGITS_CNN)
     x = rng.random((ig_module.LOCK_STEP_MIN_BATCH, 1, 8, 8))
     assert sum(int(np.prod(n.shape)) for n in m.graph) <= ig_module.LOCK_STEP_MAX_VALUES
     batched = bbp_ref.integrated_gradients(m, x, target=np.arange(len(x)))

@@ -1,5 +1,5 @@
-"""The digits models of models/digits/ (accuracy as recorded), Claim 1 (bias_importance)
-and the attribution maps behind the figures (bbp_ref.experiments)."""
+"""The digits models of bbp_ref/data/digits/ (accuracy as recorded in models/digits/),
+Claim 1 (bias_importance) and the attribution maps behind the figures (bbp_ref.experiments)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ from bbp_ref.experiments.optional import MissingDependencyError, require
 pytest.importorskip("sklearn")
 from bbp_ref.experiments.digits import digits_split  # noqa: E402
 
-DIGITS = Path(__file__).resolve().parent.parent / "models" / "digits"
-MANIFEST = json.loads((DIGITS / "manifest.json").read_text())
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "bbp_ref" / "data" / "digits"
+MANIFEST = json.loads((ROOT / "models" / "digits" / "manifest.json").read_text())
 NAMES = ("mlp_bias", "mlp_nobias", "cnn_bias", "cnn_nobias")
 
 
@@ -158,3 +159,22 @@ def test_require_names_what_to_install(monkeypatch):
     with pytest.raises(MissingDependencyError, match="pip install thing") as info:
         require("not_a_module_xyz", "thing")
     assert isinstance(info.value, BBpError) and isinstance(info.value, ImportError)
+
+
+def test_reproduce_from_any_folder(capsys, tmp_path, monkeypatch):
+    """bbp-ref reproduce with no options, run from a folder outside the repository: the
+    package's models, the figures in a new folder there (the source tree untouched)."""
+    pytest.importorskip("matplotlib")
+    from bbp_ref.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    docs = ROOT / "docs" / "images"
+    before = {p.name: p.stat().st_mtime_ns for p in docs.iterdir()}
+    assert main(["reproduce", "--dpi", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "| digits CNN (this project) | 98.4 (443/450) |" in out
+    written = sorted((tmp_path / "bbp-ref-reproduce").iterdir())
+    assert [p.name for p in written] == ["digits_cnn_bias_attributions.png",
+                                        "digits_cnn_bias_layers.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
+    assert {p.name: p.stat().st_mtime_ns for p in docs.iterdir()} == before

@@ -1,4 +1,4 @@
-"""The seven invariants of SPEC §5 on several architectures (MLP, CNN, residual,
+"""The seven invariants of docs/math.md §5 on several architectures (MLP, CNN, residual,
 grouped/dilated/strided conv, saturated Clip, concatenated branches)."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def test_1_local_linear_model_reproduces_every_output(name):
     logits = model.forward(x).reshape(len(x), -1)
     jac = model.jacobian(x).reshape(len(x), logits.shape[1], -1)
     for k in range(logits.shape[1]):
-        e = bbp_ref.explain(model, x, target=k, check=False)
+        e = bbp_ref.explain(model, x, target=k, check="full")
         np.testing.assert_array_equal(e.gradient.reshape(len(x), -1), jac[:, k])
         wx = (jac[:, k] * x.reshape(len(x), -1)).sum(axis=1)
         magnitude = np.abs(jac[:, k] * x.reshape(len(x), -1)).sum(axis=1) + np.abs(e.bias)

@@ -91,3 +91,31 @@ def test_custom_rule_callable_matches_the_builtin_abs_rule():
     builtin = bbp_ref.explain(m, X, rule="abs")
     np.testing.assert_allclose(custom.bias_attribution, builtin.bias_attribution, atol=1e-15)
     assert custom.rule == "my_abs"
+
+
+def test_signed_rule_on_a_residual_sum_by_hand():
+    """A residual Sum whose first operand is a Relu output (no negative part) and whose
+    mass is negative: the signed rule's terms on the negative parts must run for the
+    second operand.
+
+    x = [1, -1]; h1 = W1 x + b1 = [2, -3], r = relu(h1) = [2, 0]; h2 = Wb x = [-1, -1];
+    s = r + h2 = [1, -1]; y = s + c, c = [-0.5, 0.25]; target 0: f = 0.5, W^x = [3, 3].
+    y hands e_y = -0.5 to s; s: sigma = sign(-0.5 * 1) = -1, max(0, -z) with
+    z = [2, -1] is [0, 1] -> h2[0] gets -0.5; fc2 row 0: sigma = -1, z = [1, -2] ->
+    x[1] gets -0.5. fc1: e = [1, 0], sigma = +1, z = [2, -1] -> x[0] gets 1.
+    B = [1, -0.5], b^x = 0.5."""
+    wb = np.array([[1.0, 2.0], [0.0, 1.0]], dtype=np.float32)
+    c = np.array([-0.5, 0.25], dtype=np.float32)
+    proto = model(
+        [node("Gemm", ["x", "W1", "b1"], "h1", name="fc1", transB=1),
+         node("Relu", ["h1"], "r", name="relu"),
+         node("Gemm", ["x", "Wb"], "h2", name="fc2", transB=1),
+         node("Add", ["r", "h2"], "s", name="residual"),
+         node("Add", ["s", "c"], "y", name="shift")],
+        ["N", 2], {"W1": W1, "b1": B1, "Wb": wb, "c": c})
+    e = bbp_ref.explain(proto, X, target=0, rule="signed", check="full")
+    assert e.output == pytest.approx(0.5, abs=1e-12) and e.bias == pytest.approx(0.5, abs=1e-12)
+    np.testing.assert_allclose(e.gradient, [3.0, 3.0], atol=1e-12)
+    np.testing.assert_allclose(e.bias_attribution, [1.0, -0.5], atol=1e-12)
+    several = bbp_ref.explain(proto, X, target=[0, 1], rule="signed")  # the shared path
+    np.testing.assert_allclose(several.bias_attribution[0], [1.0, -0.5], atol=1e-12)

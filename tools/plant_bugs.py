@@ -1,4 +1,4 @@
-"""Prove the test suite can fail: plant each bug of issue 3's list by hand, run the
+"""Prove the test suite can fail: plant each bug of docs/testing.md's list by hand, run the
 suite, record which tests catch it, revert. `python tools/plant_bugs.py [pytest args]`
 prints the table that docs/testing.md shows (about a minute per bug);
 `python tools/plant_bugs.py --tangent [pytest args]` plants the tangent model's bugs

@@ -98,6 +98,25 @@ class Attribution:
     n_pieces: np.ndarray | None = None
     wrt_value: np.ndarray | None = None
 
+    def __repr__(self) -> str:
+        """One line: the method, target, output and convergence, not the arrays."""
+        how = ""
+        if self.integration is not None:
+            how = f" ({self.integration}" + (f", {self.n_steps} steps)" if self.n_steps
+                                             else ")")
+        if np.ndim(self.output) == 0:
+            delta = "" if self.delta is None else f", delta={float(self.delta):.3g}"
+            pieces = "" if self.n_pieces is None else f", n_pieces={int(self.n_pieces)}"
+            return (f"Attribution({self.method!r}{how}, target={int(self.target)}, "
+                    f"f_t(x)={float(self.output):.6g}, sum="
+                    f"{float(np.sum(self.attribution)):.6g}{delta}{pieces}, "
+                    f"shape {list(np.shape(self.attribution))})")
+        delta = ("" if self.delta is None else
+                 f", max |delta|={float(np.max(np.abs(self.delta))):.3g}")
+        return (f"Attribution({self.method!r}{how}, batch of {len(self.output)}, targets "
+                f"{np.asarray(self.target)[:4].tolist()}{', ...' if len(self.output) > 4 else ''}"
+                f"{delta}, shape {list(np.shape(self.attribution)[1:])} each)")
+
     def unbatched(self) -> Attribution:
         """The first example's fields without the batch axis."""
 
@@ -145,9 +164,11 @@ class Setup:
         return attribution.unbatched() if self.single else attribution
 
 
-def setup(model: object, x: object, target: object, linearize: bool = True) -> Setup:
-    """Load, prepare ``x``, run the forward trace and resolve ``target`` (`explain`'s rules)."""
-    loaded = load(model)
+def setup(model: object, x: object, target: object, linearize: bool = True,
+          output: str | None = None) -> Setup:
+    """Load (``output``: the tensor to explain, see `load`), prepare ``x``, run the forward
+    trace and resolve ``target`` (`explain`'s rules)."""
+    loaded = loaded_for(model, x, output)
     batch, single = loaded.prepare(x)
     trace = loaded.trace(batch, linearize=linearize)
     n = batch.shape[0]
@@ -156,6 +177,22 @@ def setup(model: object, x: object, target: object, linearize: bool = True) -> S
     seed = np.zeros_like(flat)
     seed[np.arange(n), targets] = 1.0
     return Setup(loaded, batch, single, trace, targets, seed.reshape(trace.output.shape))
+
+
+def loaded_for(model: object, x: object, output: str | None = None) -> Model:
+    """``model`` loaded (`load`) to explain ``output`` at ``x`` (the example a torch module
+    is exported for); a `Model` loaded for another output is an `InputError`."""
+    if isinstance(model, Model) and output is not None and output not in (
+            model.output_name, *_explained(model)):
+        raise InputError(f"the model was loaded to explain {model.output_name!r}, not "
+                         f"{output!r}: load it with output={output!r}, or pass its path")
+    return load(model, output=output, example=x)
+
+
+def _explained(model: Model) -> tuple[str, ...]:
+    if model.needs_binding:
+        return ()
+    return (model.signature.output, model.signature.explained)
 
 
 def baseline_batch(baselines: object, batch: Array, single: bool) -> Array:
@@ -185,7 +222,7 @@ def bound_call(model: object, x: object, wrt: str | None, inputs: object,
     """With ``wrt``/``inputs`` (or a model with several inputs), ``run`` per example on
     the bound one-input models, stacked (`bbp_ref.binding`); else None."""
     binding = Binding.of(wrt, inputs)
-    loaded = load(model)
+    loaded = load(model, example=x)
     if not needs_binding(loaded, binding):
         return None
     return for_each_example(loaded, x, binding, run,

@@ -1,16 +1,17 @@
-"""Bias backpropagation (SPEC §3-4): one reverse sweep that carries both the gradient
+"""Bias backpropagation (docs/math.md §3-4): one reverse sweep that carries both the gradient
 `g_v` and the bias mass `beta_v` from the output to the input."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine.operator import AffineLocal, Array, SingleInputMap
+from ..engine.operator import AffineLocal, Array, LocalMap, SingleInputMap
 from ..engine.trace import Trace, backward
 from ..errors import InputError, RuleError
+from ..graph import Node
 from .rules import NodeView, Rule, distribute
 
 # Relative tolerance of the per-node mass conservation check (rounding only).
@@ -35,18 +36,27 @@ class BiasBackpropagation:
 def bias_backpropagation(trace: Trace, seed: Array, rule: Rule,
                          layers: Collection[str] | None = None) -> BiasBackpropagation:
     """Run BBp for the output selected by ``seed`` (`do/dh` at the output node)."""
+    (result,) = bias_backpropagations(trace, seed, [rule], layers)
+    return result
+
+
+def bias_backpropagations(trace: Trace, seed: Array, rules: Sequence[Rule],
+                          layers: Collection[str] | None = None) -> list[BiasBackpropagation]:
+    """BBp for several rules in one reverse sweep: the gradient `g_v` and the local bias
+    contributions `e_v` are computed once, each rule carries its own mass `beta_v`."""
     n = trace.batch_size
-    mass: dict[str, Array] = {}
+    masses: list[dict[str, Array]] = [{} for _ in rules]
     layer_bias: dict[str, Array] = {}
     injected = []
     magnitude = np.zeros(n)
-    gradient = bias_attribution = None
+    gradient = None
+    attributions: list[Array] = []
     for node, grad in backward(trace, seed):
         _check_finite(node.name, node.op, "gradient", grad)
-        beta = mass.pop(node.name, None)
+        betas = [mass.pop(node.name, None) for mass in masses]
         if node.operator is None:
             gradient = grad
-            bias_attribution = np.zeros_like(grad) if beta is None else beta
+            attributions = [np.zeros_like(grad) if beta is None else beta for beta in betas]
             continue
         local = trace.local[node.name]
         if local.bias is not None:
@@ -57,28 +67,34 @@ def bias_backpropagation(trace: Trace, seed: Array, rule: Rule,
             magnitude += np.abs(contribution).reshape(n, -1).sum(axis=1)
             if layers is None or node.name in layers:
                 injected.append(node.name)
-                beta = contribution if beta is None else beta + contribution
-        if beta is None:
-            continue
-        beta = np.broadcast_to(beta, grad.shape)
-        if isinstance(local, AffineLocal):
-            view = NodeView(node.name, node.op, local.operands, grad, beta)
-            shares = distribute(local, view, rule)
-            for share in shares:
-                _check_finite(node.name, node.op, "bias mass handed on", share)
-            _check_conservation(node.name, rule, beta, shares)
-        else:
-            assert isinstance(local, SingleInputMap), node.name
-            shares = local.hand_back(np.ascontiguousarray(beta))
-        for source, share in zip(node.inputs, shares):
-            previous = mass.get(source)
-            mass[source] = share if previous is None else previous + share
-    assert gradient is not None and bias_attribution is not None
+                betas = [contribution if beta is None else beta + contribution
+                         for beta in betas]
+        for rule, mass, beta in zip(rules, masses, betas):
+            if beta is not None:
+                _hand_on(node, local, rule, np.broadcast_to(beta, grad.shape), grad, mass)
+    assert gradient is not None
     if not np.isfinite(magnitude).all():
         raise InputError("the bias contributions sum to more than float64 holds (sum_v "
                          "sum_p |e_v[p]| overflows); the model's biases are too large")
-    return BiasBackpropagation(gradient, bias_attribution, layer_bias, tuple(injected),
-                               magnitude)
+    return [BiasBackpropagation(gradient, attribution, layer_bias, tuple(injected), magnitude)
+            for attribution in attributions]
+
+
+def _hand_on(node: Node, local: LocalMap, rule: Rule, beta: Array, grad: Array,
+             mass: dict[str, Array]) -> None:
+    """Node ``node`` hands its mass ``beta`` to its operands' entries of ``mass``."""
+    if isinstance(local, AffineLocal):
+        view = NodeView(node.name, node.op, local.operands, grad, beta)
+        shares = distribute(local, view, rule)
+        for share in shares:
+            _check_finite(node.name, node.op, "bias mass handed on", share)
+        _check_conservation(node.name, rule, beta, shares)
+    else:
+        assert isinstance(local, SingleInputMap), node.name
+        shares = local.hand_back(np.ascontiguousarray(beta))
+    for source, share in zip(node.inputs, shares):
+        previous = mass.get(source)
+        mass[source] = share if previous is None else previous + share
 
 
 def _check_conservation(name: str, rule: Rule, beta: Array, shares: list[Array]) -> None:

@@ -34,7 +34,7 @@ A gradient at a point on a kink is the engine's one-sided one (autograd's).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -87,7 +87,8 @@ def integrated_gradients(model: object, x: object, baselines: object = 0.0,
                          internal_batch_size: int | None = None,
                          max_pieces: int | None = DEFAULT_MAX_PIECES, *,
                          wrt: str | None = None,
-                         inputs: Mapping[str, object] | None = None) -> Attribution:
+                         inputs: Mapping[str, object] | None = None,
+                         on_pass: Callable[[int], None] | None = None) -> Attribution:
     """Integrated gradients of output ``target`` from ``baselines`` (a scalar, one
     example's shape, or the batch's shape; default 0) to ``x``.
 
@@ -96,7 +97,8 @@ def integrated_gradients(model: object, x: object, baselines: object = 0.0,
     raises `BBpError`) or one of Captum's quadrature rules ``"riemann_left"``,
     ``"riemann_right"``, ``"riemann_middle"``, ``"riemann_trapezoid"``,
     ``"gausslegendre"`` with ``n_steps`` points, evaluated ``internal_batch_size``
-    points (times examples) per engine pass (None: all at once).
+    points (times examples) per engine pass (None: all at once); ``on_pass`` is called
+    with the number of points done after each pass (for a progress bar).
     """
     bound = bound_call(model, x, wrt, inputs, lambda m, xi, i: integrated_gradients(
         m, xi, pick_baseline(baselines, i, xi), pick_example(target, i), method, n_steps,
@@ -116,7 +118,7 @@ def integrated_gradients(model: object, x: object, baselines: object = 0.0,
         return s.finish(with_delta(s, attribution, baseline_logits, "integrated_gradients",
                                    integration="exact", n_pieces=pieces))
     steps, alphas = approximation_parameters(method, int(n_steps))
-    total = _weighted_gradients(s, base, steps, alphas, internal_batch_size)
+    total = _weighted_gradients(s, base, steps, alphas, internal_batch_size, on_pass)
     attribution = (s.batch - base) * total
     return s.finish(with_delta(s, attribution, baseline_logits, "integrated_gradients",
                                integration=method, n_steps=int(n_steps)))
@@ -162,7 +164,8 @@ def _exact_integral(s: Setup, base: np.ndarray,
 
 
 def _weighted_gradients(s: Setup, base: np.ndarray, steps: np.ndarray, alphas: np.ndarray,
-                        internal_batch_size: int | None) -> np.ndarray:
+                        internal_batch_size: int | None,
+                        on_pass: Callable[[int], None] | None = None) -> np.ndarray:
     """`sum_k w_k grad f_t(b + a_k (x - b))` per example."""
     n = s.batch.shape[0]
     direction = s.batch - base
@@ -181,4 +184,6 @@ def _weighted_gradients(s: Setup, base: np.ndarray, steps: np.ndarray, alphas: n
         seed = np.broadcast_to(s.seed[None], (len(a), *s.seed.shape)).reshape(-1, *s.seed.shape[1:])
         grads = input_gradient(trace, seed).reshape(len(a), *s.batch.shape)
         total += np.tensordot(w, grads, axes=1)
+        if on_pass is not None:
+            on_pass(len(a))
     return total

@@ -1,4 +1,4 @@
-"""The attribution rules of SPEC §4.1, written once on top of each affine node's
+"""The attribution rules of docs/math.md §4.1, written once on top of each affine node's
 forward and vector-Jacobian product.
 
 A rule describes the scores `alpha[p, q]` of a node as a sum of *terms*; a term is a
@@ -38,6 +38,17 @@ def _positive(w: Array) -> Array:
 
 def _negative(w: Array) -> Array:
     return np.maximum(-w, 0.0)
+
+
+def _parts(u: Array) -> tuple[Array, Array]:
+    """`(u+, u-)` with `u = u+ - u-`; a part that is all zero (`u-` after a Relu) is a
+    one-element zero, so that the terms it enters are skipped without a full array."""
+    zero = np.zeros((1,) * u.ndim)
+    if u.size and u.min() >= 0:
+        return u, zero
+    if u.size and u.max() <= 0:
+        return zero, np.negative(u)
+    return _positive(u), _negative(u)
 
 
 def _connectivity(w: Array) -> Array:
@@ -89,8 +100,7 @@ def _abs_terms(view: NodeView) -> list[Term]:
 def _signed_terms(view: NodeView) -> list[Term]:
     sigma = np.sign(view.mass * view.gradient)
     up, down = (sigma > 0).astype(float), (sigma < 0).astype(float)
-    pos = [_positive(u) for u in view.operands]
-    neg = [_negative(u) for u in view.operands]
+    pos, neg = (list(parts) for parts in zip(*(_parts(u) for u in view.operands)))
     return [Term(_positive, pos, up), Term(_negative, neg, up),
             Term(_positive, neg, down), Term(_negative, pos, down)]
 
@@ -118,42 +128,52 @@ def resolve_rule(rule: object) -> Rule:
 
 
 def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
-    """The bias mass each operand of an affine node receives: `sum_p alpha[p, q] beta[p]`."""
+    """The bias mass each operand of an affine node receives: `sum_p alpha[p, q] beta[p]`.
+
+    The mass may hold several rows per example (several targets, `engine.repeat`): with
+    operands [N, ...] and mass [N * T, ...], a built-in rule's forward runs once per example
+    and is shared by its T rows; a user rule sees the operands repeated. Terms that vanish
+    (an all-zero operand factor, e.g. `u-` after a Relu, or no selected row) are skipped:
+    they add exact zeros."""
+    repeats = view.mass.shape[0] // view.operands[0].shape[0]
+    if repeats > 1 and not rule.builtin:
+        view = NodeView(view.name, view.op, [np.repeat(u, repeats, axis=0)
+                                             for u in view.operands], view.gradient, view.mass)
+        repeats = 1
     if rule.builtin:
         terms = rule.terms(view)
     else:
         terms = _user_call(rule, view, lambda: rule.terms(view))
         _check_terms(view, rule, terms)
     operator = local.operator.rule_view()
+    kept = [term for term in terms if not _vanishes(term)]
     by_map: dict[CoefficientMap, AffineOperator] = {}
-    for term in terms:
+    for term in kept:
         if term.coefficients not in by_map:
             mapping = partial(operator.map_coefficients, term.coefficients)
             by_map[term.coefficients] = mapping() if rule.builtin \
                 else _user_call(rule, view, mapping)
-    mapped = [by_map[t.coefficients] for t in terms]
-    if not rule.builtin and not all(_non_negative(c) for op in mapped for c in op.coefficients):
+    if not rule.builtin and not all(_non_negative(c) for op in by_map.values()
+                                    for c in op.coefficients):
         raise RuleError(f"rule {rule.name!r} maps the coefficients of node {view.name!r} "
                         "to negative values (or NaN); scores must be non-negative numbers")
-    shapes = [u.shape for u in local.operands]
-    factors = _rescaled([[np.broadcast_to(f, s) for f, s in zip(t.operands, shapes)]
-                         for t in terms])
+    shapes = [u.shape for u in view.operands]
+    exponent = _largest_exponent([f for term in kept for f in term.operands], shapes[0][0])
+    factors = [[np.broadcast_to(_scaled(f, exponent, len(s)), s)
+                for f, s in zip(term.operands, shapes)] for term in kept]
     mass, mass_exponent = _normalised(view.mass)
-    denominator = None
-    for term, op, operands in zip(terms, mapped, factors):
-        part = op.linear(operands)
-        if term.rows is not None:
-            part = part * term.rows
-        denominator = part if denominator is None else denominator + part
-    assert denominator is not None
+    denominator = np.zeros(view.mass.shape)
+    for term, operands in zip(kept, factors):
+        part = _repeated(by_map[term.coefficients].linear(operands), repeats)
+        denominator += part if term.rows is None else part * term.rows
     # a row whose scores vanish, or are too small to divide by (subnormal), has none
     empty = denominator < np.finfo(float).tiny
     ratio = np.where(empty, 0.0, mass / np.where(empty, 1.0, denominator))
-    shares = [np.zeros(s) for s in shapes]
-    for term, op, operands in zip(terms, mapped, factors):
-        back = op.vjp(ratio if term.rows is None else ratio * term.rows)
+    shares = [np.zeros((view.mass.shape[0], *s[1:])) for s in shapes]
+    for term, operands in zip(kept, factors):
+        back = by_map[term.coefficients].vjp(ratio if term.rows is None else ratio * term.rows)
         for j, (factor, part) in enumerate(zip(operands, back)):
-            shares[j] += factor * part
+            shares[j] += _repeated(factor, repeats) * part
     with np.errstate(over="ignore"):
         shares = [np.ldexp(share, _per_example(mass_exponent, share.ndim)) for share in shares]
     pending = empty & (view.mass != 0)
@@ -168,20 +188,44 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
     return shares
 
 
-def _rescaled(factors: list[list[Array]]) -> list[list[Array]]:
-    """The operand factors of all terms times one power of two per example, bringing the
-    largest to [0.5, 1). `alpha` does not change (numerator and denominator scale
-    alike, exactly), but tiny inputs no longer make the denominator subnormal."""
-    n = factors[0][0].shape[0]
+def _vanishes(term: Term) -> bool:
+    """Whether a term's scores are all zero: no row selected, or every factor zero."""
+    if term.rows is not None and not np.any(term.rows):
+        return True
+    return not any(np.any(f) for f in term.operands)
+
+
+def _repeated(a: Array, repeats: int) -> Array:
+    """``a`` with each example's row repeated ``repeats`` times (its targets' rows)."""
+    if repeats == 1 or a.shape[0] == 1:
+        return a
+    return np.repeat(a, repeats, axis=0)
+
+
+def _largest_exponent(factors: list[Array], n: int) -> Array:
+    """Per example, the binary exponent of the largest operand factor: scaling every
+    factor by `2^-exponent` brings the largest to [0.5, 1). `alpha` does not change
+    (numerator and denominator scale alike, exactly), but tiny inputs no longer make the
+    denominator subnormal."""
     largest = np.zeros(n)
-    for term in factors:
-        for f in term:
-            largest = np.maximum(largest, np.abs(f).reshape(f.shape[0], -1).max(axis=1,
-                                                                             initial=0.0))
-    _, exponent = np.frexp(largest)
-    # ldexp of each factor, not a product with 2^-exponent: for a subnormal largest
-    # factor (1e-310) that power of two itself would overflow
-    return [[np.ldexp(f, _per_example(-exponent, f.ndim)) for f in term] for term in factors]
+    for f in factors:
+        f = np.asarray(f, dtype=float)
+        row_max = np.abs(f).max(axis=tuple(range(1, f.ndim)), initial=0.0) \
+            if f.ndim > 1 else np.abs(f)
+        largest = np.maximum(largest, row_max)
+    return np.frexp(largest)[1]
+
+
+def _scaled(f: Array, exponent: Array, ndim: int) -> Array:
+    """``f`` (broadcastable to a batched operand of ``ndim`` axes) times `2^-exponent` of
+    each example; one scaling if the exponents are all equal, so that a factor broadcast
+    along the batch axis stays small. ldexp, not a product with `2^-exponent`: for a
+    subnormal largest factor (1e-310) that power of two itself would overflow."""
+    f = np.asarray(f, dtype=float)
+    if (exponent == exponent[0]).all():
+        return np.ldexp(f, -exponent[0])
+    f = f.reshape((1,) * (ndim - f.ndim) + f.shape)
+    return np.ldexp(f, _per_example(-exponent, ndim))
 
 
 def _normalised(mass: Array) -> tuple[Array, Array]:

@@ -1,1 +1,1 @@
-"""Independent checks of the engine: onnxruntime cross-checks and the SPEC §5 residuals."""
+"""Independent checks of the engine: onnxruntime cross-checks and the docs/math.md §5 residuals."""

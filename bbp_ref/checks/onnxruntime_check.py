@@ -168,7 +168,7 @@ def first_divergence(model: object, x: object, rtol: float = RTOL,
     """Compare every canonical node's tensor with onnxruntime's value of the same ONNX
     tensor, in topological order; returns the first mismatch (None if all agree) and
     all comparisons. Meant for debugging the import of a new exporter's graph."""
-    loaded = load(model)
+    loaded = load(model, example=x)
     batch, _ = loaded.prepare(x)
     trace = loaded.trace(batch, linearize=False)
     # intermediate nodes of an expanded composite op hold no ONNX tensor

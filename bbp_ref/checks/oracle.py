@@ -7,7 +7,12 @@ Field names: ``input`` (checked against the given input), ``output``, ``logits``
 ``bias_attribution/<rule>`` (``abs``, ``signed``, ``uniform``),
 ``layer_bias/<node>``, ``integrated_gradients`` (exact, zero baseline) and ``deeplift``
 (zero baseline). Arrays follow `explain`'s conventions: one example in, no batch axis;
-a batch in, a leading batch axis.
+a batch in, a leading batch axis. Fields under ``meta/`` describe the candidate and are
+not compared: ``meta/layers`` (the nodes whose biases ``bias_attribution/<rule>``
+attributes; default all) and ``meta/output`` (the explained tensor) set how the reference
+is computed; the others (``meta/rule``, ``meta/model_sha256``, ``meta/versions``, ...) are
+records. `explanation_fields` writes an explanation with these names (``bbp-ref explain
+--out``).
 
 Default tolerances suit a float32 candidate. An element passes when
 ``|candidate - reference| <= rtol * |reference| + atol * max|reference|``: float32 has a
@@ -40,12 +45,14 @@ from ..attribution.rules import RULES
 from ..errors import InputError
 from ..explain import Explanation, explain
 from ..files import write_atomically
+from ..importer.torch_export import as_numpy
 from ..model import Model, load
 
 RTOL = 1e-4
 ATOL = 1e-5
 STANDARD_FIELDS = ("output", "logits", "target", "gradient", "gradient_x_input", "bias",
                    *(f"bias_attribution/{rule}" for rule in RULES))
+META = "meta/"
 
 
 @dataclass(frozen=True)
@@ -127,8 +134,9 @@ class _Reference:
     """Computes reference fields lazily, one `explain` per rule."""
 
     def __init__(self, model: Model, x: np.ndarray, target: object,
-                 bind: Mapping[str, object] | None = None) -> None:
-        self.model, self.x, self.target = model, x, target
+                 bind: Mapping[str, object] | None = None,
+                 layers: Sequence[str] | None = None) -> None:
+        self.model, self.x, self.target, self.layers = model, x, target, layers
         self.bind = dict(bind or {})  # wrt= and inputs=, passed on to every computation
         self._explained: dict[str, Explanation] = {}
 
@@ -139,7 +147,8 @@ class _Reference:
     def explanation(self, rule: str = "abs") -> Explanation:
         if rule not in self._explained:
             self._explained[rule] = explain(self.model, self.x, target=self.target, rule=rule,
-                                            check=False, **self.bind)  # type: ignore[arg-type]
+                                            layers=self.layers, check=False,
+                                            **self.bind)  # type: ignore[call-overload]
         return self._explained[rule]
 
     def explained_input(self) -> np.ndarray:
@@ -166,6 +175,7 @@ class _Reference:
         if family == "bias_attribution" and member in RULES:
             return self.explanation(member).bias_attribution
         if family == "layer_bias" and member:
+            member = unquote(member)  # explain --out writes names as archive members
             layer_bias = self.explanation().layer_bias
             if self.bound:
                 resolved: str | None = member if member in layer_bias else unquote(member)
@@ -203,16 +213,20 @@ def compare(model: object, x: object, candidate: Mapping[str, object], target: o
             inputs: Mapping[str, object] | None = None) -> Report:
     """Compare ``candidate`` (field name -> array from another implementation) with
     bbp_ref's exact values for ``model`` at ``x``. The target is ``target``, else the
-    candidate's own ``target`` field, else the argmax of each example's output.
-    ``wrt``/``inputs`` as in `bbp_ref.explain` (the fields are then shaped like ``wrt``)."""
-    loaded = load(model)
-    x_array = np.asarray(x)
+    candidate's own ``target`` field, else the argmax of each example's output; the
+    ``meta/`` fields are not compared (see the module docstring). ``wrt``/``inputs`` as in
+    `bbp_ref.explain` (the fields are then shaped like ``wrt``)."""
+    output = _meta_text(candidate, "output")
+    loaded = load(model, output=output, example=x)
+    x_array = np.asarray(as_numpy(x))
     if target is None and "target" in candidate:
         target = _candidate_target(candidate["target"])
     bind = {k: v for k, v in (("wrt", wrt), ("inputs", inputs)) if v is not None}
-    reference = _Reference(loaded, x_array, target, bind)
+    layers = candidate.get(META + "layers")
+    names = None if layers is None else [str(n) for n in np.asarray(layers).reshape(-1)]
+    reference = _Reference(loaded, x_array, target, bind, names)
     results = [compare_arrays(name, value, reference.field(name), rtol, atol)
-               for name, value in candidate.items()]
+               for name, value in candidate.items() if not name.startswith(META)]
     if not results:
         raise InputError("the candidate has no fields to compare")
     return Report(tuple(results), rtol, atol)
@@ -229,6 +243,26 @@ def _candidate_target(value: object) -> np.ndarray:
     return target.astype(np.int64)
 
 
+def _meta_text(candidate: Mapping[str, object], name: str) -> str | None:
+    value = candidate.get(META + name)
+    return None if value is None else str(np.asarray(value).item())
+
+
+def explanation_fields(e: Explanation, x: np.ndarray) -> dict[str, np.ndarray]:
+    """An explanation's arrays under the field names `compare` knows, so that a saved
+    explanation is a candidate `compare` (``bbp-ref verify``) accepts: ``input``,
+    ``output``, ``logits``, ``target``, ``gradient``, ``gradient_x_input``, ``bias``,
+    ``bias_attribution/<rule>``, ``layer_bias/<node>``, and ``meta/layers`` when only
+    some nodes' biases were attributed."""
+    fields = {"input": np.asarray(x), "output": e.output, "logits": e.logits,
+              "target": e.target, "gradient": e.gradient, "gradient_x_input": e.gradient * x,
+              "bias": e.bias, f"bias_attribution/{e.rule}": e.bias_attribution}
+    fields.update({f"layer_bias/{name}": value for name, value in e.layer_bias.items()})
+    if set(e.layers) != set(e.layer_bias):
+        fields[META + "layers"] = np.array(e.layers, dtype=str)
+    return {name: np.asarray(value) for name, value in fields.items()}
+
+
 # -- golden vectors ----------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -242,7 +276,7 @@ class GoldenCase:
 
 def golden_fields(model: object, x: np.ndarray, fields: Sequence[str] = STANDARD_FIELDS,
                   target: object = None) -> dict[str, np.ndarray]:
-    reference = _Reference(load(model), x, target)
+    reference = _Reference(load(model, example=x), x, target)
     return {name: reference.field(name) for name in fields}
 
 

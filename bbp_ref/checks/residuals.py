@@ -1,4 +1,4 @@
-"""The decomposition checks of SPEC §3 and §5 that every explanation carries."""
+"""The decomposition checks of docs/math.md §3 and §5 that every explanation carries."""
 
 from __future__ import annotations
 
@@ -9,17 +9,21 @@ import numpy as np
 from ..errors import InputError
 from .onnxruntime_check import Comparison, Unavailable
 
-# float64 residuals, relative to the sum of magnitudes of the summed terms (SPEC §5.1).
+# float64 residuals, relative to the sum of magnitudes of the summed terms
+# (docs/math.md §5, invariant 1).
 RESIDUAL_TOL = 1e-10
 
-# explain(check=...): True runs the onnxruntime check when onnxruntime can run the model,
-# "strict" requires it to run, False skips it.
-CHECK_MODES = {True: "on", False: "off", "strict": "strict"}
+# explain(check=...): the decomposition and completeness residuals cost nothing and always
+# run. True runs the onnxruntime check when onnxruntime can run the model, "strict"
+# requires it to run, "full" adds the two linear passes of SPEC §3 (two more passes through
+# the network), False runs nothing else.
+CHECK_MODES = {True: "on", False: "off", "strict": "strict", "full": "full"}
 
 
 def check_mode(check: object) -> str:
-    """The check mode ``"on"``, ``"off"`` or ``"strict"`` for ``explain``'s ``check``
-    argument (True, False, or one of the names); anything else is an `InputError`."""
+    """The check mode ``"on"``, ``"off"``, ``"strict"`` or ``"full"`` for ``explain``'s
+    ``check`` argument (True, False, or one of the names); anything else is an
+    `InputError`. The one place where ``check`` is parsed."""
     if isinstance(check, (bool, np.bool_)):
         return CHECK_MODES[bool(check)]
     if isinstance(check, str) and check in CHECK_MODES:
@@ -45,11 +49,13 @@ class Checks:
     cross-check.
 
     ``decomposition``: `|sum_q W^x[q] x[q] + b^x - f(x)|` relative to
-    `sum_q |W^x[q] x[q]| + sum_v sum_p |e_v[p]|` (SPEC §5.1);
+    `sum_q |W^x[q] x[q]| + sum_v sum_p |e_v[p]|` (docs/math.md §5, invariant 1);
     ``completeness``: `|sum_q B(x)[q] - sum_(injected v) sum_p e_v[p]|` relative to
-    `sum |e_v|` (SPEC §5.2); ``linear_passes``: the two frozen linear passes of SPEC §3
+    `sum |e_v|` (docs/math.md §5, invariant 2); ``linear_passes``: the two frozen linear
+    passes of docs/math.md §3
     (`W^x x` with biases zeroed, `b^x` from a zero input) against `f(x)`, for every
-    output; ``onnxruntime``: the engine's output against onnxruntime's (None when
+    output (None unless ``check="full"``); ``onnxruntime``: the engine's output against
+    onnxruntime's (None when
     skipped, `Unavailable` when onnxruntime cannot run the model); ``strict``: the
     onnxruntime check was required (``check="strict"``).
 
@@ -59,7 +65,7 @@ class Checks:
 
     decomposition: np.ndarray
     completeness: np.ndarray
-    linear_passes: np.ndarray
+    linear_passes: np.ndarray | None
     onnxruntime: Comparison | Unavailable | None = None
     tolerance: float = RESIDUAL_TOL
     strict: bool = False
@@ -67,7 +73,8 @@ class Checks:
     @property
     def passed(self) -> bool:
         residuals = (self.decomposition, self.completeness, self.linear_passes)
-        residuals_ok = all(bool(np.all(np.asarray(r) <= self.tolerance)) for r in residuals)
+        residuals_ok = all(bool(np.all(np.asarray(r) <= self.tolerance)) for r in residuals
+                           if r is not None)
         if isinstance(self.onnxruntime, Unavailable):
             return residuals_ok and not self.strict
         return residuals_ok and (self.onnxruntime is None or self.onnxruntime.ok)
@@ -76,8 +83,11 @@ class Checks:
         lines = [
             f"decomposition residual  {float(np.max(self.decomposition)):.2e}",
             f"completeness residual   {float(np.max(self.completeness)):.2e}",
-            f"linear-pass residual    {float(np.max(self.linear_passes)):.2e}",
         ]
+        if self.linear_passes is None:
+            lines.append("linear-pass residual    skipped (check='full' runs it)")
+        else:
+            lines.append(f"linear-pass residual    {float(np.max(self.linear_passes)):.2e}")
         if self.onnxruntime is None:
             lines.append("onnxruntime             skipped")
         elif isinstance(self.onnxruntime, Unavailable):

@@ -1,9 +1,9 @@
-"""Affine operators `h = A(u) + b` (SPEC §2), each in operator form with its own
+"""Affine operators `h = A(u) + b` (docs/math.md §2), each in operator form with its own
 vector-Jacobian product; no dense matrix is built for any of them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -40,6 +40,21 @@ class MatMul(AffineOperator):
         return MatMul(coefficients[0], None, self.operand_shape, self.side)
 
 
+# A window op's batch is processed in groups of examples whose output holds at most this
+# many elements: each kernel offset adds into the whole output, which should stay in cache
+# (a larger batch then costs per example what one example does, no more).
+GROUP_ELEMENTS = 2**19
+
+
+def _in_example_groups(fn: Callable[[Array], Array], x: Array, per_example: int) -> Array:
+    """``fn(x)`` computed on consecutive groups of examples of ``x`` (see GROUP_ELEMENTS)."""
+    n = x.shape[0]
+    size = max(1, GROUP_ELEMENTS // max(per_example, 1))
+    if n <= size:
+        return fn(x)
+    return np.concatenate([fn(x[start:start + size]) for start in range(0, n, size)])
+
+
 class Conv(AffineOperator):
     """N-D grouped convolution `h = W * u + b` (ONNX Conv; cross-correlation), computed
     as one matrix product per kernel offset."""
@@ -60,6 +75,16 @@ class Conv(AffineOperator):
 
     def linear(self, operands: Sequence[Array]) -> Array:
         (u,) = operands
+        return _in_example_groups(self._linear_block, u, self._output_size())
+
+    def vjp(self, grad: Array) -> list[Array]:
+        return [_in_example_groups(self._vjp_block, grad, self._output_size())]
+
+    def _output_size(self) -> int:
+        """Elements of one example's output."""
+        return self.weight.shape[0] * int(np.prod(self.window.out_spatial))
+
+    def _linear_block(self, u: Array) -> Array:
         n = u.shape[0]
         g, out_per_group, in_per_group, _ = (kernel := self._grouped_kernel()).shape
         out_spatial = self.window.out_spatial
@@ -78,7 +103,7 @@ class Conv(AffineOperator):
         out = out.reshape(g * out_per_group, n, *out_spatial)
         return np.moveaxis(out, 0, 1)
 
-    def vjp(self, grad: Array) -> list[Array]:
+    def _vjp_block(self, grad: Array) -> Array:
         n = grad.shape[0]
         kernel = self._grouped_kernel()
         g, out_per_group, in_per_group, _ = kernel.shape
@@ -93,7 +118,7 @@ class Conv(AffineOperator):
                 part = weights_t @ grad_columns
             target = padded[(slice(None), slice(None)) + self.window.slices(offset)]
             target += part.reshape(target.shape)
-        return [np.moveaxis(self.window.crop(padded), 0, 1)]
+        return np.moveaxis(self.window.crop(padded), 0, 1)
 
     def with_coefficients(self, coefficients: tuple[Array, ...]) -> Conv:
         return Conv(coefficients[0], None, self.window, self.groups, self.in_channels)

@@ -1,4 +1,4 @@
-"""Gate operators (SPEC §2): `h[p] = d[p] * u[s(p)] + c[p]`, each output reads one
+"""Gate operators (docs/math.md §2): `h[p] = d[p] * u[s(p)] + c[p]`, each output reads one
 input element. At an input they freeze into a `GateLocal` holding `d`, `c` and `s`."""
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class MaxPoolLocal(SingleInputMap):
 
 class MaxPool(Operator):
     """MaxPool / GlobalMaxPool: each output copies the arg-max of its in-bounds
-    window; ties go to the lowest flat index (SPEC §2)."""
+    window; ties go to the lowest flat index (docs/math.md §2)."""
 
     kind = GATE
 

@@ -2,9 +2,9 @@
 
 An operator computes its node's output from its structural inputs (the *operands*),
 batched along a leading axis. At an input `x` it is frozen into a `LocalMap`, the
-node's local affine form `h = A(u) + b` (SPEC §2): ``apply`` is `A`, ``bias`` is the
+node's local affine form `h = A(u) + b` (docs/math.md §2): ``apply`` is `A`, ``bias`` is the
 local bias `b_v^x`, ``vjp`` is `A^T`. Gates and routes also ``hand_back`` bias mass
-to their single structural input per output element (SPEC §4). Affine operators
+to their single structural input per output element (docs/math.md §4). Affine operators
 expose their linear coefficients so that attribution rules can rerun them with
 transformed coefficients (|W|, max(W, 0), a 0/1 connectivity kernel, ...).
 """
@@ -65,7 +65,7 @@ class SingleInputMap(LocalMap):
     @abstractmethod
     def hand_back(self, mass: Array) -> list[Array]:
         """Each output element hands all of its bias mass to its one structural input
-        element (SPEC §4), whatever the rule."""
+        element (docs/math.md §4), whatever the rule."""
 
 
 class Operator(ABC):

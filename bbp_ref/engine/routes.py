@@ -1,4 +1,4 @@
-"""Route operators (SPEC §2): fixed permutations and selections of elements. Each is
+"""Route operators (docs/math.md §2): fixed permutations and selections of elements. Each is
 its own local map; its vector-Jacobian product is the inverse routing."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The forward trace of a graph at an input, the reverse pass over it, and the two
-linear passes of SPEC §3 that check `W^x x + b^x = f(x)` independently."""
+linear passes of docs/math.md §3 that check `W^x x + b^x = f(x)` independently."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def linear_pass(trace: Trace, x: Array, *, with_bias: bool) -> Array:
 
 
 def linear_parts(trace: Trace, x: Array) -> tuple[Array, Array]:
-    """`(W^x x, b^x)` for every output: the two linear passes of SPEC §3."""
+    """`(W^x x, b^x)` for every output: the two linear passes of docs/math.md §3."""
     return (linear_pass(trace, x, with_bias=False),
             linear_pass(trace, np.zeros_like(x), with_bias=True))
 

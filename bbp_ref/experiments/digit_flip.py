@@ -1,9 +1,12 @@
 """Claim 3 of the paper: the digit-flip test (docs/reproduction.md), the masking test of
 DeepLIFT (Shrikumar et al. 2017, §4.2) as the poster uses it:
 
-    python -m bbp_ref.experiments.digit_flip [--models models/digits]
-        [--model-names cnn_bias mlp_bias] [--data test|all] [--pairs 8:3 8:6 4:9 9:4]
-        [--limit N] [--images docs/images] [--no-figures] [--progress] [--seed 0]
+    bbp-ref digit-flip [--models DIR] [--model-names cnn_bias mlp_bias] [--data test|all]
+        [--pairs 8:3 8:6 4:9 9:4] [--limit N] [--out DIR] [--no-figures] [--progress]
+        [--quiet] [--seed 0] [--dpi N]
+
+(the models default to the ones shipped with the package, the box plots go into a new
+folder ``bbp-ref-digit-flip`` in the current directory unless ``--out`` says otherwise)
 
 For each correctly classified image of a source digit `o` and a target digit `t`, with
 `S_c[i]` a method's attribution of pixel `i` for the logit of class `c`:
@@ -35,7 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,7 +47,9 @@ from ..attribution.integrated_gradients import integrated_gradients
 from ..errors import InputError
 from ..explain import explain
 from ..model import Model, load
-from .digits import digits_split
+from ..outputs import out_folder
+from ..progress import Progress
+from .digits import digits_split, models_dir
 from .maps import POSTER_NAMES, RULES
 from .optional import require
 
@@ -67,6 +72,7 @@ METHODS = {
     **{f"gradient_x_input+bbp_{rule}": f"grad. × input + BBp {rule}" for rule in RULES},
 }
 DEFAULT_MODELS = ("cnn_bias", "mlp_bias")
+OUT_STEM = "bbp-ref-digit-flip"
 DATA = ("test", "all")
 CHUNK = 32  # (image, class) rows per attribution call (the progress bar's step)
 
@@ -150,12 +156,15 @@ def class_attributions(model: Model, x: np.ndarray, targets: np.ndarray,
             model, x, baselines=0.0, target=targets, method="exact").attribution
     if "deeplift" in wanted:
         out["deeplift"] = deeplift(model, x, baselines=0.0, target=targets).attribution
-    for rule in RULES:
-        if f"bbp_{rule}" in wanted or f"gradient_x_input+bbp_{rule}" in wanted:
-            bias = explain(model, x, target=targets, rule=rule, check=False).bias_attribution
-            out[f"bbp_{rule}"] = bias
+    rules = [rule for rule in RULES
+             if f"bbp_{rule}" in wanted or f"gradient_x_input+bbp_{rule}" in wanted]
+    if rules:  # one forward trace and one reverse pass for all the rules
+        explanations = explain(model, x, target=targets, rule=rules, check=False)
+        for rule, e in zip(rules, explanations):
+            out[f"bbp_{rule}"] = e.bias_attribution
             if f"gradient_x_input+bbp_{rule}" in wanted:
-                out[f"gradient_x_input+bbp_{rule}"] = out["gradient_x_input"] + bias
+                out[f"gradient_x_input+bbp_{rule}"] = (out["gradient_x_input"]
+                                                       + e.bias_attribution)
     return {m: out[m].reshape(n, -1) for m in wanted if m != "random"}
 
 
@@ -331,14 +340,22 @@ def _cell(interval: tuple[float, float, float]) -> str:
     return f"{mean:.2f}" if math.isnan(low) else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
 
 
+MEDIAN_STYLE: dict[str, Any] = {"color": "C1", "linewidth": 1.5}
+MEAN_STYLE: dict[str, Any] = {"marker": "^", "markerfacecolor": "C2", "markeredgecolor": "C2",
+                              "markersize": 5}
+
+
 def box_plot(results: Sequence[FlipResult], title: str = "") -> Figure:
     """Box plots of the change in log-odds: one panel per pair, one box per method (the
-    box spans the quartiles, whiskers 1.5 IQR, a triangle at the mean)."""
+    box spans the quartiles, a line at the median, whiskers 1.5 IQR, a triangle at the
+    mean), with a legend for these marks under the panels."""
     matplotlib = require("matplotlib", "matplotlib")
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     pairs, methods, cell = _grid(results)
-    fig = Figure(figsize=(2.6 * len(pairs) + 2.2, 0.32 * len(methods) + 1.4))
+    fig = Figure(figsize=(2.6 * len(pairs) + 2.2, 0.32 * len(methods) + 1.8))
     axes = fig.subplots(1, len(pairs), sharey=True, squeeze=False)[0]
     positions = np.arange(len(methods), 0, -1)  # the first method on top
     horizontal = ({"orientation": "horizontal"}
@@ -347,69 +364,25 @@ def box_plot(results: Sequence[FlipResult], title: str = "") -> Figure:
     for ax, pair in zip(axes, pairs):
         data = [cell[pair, method].change for method in methods]
         ax.boxplot(data, positions=positions, widths=0.6, showmeans=True,
-                   flierprops={"markersize": 2}, **horizontal)
+                   flierprops={"markersize": 2}, medianprops=MEDIAN_STYLE,
+                   meanprops=MEAN_STYLE, **horizontal)
         ax.axvline(0.0, color="grey", linewidth=0.6, zorder=0)
         ax.set_title(f"{pair[0]} → {pair[1]} (n={cell[pair, methods[0]].n})", fontsize=9)
         ax.set_xlabel("change in log-odds", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(axis="x", linewidth=0.3)
     axes[0].set_yticks(positions, [METHODS[m] for m in methods])
+    legend = [Line2D([], [], label="median", **MEDIAN_STYLE),
+              Line2D([], [], linestyle="none", label="mean", **MEAN_STYLE),
+              Patch(facecolor="white", edgecolor="black", linewidth=0.8,
+                    label="quartiles (whiskers: 1.5 × IQR; dots: beyond)")]
+    fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     width, height = fig.get_figwidth(), fig.get_figheight()
-    fig.subplots_adjust(left=2.2 / width, right=1 - 0.15 / width, bottom=0.85 / height,
+    fig.subplots_adjust(left=2.2 / width, right=1 - 0.15 / width, bottom=1.15 / height,
                         top=1 - 0.55 / height, wspace=0.08)
     return fig
-
-
-# -- progress --------------------------------------------------------------------------
-
-
-class Progress:
-    """A one-line progress bar on ``stream`` (default stderr), redrawn in place:
-    ``label [#####.....] done/total elapsed``. Drawn only if ``enabled`` (default: when
-    the stream is a terminal)."""
-
-    def __init__(self, label: str = "", stream: TextIO | None = None,
-                 enabled: bool | None = None, width: int = 30) -> None:
-        self.stream = sys.stderr if stream is None else stream
-        self.enabled = _isatty(self.stream) if enabled is None else enabled
-        self.label, self.width = label, width
-        self.total = self.done = 0
-        self.start = time.perf_counter()
-        self._last = ""
-
-    def add(self, total: int) -> None:
-        """Announce ``total`` more steps."""
-        self.total += total
-        self._draw()
-
-    def update(self, steps: int = 1) -> None:
-        self.done += steps
-        self._draw()
-
-    def close(self) -> None:
-        if self.enabled and self._last:
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def _draw(self) -> None:
-        if not self.enabled:
-            return
-        filled = self.width * self.done // max(self.total, 1)
-        line = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
-                f"{self.done}/{self.total} {time.perf_counter() - self.start:.0f} s")
-        if line != self._last:
-            self.stream.write("\r" + line)
-            self.stream.flush()
-            self._last = line
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 # -- the command -----------------------------------------------------------------------
@@ -417,7 +390,9 @@ def _isatty(stream: TextIO) -> bool:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's options (shared by ``python -m`` and ``bbp-ref digit-flip``)."""
-    parser.add_argument("--models", default="models/digits", help="folder of the models")
+    parser.add_argument("--models", metavar="DIR",
+                        help="folder of the models (default: the digits models shipped with "
+                        "the package)")
     parser.add_argument("--model-names", nargs="+", default=list(DEFAULT_MODELS),
                         metavar="NAME", help="models (NAME.onnx in --models) to test")
     parser.add_argument("--data", choices=DATA, default="test",
@@ -426,10 +401,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="SOURCE:TARGET", help="digit pairs")
     parser.add_argument("--limit", type=int, metavar="N",
                         help="only the first N correct images of each source digit")
-    parser.add_argument("--images", default="docs/images", help="folder for the box plots")
+    parser.add_argument("--out", "--images", dest="out", metavar="DIR",
+                        help=f"folder for the box plots (default: a new folder {OUT_STEM} in "
+                        "the current directory)")
     parser.add_argument("--no-figures", action="store_true", help="only the tables")
-    parser.add_argument("--progress", action="store_true",
-                        help="show the progress bar on stderr even if it is not a terminal")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true",
+                       help="show the progress bar on stderr even if it is not a terminal")
+    shown.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--dpi", type=int, default=100, metavar="N",
+                        help="resolution of the PNG box plots (default 100)")
     parser.add_argument("--seed", type=int, default=RANDOM_SEED,
                         help="seed of the random order")
 
@@ -453,7 +434,7 @@ def run(args: argparse.Namespace,
     pairs = parse_pairs(args.pairs)
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be positive, got {args.limit}")
-    folder = Path(args.models)
+    folder = Path(args.models) if args.models is not None else models_dir()
     paths = {name: folder / f"{name}.onnx" for name in args.model_names}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
@@ -465,9 +446,11 @@ def run(args: argparse.Namespace,
         X = np.concatenate([split.X_train, split.X_test])
         y = np.concatenate([split.y_train, split.y_test])
     every: dict[str, list[FlipResult]] = {}
+    images: Path | None = None
     for name, path in paths.items():
         start = time.perf_counter()
-        progress = Progress(f"digit flip {name}", enabled=True if args.progress else None)
+        shown = True if args.progress else False if args.quiet else None
+        progress = Progress(f"digit flip {name}", enabled=shown)
         try:
             results = digit_flip(path, X, y, pairs=pairs, limit=args.limit, seed=args.seed,
                                  name=name, progress=progress)
@@ -488,11 +471,12 @@ def run(args: argparse.Namespace,
         if not args.no_figures:
             from ..plot import save
 
-            images = Path(args.images)
-            images.mkdir(parents=True, exist_ok=True)
+            if images is None:
+                images = out_folder(args.out, OUT_STEM)
             suffix = "" if args.data == "test" else f"_{args.data}"
             title = f"digit-flip test, {name}, {args.data} images"
-            path_out = save(box_plot(results, title), images / f"digit_flip_{name}{suffix}.png")
+            path_out = save(box_plot(results, title), images / f"digit_flip_{name}{suffix}.png",
+                            args.dpi)
             out(f"wrote {path_out}")
     return every
 

@@ -1,9 +1,10 @@
-"""Canonicalisation passes over the built graph (SPEC §2).
+"""Canonicalisation passes over the built graph (docs/math.md §2).
 
 An element-wise affine node (`Scale`: BatchNormalization, or Add/Sub/Mul/Div by a
 constant) that directly follows a Conv or MatMul/Gemm, as that node's only consumer,
 is folded into it: `W' = s W`, `b' = s b + c`. This is exact; it changes none of
-`W^x`, `b^x`, `B(x)` (SPEC §5.4) and makes one layer of what the exporter split in two
+`W^x`, `b^x`, `B(x)` (docs/math.md §5, invariant 4) and makes one layer of what the
+exporter split in two
 (BatchNormalization after Conv, the Add after a MatMul).
 """
 
@@ -57,7 +58,7 @@ def _fold(producer: object, scale: Scale, shape: tuple[int, ...]) -> AffineOpera
     factor = scale.scale
     if not factor.all():
         # a zero scale would zero the producer's row: its scores vanish and the rule falls
-        # back, where unfolded the row's mass is split by |W u| (SPEC §5.4)
+        # back, where unfolded the row's mass is split by |W u| (docs/math.md §5, invariant 4)
         return None
     if isinstance(producer, Conv):
         feature_axis = 1

@@ -1,5 +1,5 @@
 """The model's interface: which graph input is the data, which output is explained,
-and which final Softmax/LogSoftmax ops are stripped (SPEC §2, output head)."""
+and which final Softmax/LogSoftmax ops are stripped (docs/math.md §2, output head)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def graph_inputs(model: onnx.ModelProto) -> tuple[GraphInput, ...]:
 
 def check_output(model: onnx.ModelProto, output: str | None) -> None:
     """Raise the error `read_signature` would for an unknown or missing output."""
-    _choose_output(model.graph, output)
+    _choose_output(model, output)
 
 
 def read_signature(model: onnx.ModelProto, output: str | None = None) -> Signature:
@@ -104,23 +104,75 @@ def read_signature(model: onnx.ModelProto, output: str | None = None) -> Signatu
                  for d in tensor_type.shape.dim)
     if not dims:
         raise ModelLoadError(f"input {data.name!r} is a scalar; its axis 0 must be the batch")
-    chosen = _choose_output(graph, output)
+    chosen = _choose_output(model, output)
     explained, stripped = _strip_head(graph, chosen)
     return Signature(data.name, dims, np.dtype(dtype), chosen, explained, stripped,
                      default_opset(model))
 
 
-def _choose_output(graph: onnx.GraphProto, output: str | None) -> str:
+def _choose_output(model: onnx.ModelProto, output: str | None) -> str:
+    """The tensor to explain: ``output`` (a graph output, any float tensor inside the graph,
+    or the name of the ONNX node producing it), else the first float graph output."""
+    graph = model.graph
     names = [o.name for o in graph.output]
     if output is not None:
-        if output not in names:
-            raise InputError(f"output {output!r} is not an output of the model; it has {names}")
-        return output
+        return _named_tensor(model, output)
     for o in graph.output:
         dtype = _np_dtype(o.type.tensor_type.elem_type)
         if dtype is not None and np.issubdtype(dtype, np.floating):
             return o.name
-    raise ModelLoadError(f"the model has no float output to explain (outputs: {names})")
+    zipmap = _zipmap_advice(graph)
+    raise ModelLoadError(f"the model has no float output to explain (outputs: {names})"
+                         + (f"; {zipmap}" if zipmap else ""))
+
+
+def _named_tensor(model: onnx.ModelProto, output: str) -> str:
+    graph = model.graph
+    producers = {name: node for node in graph.node for name in node.output if name}
+    by_node = {node.name: node for node in graph.node if node.name}
+    if output not in producers and output in by_node and by_node[output].output:
+        output = by_node[output].output[0]  # a node's name: its (first) output
+    node = producers.get(output)
+    if node is None:
+        raise InputError(
+            f"output {output!r} is no tensor of the model; give a graph output "
+            f"({[o.name for o in graph.output]}), the name of a float tensor inside the graph "
+            "or of the ONNX node that computes it")
+    if node.op_type == "ZipMap":
+        raise InputError(f"output {output!r} is made by a ZipMap; "
+                         + (_zipmap_advice(graph) or "explain the tensor before it"))
+    dtype = _tensor_dtype(model, output)
+    if dtype is not None and not np.issubdtype(dtype, np.floating):
+        raise InputError(f"output {output!r} has element type {dtype}; a float tensor is "
+                         "needed")
+    return output
+
+
+def _tensor_dtype(model: onnx.ModelProto, tensor: str) -> np.dtype | None:
+    """The element type of ``tensor`` as declared or inferred by ONNX shape inference
+    (None if unknown)."""
+    infos = list(model.graph.value_info) + list(model.graph.output)
+    if not any(info.name == tensor for info in infos):
+        try:
+            infos = list(onnx.shape_inference.infer_shapes(model).graph.value_info)
+        except Exception:  # noqa: BLE001 - inference is a best effort here
+            return None
+    for info in infos:
+        if info.name == tensor and info.type.HasField("tensor_type"):
+            return _np_dtype(info.type.tensor_type.elem_type)
+    return None
+
+
+def _zipmap_advice(graph: onnx.GraphProto) -> str:
+    """What to do about a scikit-learn classifier exported with ZipMap ("" if it has none)."""
+    zipmaps = [node for node in graph.node if node.op_type == "ZipMap"]
+    if not zipmaps:
+        return ""
+    before = zipmaps[0].input[0]
+    return ("its probabilities go through a ZipMap (a list of dicts, not a tensor): export "
+            "it with skl2onnx's options={'zipmap': False}, or explain the probability tensor "
+            f"before the ZipMap: load(..., output={before!r}) (bbp-ref explain --output "
+            f"{before})")
 
 
 def _np_dtype(elem_type: int) -> np.dtype | None:

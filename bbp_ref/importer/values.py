@@ -45,7 +45,7 @@ class Var:
 @dataclass(frozen=True)
 class PendingPad:
     """A constant-zero Pad of a structural tensor's spatial axes; only a Conv may
-    consume it (SPEC §2: it folds into the Conv's padding)."""
+    consume it (docs/math.md §2: it folds into the Conv's padding)."""
 
     source: Var
     pads_begin: tuple[int, ...]

@@ -1,4 +1,4 @@
-"""An independent implementation of BBp in PyTorch, written from SPEC.md alone, and
+"""An independent implementation of BBp in PyTorch, written from docs/math.md alone, and
 how it checks itself against bbp_ref (the worked example of docs/oracle.md).
 
 It differs from bbp_ref on purpose: it runs in float32, works layer by layer on an
@@ -44,7 +44,7 @@ def digits_cnn() -> nn.Sequential:
 
 
 def _scores(z: torch.Tensor, rule: str, sigma: torch.Tensor) -> torch.Tensor:
-    """Unnormalised scores [P, Q] of a row-wise rule (SPEC 4.1) from contributions z."""
+    """Unnormalised scores [P, Q] of a row-wise rule (docs/math.md §4.1) from contributions z."""
     if rule == "abs":
         return z.abs()
     if rule == "signed":

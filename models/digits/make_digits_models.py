@@ -16,7 +16,8 @@ algorithms; a model with and without bias use the same seed and see the same bat
 the same order (their initial weights differ after the first layer, since drawing the
 biases consumes random numbers).
 
-Writes ``models/digits/{mlp,cnn}_{bias,nobias}.onnx`` (TorchScript exporter, opset 17,
+Writes ``bbp_ref/data/digits/{mlp,cnn}_{bias,nobias}.onnx`` (package data, so that
+``bbp-ref reproduce`` works from any folder) (TorchScript exporter, opset 17,
 dynamic batch) and ``models/digits/manifest.json``: per model the test accuracy and the
 exact count of correct test predictions as bbp_ref computes them (float64), PyTorch's and
 onnxruntime's counts, and the largest logit difference to PyTorch.
@@ -47,6 +48,7 @@ from bbp_ref.experiments.digits import RANDOM_STATE, TEST_SIZE, digits_split
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+MODELS = ROOT / "bbp_ref" / "data" / "digits"
 SEED = 0
 EPOCHS = 40
 BATCH = 64
@@ -122,7 +124,7 @@ def main() -> int:
             seconds = time.perf_counter() - t0
             with torch.no_grad():
                 logits = model(xe).numpy()
-            path = HERE / f"{name}.onnx"
+            path = MODELS / f"{name}.onnx"
             export(model, xe[:1], path)
             size = path.stat().st_size
             assert size < MAX_BYTES, (name, size)
@@ -137,7 +139,7 @@ def main() -> int:
             ort_correct = int((ort_logits.argmax(1) == split.y_test).sum())
             m = onnx.load(str(path))
             entries[name] = {
-                "file": f"models/digits/{name}.onnx",
+                "file": f"bbp_ref/data/digits/{name}.onnx",
                 "architecture": ARCHITECTURES[kind],
                 "bias": bias,
                 "n_params": sum(p.numel() for p in model.parameters()),

@@ -7,7 +7,7 @@ import numpy as np
 import bbp_ref
 
 RULES = ("abs", "signed", "uniform")
-RESIDUAL_TOL = 1e-10  # SPEC §5, invariants 1 and 2
+RESIDUAL_TOL = 1e-10  # docs/math.md §5, invariants 1 and 2
 
 
 def assert_decomposition(model: bbp_ref.Model, x: np.ndarray, target: object = None,

@@ -1018,7 +1018,7 @@ def layer_shapes(net: Net) -> dict[str, tuple[int, ...]]:
     return emitter.shapes
 
 
-# -- graph rewrites (SPEC §5.4) ------------------------------------------------------------
+# -- graph rewrites (docs/math.md §5, invariant 4) ---------------------------------------
 PASS_THROUGH = ("Identity", "Dropout", "Reshape", "FlattenReshape")
 
 

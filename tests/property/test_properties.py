@@ -1,4 +1,4 @@
-"""Property-based tests: SPEC §5's invariants and the rules' contracts on random
+"""Property-based tests: docs/math.md §5's invariants and the rules' contracts on random
 piecewise-linear ONNX networks (`strategies.networks`).
 
 Every property runs inside `failure_artifacts`, which saves the shrunk failing model
@@ -41,7 +41,7 @@ from bbp_ref.engine.operator import AffineLocal, RouteOperator
 from bbp_ref.engine.trace import backward
 
 RULES = ("abs", "signed", "uniform")
-SPEC_TOL = 1e-10  # SPEC §5.1, §5.2
+SPEC_TOL = 1e-10  # docs/math.md §5, invariant 1, §5.2
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ def same_explanations(a: bbp_ref.Model, b: bbp_ref.Model, x: np.ndarray, targets
                      bias_tol.reshape(n, *([1] * (x.ndim - 1))), f"{rule}: B(x)")
 
 
-# -- SPEC §5.1 -----------------------------------------------------------------------------
+# -- docs/math.md §5, invariant 1 ---------------------------------------------------------
 @given(net=networks())
 def test_1_local_linear_model_reproduces_every_output(net):
     """`W^x x + b^x = f(x)` for every output, to 1e-10 of the sum of magnitudes."""
@@ -134,10 +134,15 @@ def test_1_local_linear_model_reproduces_every_output(net):
         assert_close(wx.sum(axis=1) + e.bias, logits.reshape(-1), SPEC_TOL * magnitude + 1e-300,
                      "W^x x + b^x vs f(x)")
         assert np.max(e.checks.decomposition) <= SPEC_TOL
-        assert np.max(e.checks.linear_passes) <= SPEC_TOL
+        # SPEC §3's two linear passes (explain runs them with check="full", which also runs
+        # onnxruntime; Model.decompose runs them alone)
+        weights_times_x, local_bias = (a.reshape(n, -1) for a in model.decompose(x))
+        assert_close(weights_times_x + local_bias, logits,
+                     SPEC_TOL * (np.abs(weights_times_x) + np.abs(local_bias)) + 1e-300,
+                     "the linear passes vs f(x)")
 
 
-# -- SPEC §5.2 -----------------------------------------------------------------------------
+# -- docs/math.md §5, invariant 2 ---------------------------------------------------------
 @given(net=networks(), data=st.data())
 def test_2_bias_attribution_is_complete(net, data):
     """`sum B(x) = sum of the injected e_v` for every rule, every target and a random
@@ -168,7 +173,7 @@ def test_2_bias_attribution_is_complete(net, data):
                 assert np.max(e.checks.completeness) <= SPEC_TOL
 
 
-# -- SPEC §5.3 -----------------------------------------------------------------------------
+# -- docs/math.md §5.3 -----------------------------------------------------------------------------
 @given(net=networks())
 def test_3_forward_agrees_with_onnxruntime(net):
     """The float64 forward pass equals onnxruntime's float32 one to the float32 rounding
@@ -205,7 +210,7 @@ def test_forward_agrees_with_onnx_reference(net):
         assert_close(ours, theirs, tol, "engine vs onnx.reference")
 
 
-# -- SPEC §5.4 -----------------------------------------------------------------------------
+# -- docs/math.md §5, invariant 4 ---------------------------------------------------------
 def _targets(model: bbp_ref.Model, x: np.ndarray) -> np.ndarray:
     return model.forward(x).reshape(len(x), -1).argmax(axis=1)
 
@@ -248,7 +253,7 @@ def test_4c_pass_through_nodes_change_nothing(net, inserts):
         same_explanations(a, b, net.x, targets, Scales(load_unfolded(proto), net.x, targets))
 
 
-# -- SPEC §5.5 -----------------------------------------------------------------------------
+# -- docs/math.md §5.5 -----------------------------------------------------------------------------
 @given(net=networks(), kind=st.sampled_from(["dense", "basis", "sparse"]),
        seed=st.integers(0, 2**16))
 def test_5_gradient_equals_finite_differences(net, kind, seed):
@@ -293,7 +298,7 @@ def test_5_gradient_equals_finite_differences(net, kind, seed):
         assert_close(jv, slope, tol, f"W^x v vs central difference (steps {step.tolist()})")
 
 
-# -- SPEC §5.6 -----------------------------------------------------------------------------
+# -- docs/math.md §5.6 -----------------------------------------------------------------------------
 @given(net=networks(), k=st.floats(0.05, 20.0))
 def test_6_bias_free_network_has_no_bias_and_is_homogeneous(net, k):
     """With every bias 0 (and Clips reduced to Clip(min=0)) `b^x = 0` and `B(x) = 0`
@@ -323,7 +328,7 @@ def test_6_bias_free_network_has_no_bias_and_is_homogeneous(net, k):
                      f"f({k} x) vs {k} f(x)")
 
 
-# -- SPEC §5.7 -----------------------------------------------------------------------------
+# -- docs/math.md §5.7 -----------------------------------------------------------------------------
 @given(net=networks(max_batch=4), data=st.data())
 def test_7_batched_equals_one_at_a_time(net, data):
     """Explaining a batch gives, per example, what explaining it alone gives."""
@@ -354,7 +359,7 @@ def test_7_batched_equals_one_at_a_time(net, data):
         event(f"batched == single exactly: {exact}")
 
 
-# -- the rules' contract (SPEC §4) ---------------------------------------------------------
+# -- the rules' contract (docs/math.md §4) ---------------------------------------------------------
 class Spy:
     """Records every hand-over of bias mass during `bias_backpropagation`: the rule-based
     `distribute` of affine nodes and `hand_back` of gates and routes."""
@@ -446,7 +451,7 @@ def test_mass_is_conserved_and_never_changes_sign_at_any_node(net, data):
 
 def _expected_scores(rule: str, z: np.ndarray, connected: np.ndarray,
                      sigma: np.ndarray) -> np.ndarray:
-    """SPEC §4.1 for one output row per example: ``z`` [N, Q] the contributions
+    """docs/math.md §4.1 for one output row per example: ``z`` [N, Q] the contributions
     `W[p, q] u[q]`, ``connected`` [N, Q] the structural inputs `RF(p)`, ``sigma`` [N]."""
     uniform = connected / connected.sum(axis=1, keepdims=True)
     absolute = np.abs(z)
@@ -464,7 +469,7 @@ def _expected_scores(rule: str, z: np.ndarray, connected: np.ndarray,
 @given(net=networks(), data=st.data())
 def test_rule_scores_follow_their_definitions(net, data):
     """For sampled output elements `p` of every affine node: handing on a unit mass
-    at `p` alone gives `alpha[p, q]` as defined in SPEC §4.1 (abs: `|z| / sum |z|`,
+    at `p` alone gives `alpha[p, q]` as defined in docs/math.md §4.1 (abs: `|z| / sum |z|`,
     signed: `max(0, sigma z) / sum max(0, sigma z)` with `sigma = sign(beta g)`,
     uniform: `1 / |RF(p)|`, with the fallbacks), non-zero only on `RF(p)`."""
     with failure_artifacts("test_rule_definitions", net):
@@ -571,7 +576,7 @@ def test_folding_a_zero_scale_changes_nothing(rule):
     np.testing.assert_allclose(folded.bias_attribution, unfolded.bias_attribution)
 
 
-# -- exact integrated gradients (issue 4) ---------------------------------------------------
+# -- exact integrated gradients ---------------------------------------------------------------
 @given(net=networks(), data=st.data())
 def test_exact_ig_event_walk_equals_path_walk(net, data):
     """The event walk (sparse updates per kink) and the path walk (two full passes per
