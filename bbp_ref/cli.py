@@ -124,7 +124,7 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     ex.add_argument("--strict", action="store_true",
                     help="fail (exit 1) if onnxruntime cannot run the model for its check")
     ex.add_argument("--full-check", action="store_true",
-                    help="also run the two linear passes of SPEC §3 (check='full')")
+                    help="also run the two linear passes of docs/math.md §3 (check='full')")
     ex.add_argument("--plot", metavar="OUT.png",
                     help="draw the attribution grid (needs matplotlib: the 'plot' extra)")
     ex.add_argument("--plot-layers", metavar="OUT.png",
@@ -164,7 +164,8 @@ def _add_verify(commands: argparse._SubParsersAction) -> None:
 
 def _add_explain_dataset(commands: argparse._SubParsersAction) -> None:
     ds = commands.add_parser("explain-dataset", help="explain every example of a dataset into "
-                             "a Zarr store (docs/scaling.md; needs the 'dataset' extra)")
+                             "a Zarr store (docs/scaling.md; needs the 'dataset' extra)",
+                             epilog=EXIT_CODES)
     ds.add_argument("model", help="ONNX model")
     ds.add_argument("data", help=".npy file (a batch) or a folder of .npy files")
     ds.add_argument("--out", default="explanations.zarr",

@@ -1,4 +1,5 @@
-"""Time and memory of bbp_ref on ImageNet-sized models (ResNet-50, VGG-16), one image.
+"""Time and memory of bbp_ref on ImageNet-sized models (ResNet-50, VGG-16; torchvision
+architectures with ``--models``, see tangent_models.py), one image.
 
 For each model (built into the cache folder by ``imagenet_models.py`` if missing) and
 one random 3x224x224 float32 image, this measures the wall time of

@@ -45,6 +45,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # however this module is imported
+import tangent_models  # noqa: E402
+
 OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -349,7 +352,9 @@ def small_cnn(seed: int = 0, size: int = IMAGE_SIZE) -> onnx.ModelProto:
     return g.model("small_cnn", f"small {size}x{size} CNN, random weights, seed={seed}", size)
 
 
-MODELS = {"resnet50": resnet50, "vgg16": vgg16, "small_cnn": small_cnn}
+BUILT_HERE = {"resnet50": resnet50, "vgg16": vgg16, "small_cnn": small_cnn}
+# torchvision architectures exported by PyTorch (tangent_models.py; needs torch)
+MODELS = {**BUILT_HERE, **tangent_models.MODELS}
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
@@ -407,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(DEFAULT_CACHE), help="output folder [%(default)s]")
     ap.add_argument("--seed", type=int, default=0, help="weight seed [%(default)s]")
-    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated [%(default)s]")
+    ap.add_argument("--models", default=",".join(BUILT_HERE),
+                    help=f"comma-separated, of {', '.join(MODELS)} [%(default)s]")
     ap.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     args = ap.parse_args(argv)
 

@@ -226,7 +226,7 @@ def test_every_option_has_help() -> None:
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     parsers = {"bbp-ref": parser, **commands.choices}
     assert set(commands.choices) == {"explain", "nodes", "verify", "golden", "reproduce",
-                                     "digit-flip"}
+                                     "digit-flip", "explain-dataset"}
     missing = [f"{name} {action.dest}" for name, p in parsers.items() for action in p._actions
                if not action.help or action.help == argparse.SUPPRESS]
     assert missing == []

@@ -15,7 +15,7 @@ RESIDUAL_TOL = 1e-10
 
 # explain(check=...): the decomposition and completeness residuals cost nothing and always
 # run. True runs the onnxruntime check when onnxruntime can run the model, "strict"
-# requires it to run, "full" adds the two linear passes of SPEC §3 (two more passes through
+# requires it to run, "full" adds the two linear passes of docs/math.md §3 (two more passes through
 # the network), False runs nothing else.
 CHECK_MODES = {True: "on", False: "off", "strict": "strict", "full": "full"}
 
