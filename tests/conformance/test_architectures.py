@@ -63,10 +63,6 @@ PIECEWISE_LINEAR = {"shufflenet_v2_x1_0", "unet_decoder"}  # ReLU networks
 # fail at load with that UnsupportedOpError (strict), so the mark goes when they import.
 MERGED_BATCH = "a Reshape that merges the batch axis with another axis"
 NOT_IMPORTED: dict[tuple[str, str], tuple[str, str]] = {
-    **{("vit_small", exporter): (
-        f"{MERGED_BATCH} (nn.MultiheadAttention splits the heads of its (L, N, E) layout "
-        "into (L, N * heads, E / heads))", "merges it with other axes")
-       for exporter in EXPORTERS},
     **{("swin_small", exporter): (
         f"{MERGED_BATCH} (the window partition reshapes [N, ...] to [N * windows, ...])",
         # refused at that Reshape, or (with a merged batch tracked) at an op reading it
