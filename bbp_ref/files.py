@@ -67,6 +67,7 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
                 with archive.open(member) as stream:
                     arrays[name] = np.lib.format.read_array(stream, allow_pickle=False)
             return arrays
+    # zipfile raises NotImplementedError for a compression method it does not implement
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
         raise InputError(f"cannot read {path} as an .npz of arrays (pickles are refused): "
                          f"{exc}") from exc

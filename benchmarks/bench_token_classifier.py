@@ -19,8 +19,6 @@ import contextlib
 import io
 import sys
 import tempfile
-import time
-import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -30,6 +28,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_lstm import measure  # noqa: E402 - the same timing and tracemalloc peak
 
 import bbp_ref  # noqa: E402
 
@@ -64,17 +64,6 @@ def export(module: nn.Module, ids: np.ndarray, mask: np.ndarray) -> onnx.ModelPr
                           output_names=["y"],
                           dynamic_axes={"ids": {0: "batch"}, "mask": {0: "batch"}})
         return onnx.load(path)
-
-
-def measure(label: str, action):  # noqa: ANN001, ANN201
-    tracemalloc.start()
-    start = time.perf_counter()
-    result = action()
-    seconds = time.perf_counter() - start
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    print(f"{label:<28} {seconds:8.2f} s   peak {peak / 2**20:8.1f} MiB")
-    return result
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from architectures import ARCHITECTURES
 from builders import f32, model, node
+from test_tangent_model import attention
 
 import bbp_ref
 from bbp_ref import Term
@@ -151,20 +152,6 @@ def test_full_check_catches_a_wrong_local_bias(monkeypatch):
     monkeypatch.setattr(type(fc), "forward", lambda self, u: self.linear(u) + real)
     e = bbp_ref.explain(loaded, x, check="full")
     assert np.max(e.checks.linear_passes) > 1e-3 and not e.checks.passed
-
-
-def attention():
-    """softmax(q k^T) v: products of data tensors and smooth gates (the tangent model), whose
-    local maps are frozen again at the repeated operands."""
-    rng = np.random.default_rng(4)
-    inits = {"wq": f32(rng, 4, 4), "wk": f32(rng, 4, 4), "wv": f32(rng, 4, 4),
-             "wo": f32(rng, 4, 2)}
-    nodes = [node("MatMul", ["x", "wq"], "q"), node("MatMul", ["x", "wk"], "k"),
-             node("MatMul", ["x", "wv"], "v"), node("Transpose", ["k"], "kt", perm=[0, 2, 1]),
-             node("MatMul", ["q", "kt"], "s", name="scores"),
-             node("Softmax", ["s"], "p", axis=-1, name="attn"),
-             node("MatMul", ["p", "v"], "o", name="mix"), node("MatMul", ["o", "wo"], "y")]
-    return model(nodes, ["N", 3, 4], inits)
 
 
 @pytest.mark.parametrize("rule", [*RULES, my_abs])

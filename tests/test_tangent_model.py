@@ -20,7 +20,7 @@ def _mlp(activation: str) -> object:
                   node("Gemm", ["a", "w2", "b2"], "y")], ["N", 4], inits)
 
 
-def _attention() -> object:
+def attention() -> object:
     """softmax(q k^T) v: products of data tensors, a Softmax in the middle."""
     rng = np.random.default_rng(4)
     inits = {"wq": f32(rng, 4, 4), "wk": f32(rng, 4, 4), "wv": f32(rng, 4, 4),
@@ -41,10 +41,10 @@ def test_explanation_says_which_model() -> None:
     assert not tanh.piecewise_linear and tanh.tangent_nodes == ("act",)
     batch = bbp_ref.explain(_mlp("Tanh"), np.stack([x, x]))
     assert batch.tangent_nodes == ("act",)
-    attention = bbp_ref.explain(_attention(), f32(np.random.default_rng(1), 3, 4))
-    assert set(attention.tangent_nodes) == {"scores", "attn/exp", "attn/reciprocal", "attn",
+    explained = bbp_ref.explain(attention(), f32(np.random.default_rng(1), 3, 4))
+    assert set(explained.tangent_nodes) == {"scores", "attn/exp", "attn/reciprocal", "attn",
                                             "mix"}
-    kinds = {n.name: n.kind for n in bbp_ref.load(_attention()).nodes}
+    kinds = {n.name: n.kind for n in bbp_ref.load(attention()).nodes}
     assert kinds["scores"] == "product" and kinds["attn/exp"] == "smooth"
     assert kinds["attn/sum"] == "affine"
 
@@ -84,7 +84,7 @@ def test_quadrature_integrated_gradients_converge_on_a_smooth_graph(activation: 
 def test_deeplift_keeps_summation_to_delta(which: str) -> None:
     """Rescale on smooth gates, midpoints on products: the attribution sums to
     `f_t(x) - f_t(b)` computed by onnxruntime-independent forward passes."""
-    proto = _attention() if which == "attention" else _mlp(which.split("-")[1])
+    proto = attention() if which == "attention" else _mlp(which.split("-")[1])
     m = bbp_ref.load(proto)
     rng = np.random.default_rng(5)
     shape = (3, 4) if which == "attention" else (4,)
