@@ -19,7 +19,12 @@ with ``--threads`` BLAS/OpenMP threads (default 1, as in issue 13's measurements
 ``--repo PATH`` measures the bbp_ref of another checkout (steps it lacks are skipped).
 
     python benchmarks/bench_passes.py [--models resnet18,resnet50,vgg16] [--repeat 3]
-        [--batch 16] [--top 5] [--threads 1] [--cache DIR] [--repo PATH] [--json FILE]
+        [--batch 16] [--top 5] [--threads 1] [--clock wall|cpu] [--cache DIR] [--repo PATH]
+        [--json FILE]
+
+``--clock cpu`` times each step by the process's CPU time (``time.process_time``) instead
+of the wall clock: on a machine shared with other jobs it leaves out the time the process
+waits for a core (it still includes the slowdown of a shared cache and memory bus).
 """
 
 from __future__ import annotations
@@ -88,6 +93,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         f"batch {args.batch} abs": lambda: bbp_ref.explain(model, images, rule="abs",
                                                             check=False),
     }
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     traced = {"explain abs", "explain signed", f"top-{args.top} abs", f"batch {args.batch} abs"}
     times: dict[str, list[float]] = {step: [] for step in steps}
     errors: dict[str, str] = {}
@@ -96,17 +102,17 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
             if step in errors:
                 continue
             gc.collect()
-            start = time.perf_counter()
+            start = clock()
             try:
                 fn()
             except Exception as exc:  # noqa: BLE001 - an older checkout lacks a feature
                 errors[step] = f"{type(exc).__name__}: {exc}"[:200]
                 continue
-            times[step].append(time.perf_counter() - start)
+            times[step].append(clock() - start)
     peaks = {step: _traced_peak_mib(steps[step]) for step in traced
              if step not in errors and not args.no_tracemalloc}
     return {"model": name, "repo": str(Path(bbp_ref.__file__).resolve().parent.parent),
-            "threads": args.threads,
+            "threads": args.threads, "clock": args.clock,
             "times": times, "errors": errors, "tracemalloc_mib": peaks,
             "maxrss_mib": _maxrss_mib(), "batch": args.batch, "top": args.top}
 
@@ -131,7 +137,7 @@ def ratios(record: dict[str, Any]) -> dict[str, float]:
 def report(records: list[dict[str, Any]]) -> None:
     for record in records:
         print(f"\n{record['model']}  (bbp_ref from {record['repo']}, {record['threads']} "
-              f"thread(s), peak RSS {record['maxrss_mib']:.0f} MiB)")
+              f"thread(s), {record['clock']} time, peak RSS {record['maxrss_mib']:.0f} MiB)")
         best = {step: min(t) for step, t in record["times"].items() if t}
         for step, value in ratios(record).items():
             seconds = f"{best[step]:8.3f} s" if step in best else " " * 10
@@ -152,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads [1]")
     ap.add_argument("--cache", help="folder of the exported models [a temporary one]")
     ap.add_argument("--repo", default=str(HERE.parent), help="the bbp_ref checkout to measure")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="time each step by the wall clock or by the process's CPU time "
+                         "(less disturbed by other processes on a shared machine) [wall]")
     ap.add_argument("--no-tracemalloc", action="store_true")
     ap.add_argument("--json", help="also write the records to this file")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
@@ -170,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             command = [sys.executable, __file__, "--models", name, "--repeat",
                        str(args.repeat), "--batch", str(args.batch), "--top", str(args.top),
                        "--threads", str(args.threads), "--cache", cache, "--repo", args.repo,
+                       "--clock", args.clock,
                        "--_worker", str(out)] + ["--no-tracemalloc"] * args.no_tracemalloc
             if subprocess.run(command, env=env).returncode != 0 or not out.exists():
                 print(f"{name}: the measurement failed", file=sys.stderr)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine.operator import AffineLocal, Array, LocalMap, SingleInputMap
+from ..engine.affine import Conv
+from ..engine.operator import AffineLocal, Array, LocalMap, Pullback, SingleInputMap
 from ..engine.trace import Trace, backward
 from ..errors import InputError, RuleError
 from ..graph import Node
@@ -51,7 +52,7 @@ def bias_backpropagations(trace: Trace, seed: Array, rules: Sequence[Rule],
     magnitude = np.zeros(n)
     gradient = None
     attributions: list[Array] = []
-    for node, grad in backward(trace, seed):
+    for node, grad in backward(trace, seed, _gathered_convolutions(trace)):
         _check_finite(node.name, node.op, "gradient", grad)
         betas = [mass.pop(node.name, None) for mass in masses]
         if node.operator is None:
@@ -78,6 +79,15 @@ def bias_backpropagations(trace: Trace, seed: Array, rules: Sequence[Rule],
                          "sum_p |e_v[p]| overflows); the model's biases are too large")
     return [BiasBackpropagation(gradient, attribution, layer_bias, tuple(injected), magnitude)
             for attribution in attributions]
+
+
+def _gathered_convolutions(trace: Trace) -> dict[str, Pullback]:
+    """The reverse pass's maps of the convolutions: `GatheredConv` (the same `W^T g` in
+    another summation order, faster for few input channels or small images; docs/math.md
+    §8). The trace's own maps are left as they are."""
+    return {name: AffineLocal(local.operator.gathered(), local.operands)
+            for name, local in trace.local.items()
+            if isinstance(local, AffineLocal) and type(local.operator) is Conv}
 
 
 def _hand_on(node: Node, local: LocalMap, rule: Rule, beta: Array, grad: Array,
