@@ -63,9 +63,11 @@ def bias_backpropagations(trace: Trace, seed: Array, rules: Sequence[Rule],
         if local.bias is not None:
             with np.errstate(over="ignore", invalid="ignore"):
                 contribution = grad * local.bias  # e_v
-            _check_finite(node.name, node.op, "bias contribution e_v", contribution)
+                row_magnitude = np.abs(contribution).reshape(n, -1).sum(axis=1)
+            if not np.isfinite(row_magnitude).all():  # else every element is finite
+                _check_finite(node.name, node.op, "bias contribution e_v", contribution)
             layer_bias[node.name] = contribution.reshape(n, -1).sum(axis=1)
-            magnitude += np.abs(contribution).reshape(n, -1).sum(axis=1)
+            magnitude += row_magnitude
             if layers is None or node.name in layers:
                 injected.append(node.name)
                 betas = [contribution if beta is None else beta + contribution
@@ -96,9 +98,7 @@ def _hand_on(node: Node, local: LocalMap, rule: Rule, beta: Array, grad: Array,
     if isinstance(local, AffineLocal):
         view = NodeView(node.name, node.op, local.operands, grad, beta)
         shares = distribute(local, view, rule)
-        for share in shares:
-            _check_finite(node.name, node.op, "bias mass handed on", share)
-        _check_conservation(node.name, rule, beta, shares)
+        _check_conservation(node.name, rule, beta, shares, op=node.op)
     else:
         assert isinstance(local, SingleInputMap), node.name
         shares = local.hand_back(np.ascontiguousarray(beta))
@@ -107,10 +107,19 @@ def _hand_on(node: Node, local: LocalMap, rule: Rule, beta: Array, grad: Array,
         mass[source] = share if previous is None else previous + share
 
 
-def _check_conservation(name: str, rule: Rule, beta: Array, shares: list[Array]) -> None:
+def _check_conservation(name: str, rule: Rule, beta: Array, shares: list[Array],
+                        op: str | None = None) -> None:
+    """The shares sum to the mass received (up to CONSERVATION_RTOL); with ``op``, a share
+    that is not finite is an `InputError` first. A share's row sums are finite only if all
+    its elements are, so the element-wise finiteness check runs only when a sum is not."""
     n = beta.shape[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = [s.reshape(n, -1).sum(axis=1) for s in shares]
+    if op is not None and not all(np.isfinite(total).all() for total in sums):
+        for share in shares:
+            _check_finite(name, op, "bias mass handed on", share)
     given = beta.reshape(n, -1).sum(axis=1)
-    handed = sum(s.reshape(n, -1).sum(axis=1) for s in shares)
+    handed = sum(sums)
     scale = np.abs(beta).reshape(n, -1).sum(axis=1)
     if not (np.abs(handed - given) <= CONSERVATION_RTOL * scale + 1e-300).all():  # NaN fails
         raise RuleError(f"rule {rule.name!r} does not conserve bias mass at node {name!r}: "

@@ -161,22 +161,30 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
     exponent = _largest_exponent([f for term in kept for f in term.operands], shapes[0][0])
     factors = [[np.broadcast_to(_scaled(f, exponent, len(s)), s)
                 for f, s in zip(term.operands, shapes)] for term in kept]
+    rows_of = partial(_by_example, repeats=repeats)
+    selected = {id(term): rows_of(np.broadcast_to(term.rows, view.mass.shape))
+                for term in kept if term.rows is not None}
     mass, mass_exponent = _normalised(view.mass)
-    denominator = np.zeros(view.mass.shape)
+    # [N, 1, ...] (one per example, shared by its targets) unless a term selects rows
+    denominator = np.zeros((1, 1, *view.mass.shape[1:]))
     for term, operands in zip(kept, factors):
-        part = _repeated(by_map[term.coefficients].linear(operands), repeats)
-        denominator += part if term.rows is None else part * term.rows
+        part = by_map[term.coefficients].linear(operands)[:, None]
+        denominator = denominator + (part if term.rows is None else part * selected[id(term)])
     # a row whose scores vanish, or are too small to divide by (subnormal), has none
     empty = denominator < np.finfo(float).tiny
-    ratio = np.where(empty, 0.0, mass / np.where(empty, 1.0, denominator))
+    ratio = np.zeros(rows_of(mass).shape)
+    np.divide(rows_of(mass), denominator, out=ratio, where=~empty)
     shares = [np.zeros((view.mass.shape[0], *s[1:])) for s in shapes]
     for term, operands in zip(kept, factors):
-        back = by_map[term.coefficients].vjp(ratio if term.rows is None else ratio * term.rows)
-        for j, (factor, part) in enumerate(zip(operands, back)):
-            shares[j] += _repeated(factor, repeats) * part
+        grad = ratio if term.rows is None else ratio * selected[id(term)]
+        back = by_map[term.coefficients].vjp(grad.reshape(view.mass.shape))
+        for share, factor, part in zip(shares, operands, back):
+            rows_of(share)[...] += factor[:, None] * rows_of(part)
+    exponents = _per_example(mass_exponent, view.mass.ndim)
     with np.errstate(over="ignore"):
-        shares = [np.ldexp(share, _per_example(mass_exponent, share.ndim)) for share in shares]
-    pending = empty & (view.mass != 0)
+        for share in shares:
+            np.ldexp(share, exponents, out=share)
+    pending = (empty & rows_of(view.mass != 0)).reshape(view.mass.shape)
     if pending.any():
         if rule.fallback is None:
             raise RuleError(f"rule {rule.name!r} gives node {view.name!r} ({view.op}) output "
@@ -195,11 +203,11 @@ def _vanishes(term: Term) -> bool:
     return not any(np.any(f) for f in term.operands)
 
 
-def _repeated(a: Array, repeats: int) -> Array:
-    """``a`` with each example's row repeated ``repeats`` times (its targets' rows)."""
-    if repeats == 1 or a.shape[0] == 1:
-        return a
-    return np.repeat(a, repeats, axis=0)
+def _by_example(a: Array, repeats: int) -> Array:
+    """``a`` [N * T, ...] as [N, T, ...] (a view): the T rows of an example (its targets)
+    side by side, so that a per-example array [N, 1, ...] broadcasts against them without
+    being repeated."""
+    return a.reshape(a.shape[0] // repeats, repeats, *a.shape[1:])
 
 
 def _largest_exponent(factors: list[Array], n: int) -> Array:
