@@ -15,7 +15,7 @@ from builders import model, node, run_onnxruntime
 from onnx import TensorProto
 
 import bbp_ref
-from bbp_ref import RuleError
+from bbp_ref import InputError, RuleError
 from bbp_ref.attribution.bbp import _check_conservation
 from bbp_ref.attribution.rules import ABS
 from bbp_ref.checks.onnxruntime_check import Comparison
@@ -105,6 +105,18 @@ def test_conservation_check_refuses_nan() -> None:
     with pytest.raises(RuleError, match="does not conserve"):
         _check_conservation("fc", ABS, beta, [np.array([[1.0, np.nan, 2.0]])])
     _check_conservation("fc", ABS, beta, [np.array([[1.0, 0.5, 1.5]])])
+
+
+def test_a_share_that_is_not_finite_is_an_input_error_naming_the_node() -> None:
+    """The finiteness of the shares is read from their row sums; a non-finite sum leads to
+    the element-wise check, which names the node and op."""
+    beta = np.ones((2, 3))
+    shares = [np.array([[1.0, 0.5, 1.5], [1.0, np.inf, 1.0]])]
+    with pytest.raises(InputError, match="bias mass handed on at node 'fc' \\(Gemm\\)"):
+        _check_conservation("fc", ABS, beta, shares, op="Gemm")
+    overflowing = [np.array([[1.7e308, 1.7e308, -1.0]] * 2)]  # finite; their sum overflows
+    with pytest.raises(RuleError, match="does not conserve"):
+        _check_conservation("fc", ABS, beta, overflowing, op="Gemm")
 
 
 def test_signed_rule_falls_back_to_abs_where_the_gradient_is_zero() -> None:
