@@ -2,7 +2,7 @@
 attribution rules and the reverse pass of BBp use (docs/math.md §8). Its forward is held to
 ONNX's reference implementation, its vector-Jacobian product to the transpose of the dense
 matrix that the reference forward gives column by column, for every geometry and for every
-way of slicing the work (`COLUMN_ELEMENTS`)."""
+way of slicing the work (`COLUMN_ELEMENTS`, `MIN_POSITIONS`)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ CASES = {
     "3-D": ((5, 4, 6), 2, 2, (2, 3, 2), (1, 2, 1), (1, 1, 2), (1, 0, 1), (0, 1, 1), 1),
     "1x1": ((6, 5), 4, 3, (1, 1), (1, 1), (1, 1), (0, 0), (0, 0), 1),
 }
-# Default; one output row per slice; a few rows per slice (slices ending mid-example).
-SLICINGS = [None, 1, 40]
+# Output positions per slice: the default; one output row per slice; a few (slices of rows,
+# or of several examples, ending mid-example or mid-row-block).
+SLICINGS = [None, 1, 7]
 
 
 def _geometry(case):
@@ -37,6 +38,12 @@ def _geometry(case):
     rng = np.random.default_rng(len(spatial) * 100 + channels)
     weight = rng.normal(size=(out_channels, channels // groups, *kernel))
     return window, weight, groups, channels
+
+
+def _slice_by(monkeypatch, positions):
+    """Slices of ``positions`` output positions (at least one row)."""
+    monkeypatch.setattr(affine, "COLUMN_ELEMENTS", 1)
+    monkeypatch.setattr(affine, "MIN_POSITIONS", positions)
 
 
 def _onnx_conv(window, weight, groups, x):
@@ -57,7 +64,7 @@ def _onnx_conv(window, weight, groups, x):
 def test_gathered_forward_equals_onnx_reference(name, slicing, monkeypatch):
     window, weight, groups, channels = _geometry(CASES[name])
     if slicing is not None:
-        monkeypatch.setattr(affine, "COLUMN_ELEMENTS", slicing)
+        _slice_by(monkeypatch, slicing)
     x = np.random.default_rng(1).normal(size=(3, channels, *window.in_spatial))
     out = GatheredConv(weight, None, window, groups, channels).linear([x])
     np.testing.assert_allclose(out, _onnx_conv(window, weight, groups, x), rtol=1e-12,
@@ -69,7 +76,7 @@ def test_gathered_forward_equals_onnx_reference(name, slicing, monkeypatch):
 def test_gathered_vjp_is_the_transpose_of_the_reference_matrix(name, slicing, monkeypatch):
     window, weight, groups, channels = _geometry(CASES[name])
     if slicing is not None:
-        monkeypatch.setattr(affine, "COLUMN_ELEMENTS", slicing)
+        _slice_by(monkeypatch, slicing)
     in_shape = (channels, *window.in_spatial)
     size = int(np.prod(in_shape))
     # the dense matrix of the reference forward, one unit input per column
@@ -105,7 +112,7 @@ def test_explanations_do_not_depend_on_the_slicing(monkeypatch):
     proto, shape = ARCHITECTURES["conv_variants"](rng)
     x = rng.normal(size=(3, *shape)).astype(np.float32)
     whole = bbp_ref.explain(proto, x, rule="signed", check=False)
-    monkeypatch.setattr(affine, "COLUMN_ELEMENTS", 1)
+    _slice_by(monkeypatch, 1)
     sliced = bbp_ref.explain(proto, x, target=whole.target, rule="signed", check=False)
     assert sliced.checks.passed
     np.testing.assert_allclose(sliced.gradient, whole.gradient, rtol=1e-12, atol=1e-15)

@@ -131,9 +131,11 @@ class Conv(AffineOperator):
         return GatheredConv(coefficients[0], None, self.window, self.groups, self.in_channels)
 
 
-# A gathered convolution's window matrix holds at most this many elements (float64: 16 MiB):
-# a batch, or one large example, is processed in slices of output rows that fit.
-COLUMN_ELEMENTS = 2**21
+# A gathered convolution's window matrix holds at most this many elements (float64: 1 MiB),
+# or MIN_POSITIONS output positions if that is more (the matrix products stay wide): a
+# batch, or one large example, is processed in slices of examples or of output rows.
+COLUMN_ELEMENTS = 2**17
+MIN_POSITIONS = 256
 
 
 class GatheredConv(Conv):
@@ -141,7 +143,8 @@ class GatheredConv(Conv):
     positions, the windows are copied into one matrix `U` [G, Cg K, P] (channel-major,
     kernel offset second) and `h = W U` is one matrix product [Og, Cg K] x [Cg K, P] per
     group; the vector-Jacobian product is `W^T g` [Cg K, P], added back window by window.
-    No matrix of size output x input is built: the slices are bounded by COLUMN_ELEMENTS.
+    No matrix of size output x input is built: the slices are bounded by COLUMN_ELEMENTS
+    (or MIN_POSITIONS output positions).
 
     It sums each output over `(c, k)` in one product where `Conv` adds one product per
     kernel offset `k`: the same numbers up to rounding, about a third faster on ResNet's
@@ -184,18 +187,19 @@ class GatheredConv(Conv):
         return self.in_channels // self.groups == 1
 
     def _slices(self, n: int) -> list[tuple[slice, slice]]:
-        """Consecutive (examples, first-axis output rows) blocks whose window matrix
-        holds at most COLUMN_ELEMENTS elements (at least one output row each)."""
+        """Consecutive (examples, first-axis output rows) blocks of at most
+        max(COLUMN_ELEMENTS / (C K), MIN_POSITIONS) output positions (at least one row)."""
         out_spatial = self.window.out_spatial
         rows_total = out_spatial[0] if out_spatial else 1
-        row_size = (self.in_channels * self.window.size
-                     * int(np.prod(out_spatial[1:], dtype=np.int64)))
-        example_size = row_size * rows_total
-        if example_size <= COLUMN_ELEMENTS:
-            step = max(1, COLUMN_ELEMENTS // max(example_size, 1))
+        row_positions = int(np.prod(out_spatial[1:], dtype=np.int64))
+        positions = max(COLUMN_ELEMENTS // (self.in_channels * self.window.size),
+                        MIN_POSITIONS)
+        example_positions = row_positions * rows_total
+        if example_positions <= positions:
+            step = max(1, positions // max(example_positions, 1))
             return [(slice(start, min(start + step, n)), slice(None))
                     for start in range(0, n, step)]
-        rows = max(1, COLUMN_ELEMENTS // max(row_size, 1))
+        rows = max(1, positions // max(row_positions, 1))
         return [(slice(i, i + 1), slice(r, min(r + rows, rows_total)))
                 for i in range(n) for r in range(0, rows_total, rows)]
 
