@@ -22,6 +22,9 @@ from .trace import Trace
 
 # Affine operators whose vjp reads nothing per example (the batch comes from the gradient).
 BATCH_FREE_AFFINE = (MatMul, Conv, Scale, Sum, AveragePool, Reduction)
+# Those whose coefficients are kernels, never per example: a Conv's weight [O, C / G, *k]
+# has as many axes as its batched operand, but its first axis is the output channels.
+KERNEL_AFFINE = (Conv, AveragePool)
 
 
 def repeat_rows(a: Array | None, times: int, n: int) -> Array | None:
@@ -37,6 +40,8 @@ def _batch_free(frozen: LocalMap, batched_rank: int) -> bool:
     (no leading batch axis longer than 1: a product's coefficients are per example)."""
     if not isinstance(frozen, AffineLocal) or type(frozen.operator) not in BATCH_FREE_AFFINE:
         return False
+    if type(frozen.operator) in KERNEL_AFFINE:
+        return True
     arrays = (*frozen.operator.coefficients, frozen.operator.bias)
     return all(np.ndim(a) < batched_rank or np.shape(a)[0] == 1 for a in arrays
                if a is not None)
