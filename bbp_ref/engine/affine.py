@@ -147,18 +147,21 @@ class GatheredConv(Conv):
     (or MIN_POSITIONS output positions).
 
     It sums each output over `(c, k)` in one product where `Conv` adds one product per
-    kernel offset `k`: the same numbers up to rounding, about a third faster on ResNet's
-    convolutions. The attribution rules use it (`with_coefficients`),
-    a node's own forward and reverse pass keep `Conv`, whose exact rounding the exact
-    integrated-gradients walk depends on (a near-tie kink, docs/math.md §8)."""
+    kernel offset `k`: the same numbers up to rounding; about three times faster for few
+    input channels (an image's three) and a third faster for small images (ResNet's 7x7
+    stage), the same elsewhere. The attribution rules use it (`with_coefficients`) and so
+    does the reverse pass of the bias backpropagation (`Conv.gathered`). A node's own
+    forward and vector-Jacobian product (the trace, `model.forward`, the integrated-gradients
+    walks) keep `Conv`: the exact integrated-gradients walk finds its kinks from forward
+    values, and another rounding moves near-tie kinks (docs/math.md §8)."""
 
     def linear(self, operands: Sequence[Array]) -> Array:
         (u,) = operands
         if self._depthwise():
             return super().linear(operands)
         n = u.shape[0]
-        g, out_per_group, in_per_group, size = self._grouped_kernel().shape
-        weights = self._grouped_kernel().reshape(g, out_per_group, in_per_group * size)
+        g, out_per_group = self._grouped_kernel().shape[:2]
+        weights = self._kernel_matrix()
         padded = np.ascontiguousarray(np.moveaxis(self.window.pad(u), 1, 0))  # [C, N, *P]
         out = np.empty((g, out_per_group, n, *self.window.out_spatial))
         for examples, rows in self._slices(n):
@@ -171,9 +174,8 @@ class GatheredConv(Conv):
         if self._depthwise():
             return super().vjp(grad)
         n = grad.shape[0]
-        g, out_per_group, in_per_group, size = self._grouped_kernel().shape
-        weights_t = np.swapaxes(
-            self._grouped_kernel().reshape(g, out_per_group, in_per_group * size), 1, 2)
+        g, out_per_group = self._grouped_kernel().shape[:2]
+        weights_t = np.swapaxes(self._kernel_matrix(), 1, 2)
         grad_cf = np.moveaxis(grad, 1, 0).reshape(g, out_per_group, n, *self.window.out_spatial)
         padded = np.zeros((self.in_channels, n) + self.window.padded_spatial)
         for examples, rows in self._slices(n):
@@ -181,6 +183,13 @@ class GatheredConv(Conv):
             columns = weights_t @ block.reshape(g, out_per_group, -1)  # [G, Cg K, P]
             self._scatter(padded, columns, examples, rows)
         return [np.moveaxis(self.window.crop(padded), 0, 1)]
+
+    def _kernel_matrix(self) -> Array:
+        """The kernel as [G, Og, Cg K], contiguous (the rules' connectivity kernel is a
+        broadcast view, which the matrix product would not hand to BLAS)."""
+        g, out_per_group, in_per_group, size = self._grouped_kernel().shape
+        return np.ascontiguousarray(
+            self._grouped_kernel().reshape(g, out_per_group, in_per_group * size))
 
     def _depthwise(self) -> bool:
         """One input channel per group: the per-offset products are element-wise already."""
