@@ -154,21 +154,21 @@ def test_full_check_catches_a_wrong_local_bias(monkeypatch):
     assert np.max(e.checks.linear_passes) > 1e-3 and not e.checks.passed
 
 
-def test_convolutions_are_shared_across_targets():
-    """`repeat_trace` shares a convolution's local map as it is (its kernel has as many axes
-    as a batched operand but is not per example), so that the rules' forward runs once per
-    example: the operands keep the original batch."""
-    from bbp_ref.engine.affine import Conv
+def test_convolutions_and_matrices_are_shared_across_targets():
+    """`repeat_trace` shares a convolution's and a Gemm's local map as it is (a kernel, or a
+    matrix, has as many axes as a batched operand but is not per example), so that the
+    rules' forward runs once per example: the operands keep the original batch."""
+    from bbp_ref.engine.affine import Conv, MatMul
     from bbp_ref.engine.operator import AffineLocal
     from bbp_ref.engine.repeat import repeat_trace
 
     loaded, x = setup("conv_variants", batch=2)
     trace = loaded.trace(x.astype(np.float64))
     repeated = repeat_trace(trace, 4)
-    convs = [name for name, local in trace.local.items()
-             if isinstance(local, AffineLocal) and type(local.operator) is Conv]
-    assert convs
-    for name in convs:
+    shared = {name: type(local.operator) for name, local in trace.local.items()
+              if isinstance(local, AffineLocal) and type(local.operator) in (Conv, MatMul)}
+    assert set(shared.values()) == {Conv, MatMul}
+    for name in shared:
         assert repeated.local[name] is trace.local[name]
         assert repeated.local[name].operands[0].shape[0] == 2
 

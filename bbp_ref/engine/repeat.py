@@ -42,6 +42,8 @@ def _batch_free(frozen: LocalMap, batched_rank: int) -> bool:
         return False
     if type(frozen.operator) in KERNEL_AFFINE:
         return True
+    if type(frozen.operator) is MatMul and np.ndim(frozen.operator.weight) <= 2:
+        return True  # a matrix (Gemm, Linear) is never batched by NumPy's matmul
     arrays = (*frozen.operator.coefficients, frozen.operator.bias)
     return all(np.ndim(a) < batched_rank or np.shape(a)[0] == 1 for a in arrays
                if a is not None)
