@@ -180,10 +180,9 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
         back = by_map[term.coefficients].vjp(grad.reshape(view.mass.shape))
         for share, factor, part in zip(shares, operands, back):
             rows_of(share)[...] += factor[:, None] * rows_of(part)
-    exponents = _per_example(mass_exponent, view.mass.ndim)
     with np.errstate(over="ignore"):
         for share in shares:
-            np.ldexp(share, exponents, out=share)
+            np.ldexp(share, _per_example(mass_exponent, share.ndim), out=share)
     pending = (empty & rows_of(view.mass != 0)).reshape(view.mass.shape)
     if pending.any():
         if rule.fallback is None:
