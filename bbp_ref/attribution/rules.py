@@ -166,10 +166,11 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
                 for term in kept if term.rows is not None}
     mass, mass_exponent = _normalised(view.mass)
     # [N, 1, ...] (one per example, shared by its targets) unless a term selects rows
-    denominator = np.zeros((1, 1, *view.mass.shape[1:]))
+    examples = view.mass.shape[0] // repeats
+    denominator = np.zeros((examples, repeats if selected else 1, *view.mass.shape[1:]))
     for term, operands in zip(kept, factors):
         part = by_map[term.coefficients].linear(operands)[:, None]
-        denominator = denominator + (part if term.rows is None else part * selected[id(term)])
+        denominator += part if term.rows is None else part * selected[id(term)]
     # a row whose scores vanish, or are too small to divide by (subnormal), has none
     empty = denominator < np.finfo(float).tiny
     ratio = np.zeros(rows_of(mass).shape)
