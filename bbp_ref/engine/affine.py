@@ -271,18 +271,37 @@ class Sum(AffineOperator):
         self.operand_shapes = tuple(operand_shapes)
 
     def linear(self, operands: Sequence[Array]) -> Array:
-        out = operands[0] * self.coefficients[0]
-        for c, u in zip(self.coefficients[1:], operands[1:]):
-            out = out + c * u
+        terms = [(c, u) for c, u in zip(self.coefficients, operands) if not _is_scalar(c, 0.0)]
+        if not terms:  # the rules' W- of a sum of +1s: all coefficients 0
+            return np.zeros(np.broadcast_shapes(*(np.shape(u) for u in operands)))
+        out = _times_sign(*terms[0], copy=len(terms) == 1)
+        for c, u in terms[1:]:
+            out = out + _times_sign(c, u)
         return out
 
     def vjp(self, grad: Array) -> list[Array]:
         n = grad.shape[0]
-        return [reduce_to_shape(grad * c, _batched(shape, n))
+        return [np.zeros(_batched(shape, n)) if _is_scalar(c, 0.0)
+                else reduce_to_shape(grad * c, _batched(shape, n))
                 for c, shape in zip(self.coefficients, self.operand_shapes)]
 
     def with_coefficients(self, coefficients: tuple[Array, ...]) -> Sum:
         return Sum(coefficients, None, self.operand_shapes)
+
+
+def _is_scalar(c: Array, value: float) -> bool:
+    return np.ndim(c) == 0 and float(c) == value
+
+
+def _times_sign(c: Array, u: Array, copy: bool = False) -> Array:
+    """`c u` for a coefficient of a `Sum`, without the product where `c` is the scalar 1 or
+    -1 (the same numbers: multiplying by 1 or -1 is exact); ``copy`` returns a new array
+    even for `c = 1`."""
+    if _is_scalar(c, 1.0):
+        return np.array(u, copy=True) if copy else u
+    if _is_scalar(c, -1.0):
+        return np.negative(u)
+    return c * u
 
 
 class AveragePool(AffineOperator):
