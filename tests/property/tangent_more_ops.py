@@ -115,15 +115,16 @@ def draw_more(drawer: object, op: str, shape: tuple[int, ...],
             ("output_padding", output_padding), ("bias", bias))), out
 
     if op == "Resize":
-        mode = d(st.sampled_from(["nearest", "linear", "cubic"]))
+        mode = d(st.sampled_from(["linear", "nearest", "cubic"]))
         transform = d(st.sampled_from(RESIZE_TRANSFORMS))
         by_sizes = d(st.booleans())
+        resized = d(st.sets(axes_st, min_size=1))  # a scale of 1 on the others
         out = []
-        for n in shape:  # integer output lengths (no disagreement about `scale * n`)
-            options = [n, 2 * n, 3 * n] + ([n // 2, 3 * n // 2] if n % 2 == 0 else [])
+        for a, n in enumerate(shape):  # integer output lengths (no doubt about `scale * n`)
+            options = [2 * n, 3 * n] + ([n // 2, 3 * n // 2] if n % 2 == 0 else [])
             if transform in ("align_corners", "pytorch_half_pixel"):
                 options = [m for m in options if m > 1]  # 1: spec and onnxruntime differ
-            out.append(d(st.sampled_from(options)) if options else n)
+            out.append(d(st.sampled_from(options)) if a in resized and options else n)
         params: list[tuple[str, object]] = [
             ("mode", mode), ("transform", transform), ("sizes", by_sizes),
             ("out", tuple(out))]

@@ -107,7 +107,8 @@ class TangentDrawer:
     """Draws layers for a running per-example shape; records every weight array."""
 
     def __init__(self, draw: Callable, seed: int, piecewise: bool, more: bool = False,
-                 homogeneous: bool = False) -> None:
+                 homogeneous: bool = False, integer: bool = False) -> None:
+        self.integer = integer
         self.draw = draw
         self.seed = seed
         self.piecewise = piecewise
@@ -205,6 +206,8 @@ class TangentDrawer:
             ops = [*MORE_OPS, "Linear", "Smooth"] + (["Gate"] if self.piecewise else [])
         if not self.piecewise:
             ops = [o for o in ops if o not in KINKED_OPS]
+        if self.integer and key == "L0":  # ties on the integer input itself
+            ops += ["ReduceExtremum", "MaxMin"] * 4 if self.piecewise else []
         op = self.pick([o for o in ops if fits(o, shape)])
         if op == "Linear":
             bias = False if self.homogeneous else None
@@ -256,7 +259,10 @@ def tangent_networks(draw: Callable, piecewise: bool = True, max_batch: int = 3,
     (invariant 10)."""
     input_shape = draw(input_shapes(more))
     seed = draw(st.integers(0, 2**16))
-    drawer = TangentDrawer(draw, seed, piecewise, more, homogeneous)
+    # small integer inputs (with ``more``): ties in Max/Min and ReduceMax/Min, gates at
+    # their kinks, HardSigmoid at its bounds (the documented conventions)
+    integer = more and draw(st.booleans())
+    drawer = TangentDrawer(draw, seed, piecewise, more, homogeneous, integer)
     shape, layers = input_shape, []
     for i in range(draw(st.integers(1, MAX_LAYERS))):
         layer, out = drawer.layer(shape, f"L{i}")
@@ -273,8 +279,7 @@ def tangent_networks(draw: Callable, piecewise: bool = True, max_batch: int = 3,
     layers.append(head)
     batch = draw(st.integers(1, max_batch))
     rng = layer_rng(seed, "input")
-    if more and draw(st.booleans()):  # small integers: ties in Max/Min and ReduceMax/Min,
-        # gates at their kinks, HardSigmoid at its bounds (the documented conventions)
+    if integer:
         x = rng.integers(-2, 3, (batch, *input_shape)).astype(np.float32)
     else:
         x = rng.normal(0, 1, (batch, *input_shape)).astype(np.float32)
