@@ -45,6 +45,7 @@ MORE_OPS = ("ConvTranspose", "Resize", "Pad", "Split", "Gather", "GatherElements
             "Expand", "DepthToSpace", "SpaceToDepth", "MaxMin", "ReduceExtremum", "Where",
             "Einsum", "HardSigmoid", "Recurrent")
 KINKED_OPS = ("MaxMin", "ReduceExtremum", "HardSigmoid")
+SHAPE_BOUND_OPS = ("ConvTranspose", "DepthToSpace", "SpaceToDepth", "Recurrent", "Einsum")
 # degree-1 positively homogeneous when bias-free (invariant 10's bodies)
 HOMOGENEOUS_OPS = tuple(o for o in MORE_OPS if o not in ("HardSigmoid", "Recurrent"))
 RESIZE_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
@@ -502,7 +503,10 @@ class MoreOpsEmitter:
     def emit_MaxMin(self, layer: Layer, x: str) -> str:
         op = "Max" if layer["largest"] else "Min"
         operands = self.max_min_operands(layer, x)
-        if self.form == "decomposed" and len(operands) == 3:  # nested, the same ties
+        # nested with the constant in the inner node: the same ties, and a winning
+        # constant's mass still goes to the first data operand (nesting it outside would
+        # send it to the inner winner instead: the same W^x and b^x, another B(x))
+        if self.form == "decomposed" and len(operands) == 3 and layer["position"] < 2:
             inner = self.node(op, operands[:2], layer.key + "_inner")
             return self.node(op, [inner, operands[2]], layer.key)
         return self.node(op, operands, layer.key)

@@ -44,7 +44,15 @@ import onnx
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 from strategies import Layer, layer_rng, size
-from tangent_more_ops import HOMOGENEOUS_OPS, KINKED_OPS, MORE_OPS, MoreOpsEmitter, draw_more, fits
+from tangent_more_ops import (
+    HOMOGENEOUS_OPS,
+    KINKED_OPS,
+    MORE_OPS,
+    SHAPE_BOUND_OPS,
+    MoreOpsEmitter,
+    draw_more,
+    fits,
+)
 
 OPSET = 20  # Gelu
 MAX_ELEMENTS = 24
@@ -97,8 +105,8 @@ class TangentNet:
 
     def onnx(self, form: str = "fused", dtype: type = np.float32,
              reference: bool = False) -> onnx.ModelProto:
-        """``reference``: for `onnx.reference` (Gelu written out: its Gelu computes with
-        float32 constants)."""
+        """``reference``: for `onnx.reference` (Gelu, exact and tanh, written out: its Gelu
+        computes with float32 constants)."""
         return TangentEmitter(self, form, dtype, reference).model()
 
 
@@ -208,6 +216,8 @@ class TangentDrawer:
             ops = [o for o in ops if o not in KINKED_OPS]
         if self.integer and key == "L0":  # ties on the integer input itself
             ops += ["ReduceExtremum", "MaxMin"] * 4 if self.piecewise else []
+        # the ops that fit few shapes, three times as likely where they fit
+        ops += [o for o in ops if o in SHAPE_BOUND_OPS] * 2
         op = self.pick([o for o in ops if fits(o, shape)])
         if op == "Linear":
             bias = False if self.homogeneous else None
@@ -355,6 +365,8 @@ class TangentEmitter(MoreOpsEmitter):
     def smooth(self, fn: str, x: str, key: str) -> str:
         if fn in BOUNDED_FIRST:
             x = self.node("Tanh", [x], key + "_bound")
+        if fn == "GeluTanh" and self.reference:  # its function body's constants are float32
+            return self.gelu_tanh_written_out(x, key)
         if fn == "GeluTanh":
             return self.node("Gelu", [x], key, approximate="tanh")
         if fn == "Gelu" and (self.form == "decomposed" or self.reference):
@@ -423,6 +435,18 @@ class TangentEmitter(MoreOpsEmitter):
         one_plus = self.node("Add", [erf, self.scalar(1.0)], key + "_add")
         product = self.node("Mul", [x, one_plus], key + "_mul")
         return self.node("Mul", [product, self.scalar(0.5)], key)
+
+    def gelu_tanh_written_out(self, x: str, key: str) -> str:
+        """`0.5 x (1 + Tanh(sqrt(2 / pi) (x + 0.044715 x^3)))` in the model's dtype, for
+        `onnx.reference` (which runs Gelu's function body, whose constants are float32)."""
+        cube = self.node("Mul", [self.node("Mul", [x, x], key + "_sq"), x], key + "_cube")
+        inner = self.node("Add", [x, self.node("Mul", [cube, self.scalar(0.044715)],
+                                               key + "_c")], key + "_inner")
+        scaled = self.node("Mul", [inner, self.scalar(math.sqrt(2 / math.pi))], key + "_s")
+        one_plus = self.node("Add", [self.node("Tanh", [scaled], key + "_tanh"),
+                                     self.scalar(1.0)], key + "_add")
+        return self.node("Mul", [self.node("Mul", [x, one_plus], key + "_mul"),
+                                 self.scalar(0.5)], key)
 
     def emit_Composite(self, layer: Layer, x: str) -> str:
         key, kind = layer.key, layer["kind"]
