@@ -249,6 +249,21 @@ class TangentDrawer:
         return Layer("Product", key, (("broadcast", False),), (first, second)), shape
 
 
+# per-example input shapes that fit a first layer of this op (`tangent_networks(first=)`)
+FIRST_SHAPES = {
+    "ConvTranspose": st.one_of(st.tuples(st.integers(1, 4), st.integers(1, 4)),
+                               st.tuples(st.sampled_from([1, 2, 4]), st.integers(1, 3),
+                                         st.integers(1, 3))),
+    "DepthToSpace": st.tuples(st.just(4), st.integers(1, 3), st.integers(1, 3)),
+    "SpaceToDepth": st.tuples(st.integers(1, 2), st.sampled_from([2]), st.sampled_from([2])),
+    "Recurrent": st.tuples(st.integers(1, 3), st.integers(1, 4)),
+    "Einsum": st.one_of(st.tuples(st.integers(1, 6)),
+                        st.tuples(st.integers(1, 3), st.integers(1, 4))),
+    "Split": st.one_of(st.tuples(st.integers(2, 6)),
+                       st.tuples(st.integers(1, 3), st.integers(2, 4))),
+}
+
+
 def input_shapes(more: bool = False) -> st.SearchStrategy[tuple[int, ...]]:
     shapes = [st.tuples(st.integers(1, 6)), st.tuples(st.integers(1, 3), st.integers(1, 4))]
     if more:  # [C, H, W] for the image ops (ConvTranspose, Resize, DepthToSpace, ...)
@@ -258,7 +273,8 @@ def input_shapes(more: bool = False) -> st.SearchStrategy[tuple[int, ...]]:
 
 @st.composite
 def tangent_networks(draw: Callable, piecewise: bool = True, max_batch: int = 3,
-                     more: bool = False, homogeneous: bool = False) -> TangentNet:
+                     more: bool = False, homogeneous: bool = False,
+                     first: str | None = None) -> TangentNet:
     """A random network with smooth gates, products, Div of data, Softmax in the middle,
     Concat with constants and composites; ``piecewise=False``: no kinks at all, in values
     or derivatives (no PL gates, Elu, Selu, Celu, HardSwish: for finite differences).
@@ -266,8 +282,9 @@ def tangent_networks(draw: Callable, piecewise: bool = True, max_batch: int = 3,
     smooth gates between them; ``piecewise=False`` leaves out Max/Min, ReduceMax/Min and
     HardSigmoid too). ``homogeneous`` (with ``more``): a bias-free degree-1 homogeneous
     body followed by a product of two bias-free linear maps of it, so `f` is of degree 2
-    (invariant 10)."""
-    input_shape = draw(input_shapes(more))
+    (invariant 10). ``first``: a newer op drawn as the first layer (on the input)."""
+    input_shape = draw(FIRST_SHAPES.get(first, input_shapes(more)) if first else
+                       input_shapes(more))
     seed = draw(st.integers(0, 2**16))
     # small integer inputs (with ``more``): ties in Max/Min and ReduceMax/Min, gates at
     # their kinks, HardSigmoid at its bounds (the documented conventions)
@@ -275,7 +292,13 @@ def tangent_networks(draw: Callable, piecewise: bool = True, max_batch: int = 3,
     drawer = TangentDrawer(draw, seed, piecewise, more, homogeneous, integer)
     shape, layers = input_shape, []
     for i in range(draw(st.integers(1, MAX_LAYERS))):
-        layer, out = drawer.layer(shape, f"L{i}")
+        if first and i == 0:  # this op first, on the input (integer ties included)
+            drawer.shapes["L0"] = shape
+            drawn = draw_more(drawer, first, shape, "L0")
+            assert drawn is not None, (first, shape)
+            layer, out = drawn
+        else:
+            layer, out = drawer.layer(shape, f"L{i}")
         if size(out) > MAX_ELEMENTS:
             continue
         layers.append(layer)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from property_harness import absolute_backward, bias_contributions, failure_artifacts
 from strategies import networks, output_shape, size
-from tangent_more_ops import float64_resize
+from tangent_more_ops import KINKED_OPS, MORE_OPS, float64_resize
 from tangent_strategies import TangentNet, tangent_networks
 
 import bbp_ref
@@ -27,6 +27,7 @@ EXAMPLES = max(10, settings.default.max_examples // 4)
 tangent_settings = settings(max_examples=EXAMPLES)
 # the newer ops' networks are smaller (a few ms an example) and have more ops to cover
 newer_settings = settings(max_examples=max(10, settings.default.max_examples // 2))
+EACH_OP_EXAMPLES = max(5, settings.default.max_examples // 20)  # per op: 10 in default
 
 
 def _all_targets(model: bbp_ref.Model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -205,6 +206,31 @@ def test_t8_newer_ops_jacobian_equals_torch_autograd(net: TangentNet):
     cells written from the operator pages). At Max/Min and ReduceMax/Min ties and at a
     HardSigmoid bound the PyTorch writing computes the documented convention."""
     _check_t8_torch(net, "test_t8_newer_ops_torch")
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("op", MORE_OPS)
+@settings(max_examples=EACH_OP_EXAMPLES)
+@given(data=st.data())
+def test_t8_each_newer_op_first_against_torch_autograd(op: str, data):
+    """Invariant 8 with each newer op as the first layer, on the (half of the time
+    integer) input: every op is checked whatever the mixed draws give, and ties of
+    Max/Min and ReduceMax/Min, gates at 0 and HardSigmoid at its bounds fall on the
+    documented conventions."""
+    net = data.draw(tangent_networks(more=True, first=op), label="net")
+    _check_t8_torch(net, f"test_t8_each_newer_op_{op}")
+
+
+@pytest.mark.parametrize("op", [o for o in MORE_OPS if o not in KINKED_OPS])
+@settings(max_examples=EACH_OP_EXAMPLES)
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_t8_each_newer_op_first_against_finite_differences(op: str, data, seed: int):
+    """Without torch: invariant 8 with each kink-free newer op as the first layer,
+    against central differences of `onnx.reference` (as
+    `test_t8_newer_ops_jacobian_equals_finite_differences`)."""
+    net = data.draw(tangent_networks(more=True, piecewise=False, max_batch=2, first=op),
+                    label="net")
+    _check_t8_differences(net, seed, f"test_t8_each_newer_op_{op}_differences")
 
 
 def _check_t8_torch(net: TangentNet, label: str) -> None:
