@@ -35,11 +35,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from hypothesis import strategies as st
 from onnx import helper
 from strategies import Layer, layer_rng
+
+if TYPE_CHECKING:
+    from tangent_strategies import TangentDrawer, TangentNet
 
 MORE_OPS = ("ConvTranspose", "Resize", "Pad", "Split", "Gather", "GatherElements", "Tile",
             "Expand", "DepthToSpace", "SpaceToDepth", "MaxMin", "ReduceExtremum", "Where",
@@ -78,14 +82,14 @@ def fits(op: str, shape: tuple[int, ...]) -> bool:
     return True
 
 
-def draw_more(drawer: object, op: str, shape: tuple[int, ...],
+def draw_more(drawer: TangentDrawer, op: str, shape: tuple[int, ...],
               key: str) -> tuple[Layer, tuple[int, ...]] | None:
     """A layer of the newer op ``op`` for the per-example ``shape``, or None where the op
     does not apply to that shape. ``drawer`` is a `TangentDrawer`."""
-    d: Callable = drawer.draw  # type: ignore[attr-defined]
-    homogeneous: bool = drawer.homogeneous  # type: ignore[attr-defined]
-    rng = layer_rng(drawer.seed, key)  # type: ignore[attr-defined]
-    weights: dict[str, np.ndarray] = drawer.weights  # type: ignore[attr-defined]
+    d: Callable = drawer.draw
+    homogeneous = drawer.homogeneous
+    rng = layer_rng(drawer.seed, key)
+    weights = drawer.weights
     rank = len(shape)
     axes_st = st.integers(0, rank - 1)
 
@@ -205,7 +209,7 @@ def draw_more(drawer: object, op: str, shape: tuple[int, ...],
 
     if op == "Expand":
         width = d(st.integers(2, 3))
-        branch = (drawer.linear(shape, key + "w", 1, bias=False if homogeneous else None)[0],)  # type: ignore[attr-defined]
+        branch = (drawer.linear(shape, key + "w", 1, bias=False if homogeneous else None)[0],)
         return Layer("Expand", key, (("width", width),), (branch,)), (*shape[:-1], width)
 
     if op in ("DepthToSpace", "SpaceToDepth"):
@@ -227,7 +231,7 @@ def draw_more(drawer: object, op: str, shape: tuple[int, ...],
         # inputs between elements of different slopes: the tie rule decides `W^x`)
         mirror = shape[-1] > 1 and d(st.booleans())
         branches = () if mirror else tuple(
-            (drawer.linear(shape, key + s, shape[-1],  # type: ignore[attr-defined]
+            (drawer.linear(shape, key + s, shape[-1],
                            bias=False if homogeneous else None)[0],) for s in "ab")
         constant = d(st.sampled_from([None, "scalar", "last"]))
         if constant is not None:
@@ -252,7 +256,7 @@ def draw_more(drawer: object, op: str, shape: tuple[int, ...],
     if op == "Where":
         sides = d(st.sampled_from([("x", "branch"), ("branch", "x"), ("x", "const"),
                                    ("const", "branch")]))
-        branch = (drawer.linear(shape, key + "w", shape[-1],  # type: ignore[attr-defined]
+        branch = (drawer.linear(shape, key + "w", shape[-1],
                                 bias=False if homogeneous else None)[0],)
         cond_shape = d(st.sampled_from([shape, (1,) * (rank - 1) + (shape[-1],)]))
         weights[key + "_cond"] = rng.random((1, *cond_shape)) < 0.5
@@ -282,7 +286,7 @@ def draw_more(drawer: object, op: str, shape: tuple[int, ...],
             if not t.startswith("n"):
                 w = rng.normal(0, 1 / math.sqrt(max(1, labels[t[0]])), [labels[c] for c in t])
                 weights[f"{key}_c{i}"] = w.astype(np.float32)
-        branches = tuple((drawer.linear(shape, f"{key}d{i}", shape[-1],  # type: ignore[attr-defined]
+        branches = tuple((drawer.linear(shape, f"{key}d{i}", shape[-1],
                                         bias=False if homogeneous else None)[0],)
                          for i in range(1, len(data_terms)))
         out = tuple(labels[c] for c in output[1:])
@@ -323,11 +327,16 @@ def draw_more(drawer: object, op: str, shape: tuple[int, ...],
 class MoreOpsEmitter:
     """`TangentEmitter`'s writing of the newer ops (mixed in)."""
 
-    net: object
+    net: TangentNet
     form: str
     dtype: type
+    reference: bool
+    nodes: list
+    inits: dict[str, np.ndarray]
+    shapes: dict[str, tuple[int, ...]]
     node: Callable[..., str]
     const: Callable[..., str]
+    scalar: Callable[..., str]
     layers: Callable[..., str]
 
     def make_node(self, op: str, inputs: list[str], outputs: list[str], name: str,
@@ -336,11 +345,11 @@ class MoreOpsEmitter:
 
     def raw(self, name: str, value: np.ndarray) -> str:
         """A constant kept in its own dtype (int64 indices, float32 Resize scales)."""
-        self.inits[name] = np.asarray(value)  # type: ignore[attr-defined]
+        self.inits[name] = np.asarray(value)
         return name
 
     def weight(self, name: str) -> str:
-        return self.const(name, self.net.weights[name])  # type: ignore[attr-defined]
+        return self.const(name, self.net.weights[name])
 
     def batch_expanded(self, x: str, key: str, value: np.ndarray) -> str:
         """The constant ``value`` [1, ...] expanded to ``x``'s batch size, as exporters
@@ -361,9 +370,9 @@ class MoreOpsEmitter:
         attrs = dict(kernel_shape=list(layer["kernel"]), strides=list(layer["strides"]),
                      dilations=list(layer["dilations"]), pads=list(layer["pads"]),
                      output_padding=list(layer["output_padding"]))
-        w = self.net.weights[key + "_W"]  # type: ignore[attr-defined]
-        b = self.net.weights.get(key + "_B")  # type: ignore[attr-defined]
-        if self.reference and group > 1:  # type: ignore[attr-defined]
+        w = self.net.weights[key + "_W"]
+        b = self.net.weights.get(key + "_B")
+        if self.reference and group > 1:
             names = [f"{key}_in{g}" for g in range(group)]
             self.nodes.append(self.make_node("Split", [x], names, key + "#split", axis=1,
                                              num_outputs=group))
@@ -389,7 +398,7 @@ class MoreOpsEmitter:
             attrs.update(cubic_coeff_a=layer["cubic_coeff_a"],
                          exclude_outside=layer["exclude_outside"])
         # for onnx.reference always sizes: with float32 scales it interpolates in float32
-        if layer["sizes"] or self.reference:  # type: ignore[attr-defined]
+        if layer["sizes"] or self.reference:
             # the batch entry from the input's shape, as exporters write it
             shape = self.node("Shape", [x], key + "_shape")
             n = self.node("Gather", [shape, self.raw(key + "_zero", np.array([0]))], key + "_n")
@@ -403,7 +412,7 @@ class MoreOpsEmitter:
         return self.node("Resize", inputs, key, **attrs)
 
     def input_shape_of(self, layer: Layer) -> tuple[int, ...]:
-        return self.shapes[layer.key]  # type: ignore[attr-defined]
+        return self.shapes[layer.key]
 
     def emit_Pad(self, layer: Layer, x: str) -> str:
         key = layer.key
@@ -445,7 +454,7 @@ class MoreOpsEmitter:
 
     def emit_GatherElements(self, layer: Layer, x: str) -> str:
         key = layer.key
-        indices = self.batch_expanded(x, key + "_idx", self.net.weights[key + "_idx"])  # type: ignore[attr-defined]
+        indices = self.batch_expanded(x, key + "_idx", self.net.weights[key + "_idx"])
         return self.node("GatherElements", [x, indices], key, axis=layer["axis"] + 1)
 
     def emit_Tile(self, layer: Layer, x: str) -> str:
@@ -461,7 +470,7 @@ class MoreOpsEmitter:
     def emit_Expand(self, layer: Layer, x: str) -> str:
         (branch,) = layer.branches
         narrow = self.layers(branch, x)
-        shape = (1, *self.shapes[layer.key][:-1], layer["width"])  # type: ignore[attr-defined]
+        shape = (1, *self.shapes[layer.key][:-1], layer["width"])
         return self.node("Expand", [narrow, self.raw(layer.key + "_shape", np.array(shape))],
                          layer.key)
 
@@ -469,7 +478,7 @@ class MoreOpsEmitter:
         key, mode = layer.key, layer["mode"]
         if self.form == "fused":
             return self.node("DepthToSpace", [x], key, blocksize=2, mode=mode)
-        c, h, w = self.shapes[key]  # type: ignore[attr-defined]
+        c, h, w = self.shapes[key]
         if mode == "DCR":
             split, perm = [0, 2, 2, c // 4, h, w], [0, 3, 4, 1, 5, 2]
         else:
@@ -483,7 +492,7 @@ class MoreOpsEmitter:
         key = layer.key
         if self.form == "fused":
             return self.node("SpaceToDepth", [x], key, blocksize=2)
-        c, h, w = self.shapes[key]  # type: ignore[attr-defined]
+        c, h, w = self.shapes[key]
         y = self.node("Reshape", [x, self.raw(key + "_s1", np.array([0, c, h // 2, 2, w // 2,
                                                                       2]))], key + "_r1")
         y = self.node("Transpose", [y], key + "_t", perm=[0, 3, 5, 1, 2, 4])
@@ -493,7 +502,7 @@ class MoreOpsEmitter:
     def max_min_operands(self, layer: Layer, x: str) -> list[str]:
         operands = [self.layers(branch, x) for branch in layer.branches]
         if layer["mirror"]:
-            n = self.shapes[layer.key][-1]  # type: ignore[attr-defined]
+            n = self.shapes[layer.key][-1]
             reverse = self.raw(layer.key + "_rev", np.arange(n - 1, -1, -1))
             operands = [x, self.node("Gather", [x, reverse], layer.key + "_mirror", axis=-1)]
         if layer["constant"] is not None:
@@ -533,7 +542,7 @@ class MoreOpsEmitter:
             values["branch"] = self.layers(branch, x)
         if "const" in sides:
             values["const"] = self.weight(key + "_c")
-        cond = self.raw(key + "_cond", self.net.weights[key + "_cond"])  # type: ignore[attr-defined]
+        cond = self.raw(key + "_cond", self.net.weights[key + "_cond"])
         return self.node("Where", [cond, values[sides[0]], values[sides[1]]], key)
 
     def emit_Einsum(self, layer: Layer, x: str) -> str:
@@ -554,9 +563,9 @@ class MoreOpsEmitter:
         if self.form == "fused":
             return self.node("HardSigmoid", [x], key, alpha=alpha, beta=beta)
         # the attribute's float32 value, so that both writings hold the same numbers
-        scaled = self.node("Mul", [x, self.scalar(float(np.float32(alpha)))], key + "_mul")  # type: ignore[attr-defined]
-        shifted = self.node("Add", [scaled, self.scalar(float(np.float32(beta)))], key + "_add")  # type: ignore[attr-defined]
-        return self.node("Clip", [shifted, self.scalar(0.0), self.scalar(1.0)], key)  # type: ignore[attr-defined]
+        scaled = self.node("Mul", [x, self.scalar(float(np.float32(alpha)))], key + "_mul")
+        shifted = self.node("Add", [scaled, self.scalar(float(np.float32(beta)))], key + "_add")
+        return self.node("Clip", [shifted, self.scalar(0.0), self.scalar(1.0)], key)
 
     def emit_Recurrent(self, layer: Layer, x: str) -> str:
         key, cell, layout = layer.key, layer["cell"], layer["layout"]
@@ -654,9 +663,9 @@ def float64_resize() -> type:
     from onnx.reference.ops.op_resize import Resize
 
     class Float64Resize(Resize):
-        def _run(self, *args: object, cubic_coeff_a: object = None,  # type: ignore[override]
+        def _run(self, *args: object, cubic_coeff_a: object = None,
                  **kwargs: object) -> tuple:
-            coeff = None if cubic_coeff_a is None else float(cubic_coeff_a)  # type: ignore[arg-type]
+            coeff = None if cubic_coeff_a is None else float(cubic_coeff_a)
             return super()._run(*args, cubic_coeff_a=coeff, **kwargs)
 
     Float64Resize.__name__ = "Resize"

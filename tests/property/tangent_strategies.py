@@ -20,6 +20,11 @@ middle*, not a stripped output head), float32 weights and an input batch. The la
 - ``Composite``: Gelu, HardSwish, Mish;
 - ``LayerNorm``: LayerNormalization over the last axis (constant scale and bias).
 
+``more=True`` draws the newer ops of docs/math.md §7.3 and §7.7 instead
+(`tangent_more_ops`: ConvTranspose, Resize, Pad, Split, Gather, GatherElements, Tile,
+Expand, DepthToSpace, SpaceToDepth, Max/Min, ReduceMax/Min, Where, Einsum, HardSigmoid,
+LSTM/GRU/RNN), with per-example inputs ``(c, h, w)`` too and, half of the time, integers.
+
 Composites have two writings (`TangentNet.onnx(form=...)`): ``"fused"`` (Gelu, HardSwish,
 Mish, Softmax, LogSoftmax, Div as single ONNX ops) and ``"decomposed"`` (as exporters write
 them: ``0.5 x (1 + Erf(x / sqrt 2))``, ``x * Clip(x / 6 + 1/2, 0, 1)`` (HardSigmoid's),

@@ -67,7 +67,7 @@ def more_layer(net: object, layer: Layer, x: object, layers: Callable,
         y = torch.index_select(x, axis, index)
         return y.squeeze(axis) if layer["scalar"] else y
     if op == "GatherElements":
-        index = torch.tensor(net.weights[key + "_idx"])  # type: ignore[attr-defined]
+        index = torch.tensor(net.weights[key + "_idx"])
         return torch.gather(x, layer["axis"] + 1, index.expand(x.shape[0], *index.shape[1:]))
     if op == "Tile":
         return x.repeat(1, *layer["repeats"])
@@ -115,7 +115,7 @@ def more_layer(net: object, layer: Layer, x: object, layers: Callable,
             values["branch"] = layers(net, branch, x)
         if "const" in layer["sides"]:
             values["const"] = weight(net, key + "_c")
-        cond = torch.tensor(net.weights[key + "_cond"])  # type: ignore[attr-defined]
+        cond = torch.tensor(net.weights[key + "_cond"])
         first, second = (values[s] for s in layer["sides"])
         return torch.where(cond, first, second)
     if op == "Einsum":
