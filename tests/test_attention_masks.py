@@ -79,6 +79,22 @@ def test_where_of_a_constant_bool_mask() -> None:
     verify(Case(model(nodes, ["N", ROWS, KEYS], inits), _x(rng)))
 
 
+@pytest.mark.parametrize("order", ["mask-first", "scores-first"])
+def test_masked_fill_of_the_scores(order: str) -> None:
+    """`scores.masked_fill(mask, -inf)` exports as `Where(mask, -inf, scores)`: the
+    elements chosen from the -inf constant are hard zeros of the Softmax too."""
+    rng = np.random.default_rng(10)
+    inits = {**_weights(rng), "mask": MASK, "keep": ~MASK, "minus_inf": np.float32(-np.inf)}
+    where = (node("Where", ["mask", "minus_inf", "h"], "s", name="masked_fill")
+             if order == "mask-first" else
+             node("Where", ["keep", "h", "minus_inf"], "s", name="masked_fill"))
+    nodes = _attention_nodes()
+    nodes[1] = where
+    m, explanations = verify(Case(model(nodes, ["N", ROWS, KEYS], inits), _x(rng)))
+    for e in explanations:
+        assert np.isfinite(e.bias_attribution).all()
+
+
 def test_the_softmax_guard_of_scaled_dot_product_attention() -> None:
     """PyTorch's exporters write `Where(IsNaN(p), 0, p)` after a bool-masked Softmax:
     IsNaN of a computed tensor is a constant False (the engine refuses NaN values)."""

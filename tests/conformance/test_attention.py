@@ -285,8 +285,7 @@ class BoolMaskedAttention(nn.Module):
         return self.attention(x, x, x, **options)[0]
 
 
-BOOL_MASKS = [(True, True, False), (False, True, False), (True, False, True),
-              (False, False, True), (False, True, True)]
+BOOL_MASKS = [(True, True, False), (True, False, True), (False, True, True)]
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
@@ -326,31 +325,35 @@ def test_a_padding_mask_hiding_every_key_is_refused(tmp_path) -> None:
 
 
 class BoolMaskedScaledDotProduct(ScaledDotProduct):
-    """F.scaled_dot_product_attention with ``is_causal=True`` or a bool ``attn_mask``
-    (True = attend), both exported as an additive -inf (the dynamo exporter writes
-    is_causal as float32's lowest finite number instead)."""
+    """Causal attention three ways: F.scaled_dot_product_attention with
+    ``is_causal=True`` or a bool ``attn_mask`` (True = attend), both exported as an
+    additive -inf (the dynamo exporter writes is_causal as float32's lowest finite number
+    instead), and written out with ``scores.masked_fill(~allowed, -inf)`` (a Where)."""
 
-    def __init__(self, is_causal: bool) -> None:
+    def __init__(self, how: str) -> None:
         super().__init__()
-        self.is_causal = is_causal
+        self.how = how
         self.register_buffer("allowed", torch.tril(torch.ones(T, T, dtype=torch.bool)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         q, k, v = (t.reshape(n, T, HEADS, E // HEADS).transpose(1, 2)
                    for t in self.qkv(x).chunk(3, dim=-1))
-        if self.is_causal:
+        if self.how == "is-causal":
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
+        elif self.how == "bool-mask":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.allowed)
+        else:
+            scores = (q @ k.transpose(-2, -1)) * (E // HEADS) ** -0.5
+            y = scores.masked_fill(~self.allowed, float("-inf")).softmax(-1) @ v
         return self.out(y.transpose(1, 2).reshape(n, T, E))
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-@pytest.mark.parametrize("is_causal", [True, False], ids=["is-causal", "bool-mask"])
-def test_scaled_dot_product_attention_with_a_bool_mask(is_causal: bool, dynamo: bool,
+@pytest.mark.parametrize("how", ["is-causal", "bool-mask", "masked-fill"])
+def test_scaled_dot_product_attention_with_a_bool_mask(how: str, dynamo: bool,
                                                        tmp_path) -> None:
-    module = _seeded(BoolMaskedScaledDotProduct(is_causal), 5)
+    module = _seeded(BoolMaskedScaledDotProduct(how), 5)
     x = np.random.default_rng(6).normal(size=(3, T, E)).astype(np.float32)
     proto = _export(module, (torch.from_numpy(x[:2]),), ["x"], dynamo, tmp_path / "s.onnx")
     module64 = copy.deepcopy(module).double()

@@ -7,6 +7,8 @@ input (flat indices), so the route is the op itself; an output that a constant f
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ...engine.embed import Embed
@@ -258,4 +260,9 @@ def where(ctx: NodeContext) -> list[Var]:
     if not (table < 0).any():
         return _route(ctx, data, table)
     bias = np.where(condition, values[0], values[1])[None]
-    return [ctx.add(Embed([v.shape for v in data], table, bias), data, shape)]
+    # `masked_fill(mask, -inf)` before a Softmax: as for an Add of -inf (elementwise.py),
+    # the -inf elements are 0 here and hard zeros of the Softmax (docs/math.md §7.5)
+    masked = np.isneginf(bias)
+    out = ctx.add(Embed([v.shape for v in data], table, np.where(masked, 0.0, bias)), data,
+                  shape)
+    return [replace(out, masked=masked) if masked.any() else out]
