@@ -153,7 +153,8 @@ def _add_verify(commands: argparse._SubParsersAction) -> None:
                                  epilog=EXIT_CODES)
     verify.add_argument("model", help="ONNX model")
     verify.add_argument("input", help=".npy file: one example or a batch")
-    verify.add_argument("candidate", help=".npz file: field name -> array (see docs/oracle.md)")
+    verify.add_argument("candidate", help=".npz file: field name -> array (see docs/oracle.md); "
+                        "one of 'explain --out' brings its --wrt and --input values")
     verify.add_argument("--target", type=int, help="output index (default: the candidate's "
                         "'target' field, else the argmax)")
     verify.add_argument("--rtol", type=float, default=oracle.RTOL,

@@ -29,7 +29,7 @@ KINDS = {
              "GatherElements DepthToSpace SpaceToDepth",
     "route, or affine with constants": "Concat",
     "pass-through": "Identity Dropout Cast CastLike",
-    "constant": "Shape Size",
+    "constant": "Shape Size IsNaN",
     "output head, or expanded": "Softmax LogSoftmax",
     "expanded": "ReduceLogSumExp LayerNormalization RMSNormalization InstanceNormalization "
                 "GroupNormalization MeanVarianceNormalization LpNormalization LRN ReduceL1 "
@@ -52,7 +52,8 @@ NOTES = {
     "Conv": "1-, 2-, 3-D; strides, pads, dilations, group, auto_pad; bias per output channel",
     "BatchNormalization": "inference only; folded into a directly preceding Conv/Gemm/MatMul, "
                           "else a diagonal affine node; spatial=0 (opset < 9) supported",
-    "Add": "with a constant (broadcast) or of two data tensors; opset-6 broadcast/axis",
+    "Add": "with a constant (broadcast) or of two data tensors; opset-6 broadcast/axis; a "
+           "-inf constant only before a Softmax (attention mask, math.md §7.5)",
     "Sub": "as Add",
     "Mul": "by a constant (affine) or of two data tensors of the same rank (a product node)",
     "Div": "by a non-zero constant, or by a data tensor: Mul by its Reciprocal",
@@ -89,7 +90,9 @@ NOTES = {
                      "output_shape (not larger than the natural size); outputs no input "
                      "reaches are the bias alone",
     "Einsum": "one data operand (affine) or two (a product); the batch label leads the output",
-    "Where": "constant condition; X and Y data or constants",
+    "Where": "constant condition; X and Y data or constants; a -inf chosen from a constant "
+             "only before a Softmax (math.md §7.5)",
+    "IsNaN": "of a data tensor: constant false (the engine refuses non-finite values)",
     "Max": "data tensors and constants, broadcast; ties to the first operand",
     "Min": "as Max", "ReduceMax": "over non-batch axes; ties to the lowest index",
     "ReduceMin": "as ReduceMax",
@@ -99,7 +102,7 @@ NOTES = {
     "GatherElements": "constant indices equal for every example, axis != 0",
     "DepthToSpace": "DCR and CRD", "SpaceToDepth": "",
     "Softmax": "as the last op: stripped, the logits are explained; elsewhere Exp, ReduceSum, "
-               "Reciprocal, Mul (stable)",
+               "Reciprocal, Mul (stable); an added -inf (attention mask) is a hard zero",
     "LogSoftmax": "as the last op: stripped; elsewhere x - Log(ReduceSum(Exp(x))) (stable)",
     "ReduceLogSumExp": "Log(ReduceSum(Exp(x))) (stable), over non-batch axes",
     "MatMul": "one constant operand (affine), or two data tensors of the same rank (a product)",
