@@ -96,9 +96,9 @@ def check_masked_inputs(ctx: NodeContext, fn: Handler) -> None:
         return
     for i, value in enumerate(ctx.inputs):
         if isinstance(value, Var) and value.masked is not None:
-            raise ctx.error(f"input {i} holds -inf (node {value.node!r} added a constant "
-                            "with -inf entries); such a tensor is supported only as the "
-                            "input of a Softmax (docs/math.md §7.5)")
+            raise ctx.error(f"input {i} holds -inf (an attention mask, which node "
+                            f"{value.node!r} adds to the scores); such a tensor is "
+                            "supported only as the input of a Softmax (docs/math.md §7.5)")
 
 
 def check_batch_axes(ctx: NodeContext, fn: Handler) -> None:
