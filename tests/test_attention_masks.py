@@ -1,13 +1,13 @@
-"""Boolean attention masks: an Add of a constant holding -inf, read by a Softmax
-(docs/math.md §7.5, "Attention masks").
+"""Boolean attention masks: a -inf added to the scores (or chosen by a Where) and read by a
+Softmax, whose masked elements are hard zeros (docs/math.md §7.5, decision 5).
 
 Hand-built models: scores `h = x @ Wq`, `s = h + M` with `M` -inf where masked (written as a
-constant, as `Where(mask, -inf, 0)` of a constant bool mask, or from a second graph input
-given through ``inputs=``), `p = Softmax(s)`, then `p @ x` (a product of data) and a Gemm.
-Each is checked by `test_ops.verify` or the same checks by hand: the forward against
-onnxruntime, the decomposition and completeness for every rule, the Jacobian against
-central finite differences of `onnx.reference` in float64 (which computes the -inf
-itself), and the masked elements' exact zeros.
+constant, as `Where(mask, -inf, 0)` of a constant bool mask, as `Where(mask, -inf, h)`, or
+from a second graph input given through ``inputs=``), `p = Softmax(s)`, then `p @ x` (a
+product of data), flattened, times a matrix. Each is checked by `test_ops.verify` or the
+same checks by hand: the forward against onnxruntime, the decomposition and completeness
+for every rule, the Jacobian against central finite differences of `onnx.reference` in
+float64 (which computes the -inf itself); one row against the softmax computed by hand.
 """
 
 from __future__ import annotations
@@ -42,11 +42,10 @@ def _weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
             "shape": np.array([0, -1])}
 
 
-def _attention_nodes(scores_to_mask: str = "s") -> list[onnx.NodeProto]:
-    """`y = Gemm(Flatten(Softmax(h + M) @ x))`, `h = x @ Wq`; ``M`` is tensor ``m``."""
-    return [node("MatMul", ["x", "wq"], "h"), node("Add", ["h", "m"], scores_to_mask,
-                                                   name="add_mask"),
-            node("Softmax", [scores_to_mask], "p", name="softmax", axis=-1),
+def _attention_nodes() -> list[onnx.NodeProto]:
+    """`y = Reshape(Softmax(h + M) @ x, [N, -1]) @ Wo`, `h = x @ Wq`; ``M`` is tensor ``m``."""
+    return [node("MatMul", ["x", "wq"], "h"), node("Add", ["h", "m"], "s", name="add_mask"),
+            node("Softmax", ["s"], "p", name="softmax", axis=-1),
             node("MatMul", ["p", "x"], "c"), node("Reshape", ["c", "shape"], "f"),
             node("MatMul", ["f", "wo"], "y")]
 
