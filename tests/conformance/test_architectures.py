@@ -61,14 +61,7 @@ JACOBIAN_RTOL = 1e-9
 PIECEWISE_LINEAR = {"shufflenet_v2_x1_0", "unet_decoder"}  # ReLU networks
 # The exports bbp_ref cannot import yet: (why, a pattern the load error must match). They must
 # fail at load with that UnsupportedOpError (strict), so the mark goes when they import.
-MERGED_BATCH = "a Reshape that merges the batch axis with another axis"
-NOT_IMPORTED: dict[tuple[str, str], tuple[str, str]] = {
-    **{("swin_small", exporter): (
-        f"{MERGED_BATCH} (the window partition reshapes [N, ...] to [N * windows, ...])",
-        # refused at that Reshape, or (with a merged batch tracked) at an op reading it
-        "does not keep the batch axis first|does not support a merged batch")
-       for exporter in EXPORTERS},
-}
+NOT_IMPORTED: dict[tuple[str, str], tuple[str, str]] = {}
 
 
 def _cases():
