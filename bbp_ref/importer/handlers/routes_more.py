@@ -62,12 +62,19 @@ def _split_sizes(ctx: NodeContext, length: int, outputs: int) -> list[int]:
     return [length // outputs] * outputs
 
 
-@handler("Split")
+@handler("Split", merged_batch=True)
 def split(ctx: NodeContext) -> list[Value]:
+    """With a batch merged into an axis (docs/math.md §7.5), splitting off it is the
+    per-example Split; along it, see `_check_merged_split`."""
     data = ctx.var(0)
-    axis = per_example_axis(ctx, int(ctx.attr("axis", 0)), data.rank)
     outputs = len(ctx.node.output)
+    if data.merged is not None:
+        axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), data.onnx_rank)
+    else:
+        axis = per_example_axis(ctx, int(ctx.attr("axis", 0)), data.rank)
     sizes = _split_sizes(ctx, data.shape[axis], outputs)
+    if data.merged is not None and axis == data.merged.axis:
+        _check_merged_split(ctx, data, sizes)
     results: list[Value] = []
     start = 0
     for k, size in enumerate(sizes):
@@ -82,6 +89,28 @@ def split(ctx: NodeContext) -> list[Value]:
             results.append(ctx.add(Slice(data.shape, tuple(index)), [data], shape, output=k))
         start += size
     return results
+
+
+def _check_merged_split(ctx: NodeContext, data: Var, sizes: list[int]) -> None:
+    """A Split along the axis a batch is merged into (docs/math.md §7.5) is per example
+    only if every part is whole blocks of `inner` elements and the sizes for a batch of
+    two (`Const.at_two` of ``split``; computed from the doubled length for equal parts)
+    are twice those for one; otherwise a part would hold some examples only."""
+    assert data.merged is not None
+    length, inner = data.shape[data.merged.axis], data.merged.inner
+    given = ctx.inputs[1] if ctx.opset >= 13 and ctx.has_input(1) else None
+    if isinstance(given, Const) and np.asarray(given.value).size:
+        sizes_two = [int(s) for s in np.asarray(given.value_at_two).ravel()]
+    elif ctx.opset < 13 and ctx.attr("split") is not None:
+        sizes_two = list(sizes)
+    else:
+        sizes_two = _split_sizes(ctx, 2 * length, len(sizes))
+    if any(s % inner for s in sizes) or sizes_two != [2 * s for s in sizes]:
+        raise ctx.error(
+            f"splitting ONNX axis {data.merged.axis}, which holds the batch "
+            f"({data.where_batch}), into {sizes} (for a batch of two {sizes_two}) does not "
+            f"give every part whole blocks of {inner} elements of every example; a part "
+            "would hold some examples only")
 
 
 # -- Tile, Expand ---------------------------------------------------------------------------
