@@ -24,8 +24,10 @@ float32 (`torch_architectures.as_exported`). For a float32 batch of 2 inputs:
 
 Most of the models are not piecewise linear (HardSwish, SiLU, Gelu, Sigmoid gates,
 LayerNorm, attention): `W^x` is the tangent model's `J(x)` (docs/math.md §7). The ViT and the
-Swin merge the batch axis with another axis and are refused at load (docs/math.md §7.10
-decision 2): strict expected failures, so that the mark must go when they import.
+Swin merge the batch axis with another axis (the heads', the windows'), which the import
+tracks (docs/math.md §7.5, §7.10 decision 2). ``NOT_IMPORTED`` lists the exports expected to
+be refused at load (strict expected failures, so the mark must go when they import); none
+today.
 """
 
 from __future__ import annotations
