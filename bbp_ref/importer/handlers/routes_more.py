@@ -159,8 +159,8 @@ def _indices(ctx: NodeContext, size: int) -> np.ndarray:
 @handler("Gather", batch_axis=OWN_BATCH_AXIS, merged_batch=True)
 def gather(ctx: NodeContext) -> list[Var]:
     """With the batch at ONNX axis `b` (docs/math.md §7.5), gathering along an axis before
-    it moves it by the rank of the indices minus one (`Y_h[-1]` of a recurrent op); so
-    does it a batch merged into an axis, along which gathering is refused."""
+    it moves it by the rank of the indices minus one (`Y_h[-1]` of a recurrent op), and
+    likewise a batch merged into an axis (`_gather_merged`)."""
     data = ctx.var(0)
     if isinstance(ctx.inputs[1], Var):
         raise ctx.error("indices computed from the model input (data-dependent "
