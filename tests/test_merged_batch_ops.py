@@ -166,12 +166,19 @@ def test_slice_off_and_along_the_merged_axis() -> None:
 
 
 def test_concat_off_and_along_the_merged_axis() -> None:
-    """Windows with themselves doubled along the channels; rows [T * N, E] with their
-    first block of N rows again ([(T + 1) * N, E], every example's rows in order)."""
-    extra = {"double": np.array(2.0, np.float32)}
+    """Windows with themselves doubled, along the channels and along the windows
+    ([2 * N * 4, 4, C]: all examples' windows, then all doubled ones, brought back by
+    [2, N, 4, 4, C]); rows [T * N, E] with their first block of N rows again
+    ([(T + 1) * N, E], every example's rows in order)."""
+    extra = {"double": np.array(2.0, np.float32), "twice": _i64(2, -1, 4, 4, C)}
     _verify([*_partition(), node("Mul", ["win", "double"], "win2"),
              node("Concat", ["win", "win2"], "c", axis=2), *_per_example("c")], extra,
             seed=7)
+    _verify([*_partition(), node("Mul", ["win", "double"], "win2"),
+             node("Concat", ["win", "win2"], "c", axis=0),
+             node("Reshape", ["c", "twice"], "c5"),
+             node("Transpose", ["c5"], "c5t", perm=[1, 0, 2, 3, 4]), *_per_example("c5t")],
+            extra, seed=12)
     nodes = [*_sequence_rows(), node("Shape", ["r"], "shape_r"),
              node("Gather", ["shape_r", "zero"], "tn", axis=0),
              node("Div", ["tn", "t_arr"], "n_arr"),
@@ -259,10 +266,15 @@ def test_slice_along_the_merged_axis_written_for_a_batch_of_one_is_refused() -> 
     assert "for a batch of two from 0 to 2" in message
 
 
-def test_split_along_the_merged_axis_with_literal_sizes_is_refused() -> None:
+def test_split_along_the_merged_axis_not_in_whole_blocks_is_refused() -> None:
+    """Literal sizes cannot grow with the batch; two equal halves of [N * 4, 4, C] are,
+    for a batch of two, example 0's windows and example 1's."""
     message = _refused([*_partition(), node("Split", ["win", "sizes"], ["a", "b"], axis=0),
                         node("Add", ["a", "a"], "y")], {"sizes": _i64(2, 2)})
     assert "Split" in message and "some examples only" in message
+    message = _refused([*_partition(), node("Split", ["win"], ["a", "b"], axis=0),
+                        node("Add", ["a", "a"], "y")])
+    assert "into [2, 2] (for a batch of two [4, 4])" in message
 
 
 def test_pad_of_the_merged_axis_is_refused() -> None:
