@@ -3,8 +3,9 @@
 torchvision's mobilenet_v3_small, efficientnet_b0, convnext_tiny, regnet_y_400mf and
 shufflenet_v2_x1_0 (10 classes, 32x32 inputs), a small VisionTransformer (image 32,
 patch 8, 2 layers, 2 heads, hidden 32, MLP 64), a small Swin (embed 32, depths [2, 2],
-heads [2, 4], window 4) and a U-Net-style decoder (Conv, ConvTranspose2d, nn.Upsample
-nearest and bilinear, skip Concat; 8x8 in, 2x8x8 out), with random weights, biases,
+heads [2, 4], window 7; 40x40 inputs, so padded and shifted windows) and a U-Net-style
+decoder (Conv, ConvTranspose2d, nn.Upsample nearest and bilinear, skip Concat; 8x8 in,
+2x8x8 out), with random weights, biases,
 normalisation parameters and BatchNorm running statistics (`torch_architectures.py`), are
 exported by both PyTorch exporters (TorchScript at opset 17, and the
 torch.export-based one; dynamic batch) into a tmp dir. The weights are rescaled once on a
