@@ -1,5 +1,5 @@
 """Boolean attention masks: a -inf added to the scores (or chosen by a Where) and read by a
-Softmax, whose masked elements are hard zeros (docs/math.md §7.5, decision 5).
+Softmax, whose masked elements are hard zeros (docs/math.md §7.5, decision 6).
 
 Hand-built models: scores `h = x @ Wq`, `s = h + M` with `M` -inf where masked (written as a
 constant, as `Where(mask, -inf, 0)` of a constant bool mask, as `Where(mask, -inf, h)`, or
