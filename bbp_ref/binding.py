@@ -179,10 +179,13 @@ def _example_value(model: Model, name: str, value: object, free: GraphInput, ind
     except (TypeError, ValueError) as exc:
         raise InputError(f"inputs[{name!r}] is not an array: {exc}") from exc
     if info.dtype is not None:
-        if np.issubdtype(info.dtype, np.floating) and not np.isfinite(
-                array.astype(np.float64, copy=False) if array.dtype.kind in "fiub"
-                else np.zeros(1)).all():
-            raise InputError(f"inputs[{name!r}] contains NaN or infinite values")
+        # -inf is an additive attention mask; the import accepts it only where a
+        # Softmax reads it (docs/math.md §7.5) and refuses it anywhere else
+        numbers = (array.astype(np.float64, copy=False) if array.dtype.kind in "fiub"
+                   else np.zeros(1))
+        if np.issubdtype(info.dtype, np.floating) and not (
+                np.isfinite(numbers) | np.isneginf(numbers)).all():
+            raise InputError(f"inputs[{name!r}] contains NaN or +inf values")
         try:
             array = array.astype(info.dtype)
         except (TypeError, ValueError) as exc:

@@ -5,7 +5,8 @@
   digits model and its sample input. ``--plot`` / ``--plot-layers`` draw the figures.
 - ``bbp-ref nodes [MODEL]`` lists the canonical nodes.
 - ``bbp-ref verify MODEL INPUT.npy CANDIDATE.npz`` compares another implementation's
-  arrays (or a file of ``explain --out``) with bbp_ref's.
+  arrays (or a file of ``explain --out``, with the ``--wrt``/``--input`` binding it
+  records) with bbp_ref's.
 - ``bbp-ref golden OUT_DIR MODEL INPUT.npy [MODEL INPUT.npy ...]`` writes golden vectors.
 - ``bbp-ref explain-dataset MODEL DATA [--out PATH] [--scheduler ADDRESS] [--workers N]``
   explains every example of a dataset into a Zarr store (docs/scaling.md; needs the
@@ -119,7 +120,8 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
                     "output)")
     ex.add_argument("--out", metavar="FILE",
                     help="save the arrays to exactly this file (.npz format), readable by "
-                    "'bbp-ref verify' as a candidate")
+                    "'bbp-ref verify' as a candidate; it records --wrt and the --input "
+                    "values (with their files' names and SHA-256), so verify needs neither")
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     ex.add_argument("--strict", action="store_true",
                     help="fail (exit 1) if onnxruntime cannot run the model for its check")
@@ -151,7 +153,8 @@ def _add_verify(commands: argparse._SubParsersAction) -> None:
                                  epilog=EXIT_CODES)
     verify.add_argument("model", help="ONNX model")
     verify.add_argument("input", help=".npy file: one example or a batch")
-    verify.add_argument("candidate", help=".npz file: field name -> array (see docs/oracle.md)")
+    verify.add_argument("candidate", help=".npz file: field name -> array (see docs/oracle.md); "
+                        "one of 'explain --out' brings its --wrt and --input values")
     verify.add_argument("--target", type=int, help="output index (default: the candidate's "
                         "'target' field, else the argmax)")
     verify.add_argument("--rtol", type=float, default=oracle.RTOL,
@@ -209,22 +212,101 @@ def _add_binding_arguments(parser: argparse.ArgumentParser) -> None:
                              "(repeat for each)")
 
 
-def _binding(args: argparse.Namespace) -> dict[str, object]:
-    """``wrt=``/``inputs=`` keyword arguments from ``--wrt`` and ``--input``."""
-    inputs: dict[str, np.ndarray] = {}
+def _input_files(args: argparse.Namespace) -> dict[str, str]:
+    """Graph input name -> .npy file, from ``--input NAME=FILE.npy``."""
+    files: dict[str, str] = {}
     for item in args.inputs:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise InputError(f"--input takes NAME=FILE.npy, got {item!r}")
-        if name in inputs:
+        if name in files:
             raise InputError(f"--input gives {name!r} twice")
-        inputs[name] = _read_input(path)
+        files[name] = path
+    return files
+
+
+def _binding(args: argparse.Namespace) -> dict[str, object]:
+    """``wrt=``/``inputs=`` keyword arguments from ``--wrt`` and ``--input``."""
+    inputs = {name: _read_input(path) for name, path in _input_files(args).items()}
     bound: dict[str, object] = {}
     if args.wrt is not None:
         bound["wrt"] = args.wrt
     if inputs:
         bound["inputs"] = inputs
     return bound
+
+
+def _binding_record(args: argparse.Namespace,
+                    bound: dict[str, object]) -> dict[str, np.ndarray]:
+    """What ``explain --out`` records of ``--wrt`` and ``--input`` (docs/math.md §9), so
+    that ``verify`` re-checks the file without them: ``meta/wrt``, the given inputs'
+    values (``meta/input/<k>``, in the order given) and ``meta/inputs``, a JSON list of
+    ``{"name", "file", "sha256", "member"}`` (the file's name and SHA-256)."""
+    record: dict[str, np.ndarray] = {}
+    if args.wrt is not None:
+        record["meta/wrt"] = np.array(args.wrt)
+    values: dict = dict(bound.get("inputs", {}))  # type: ignore[call-overload]
+    entries = []
+    for k, (name, path) in enumerate(_input_files(args).items()):
+        member = f"meta/input/{k}"
+        record[member] = np.asarray(values[name])
+        entries.append({"name": name, "file": Path(path).name, "sha256": _sha256(path),
+                        "member": member})
+    if entries:
+        record["meta/inputs"] = np.array(json.dumps(entries))
+    return record
+
+
+def _recorded_binding(candidate: dict[str, np.ndarray],
+                      given: dict[str, object]) -> dict[str, object]:
+    """The binding ``verify`` uses: the one a file of ``explain --out`` records, with
+    ``--wrt`` and each ``--input`` given on the command line taking the place of the
+    recorded ones."""
+    bound = dict(given)
+    wrt = _text(candidate.get("meta/wrt"))
+    if wrt is not None and "wrt" not in bound:
+        bound["wrt"] = wrt
+    inputs = {entry["name"]: _recorded_value(candidate, entry)
+              for entry in _recorded_inputs(candidate)}
+    inputs.update(given.get("inputs", {}))  # type: ignore[call-overload]
+    if inputs:
+        bound["inputs"] = inputs
+    return bound
+
+
+def _recorded_inputs(candidate: dict[str, np.ndarray]) -> list[dict[str, str]]:
+    text = _text(candidate.get("meta/inputs"))
+    if text is None:
+        return []
+    try:
+        entries = json.loads(text)
+        if not all(isinstance(e, dict) and {"name", "file", "sha256", "member"} <= set(e)
+                   and all(isinstance(v, str) for v in e.values()) for e in entries):
+            raise ValueError("entries need the string fields name, file, sha256, member")
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"the candidate's 'meta/inputs' field is not the list "
+                         f"'explain --out' writes: {exc}") from exc
+    return entries  # type: ignore[no-any-return]
+
+
+def _recorded_value(candidate: dict[str, np.ndarray], entry: dict[str, str]) -> np.ndarray:
+    if entry["member"] not in candidate:
+        raise InputError(f"the candidate records input {entry['name']!r} in field "
+                         f"{entry['member']!r}, which it does not hold")
+    return candidate[entry["member"]]
+
+
+def _input_mismatches(args: argparse.Namespace, candidate: dict[str, np.ndarray]) -> list[str]:
+    """The ``--input`` files given to ``verify`` whose SHA-256 differs from the one the
+    candidate records for that input."""
+    recorded = {e["name"]: e for e in _recorded_inputs(candidate)}
+    lines = []
+    for name, path in _input_files(args).items():
+        entry = recorded.get(name)
+        if entry is not None and entry["sha256"] != _sha256(path):
+            lines.append(f"INPUT MISMATCH: the candidate was computed with input {name!r} "
+                         f"from {entry['file']} (SHA-256 {entry['sha256']}), not {path}")
+    return lines
 
 
 # -- files -----------------------------------------------------------------------------
@@ -430,13 +512,17 @@ def _verify(args: argparse.Namespace) -> int:
     candidate = _read_candidate(args.candidate)
     x = _read_input(args.input)
     model, source = _load_model(args.model, output=_text(candidate.get("meta/output")))
+    bound = _recorded_binding(candidate, _binding(args))
     report = oracle.compare(model, x, candidate, target=args.target, rtol=args.rtol,
-                            atol=args.atol, **_binding(args))  # type: ignore[arg-type]
+                            atol=args.atol, **bound)  # type: ignore[arg-type]
     print("\n".join(printable(line) for line in str(report).splitlines()))
+    mismatches = [printable(line) for line in _input_mismatches(args, candidate)]
     recorded = _text(candidate.get("meta/model_sha256"))
     if recorded is not None and recorded != _sha256(source):
-        print(f"MODEL MISMATCH: the candidate was computed for a model with SHA-256 "
-              f"{recorded}, not {source}")
+        mismatches.append(f"MODEL MISMATCH: the candidate was computed for a model with "
+                          f"SHA-256 {recorded}, not {printable(source)}")
+    if mismatches:
+        print("\n".join(mismatches))
         return 1
     return 0 if report.passed else 1
 
@@ -483,7 +569,8 @@ def _explain(args: argparse.Namespace) -> int:
     print(_summary(e, model, source, explained.astype(np.float64), args.target is not None))
     if args.out:
         _write_exactly(args.out, {**oracle.explanation_fields(e, explained),
-                                  **_metadata(e, model, source)})
+                                  **_metadata(e, model, source),
+                                  **_binding_record(args, bound)})
         print(f"saved        {printable(args.out)} (bbp-ref verify MODEL INPUT "
               f"{printable(args.out)} checks it)")
     if args.plot or args.plot_layers:

@@ -157,6 +157,68 @@ def test_verify_fails_on_a_changed_field_or_another_model(capsys, files, tmp_pat
     assert code == 1 and "MODEL MISMATCH" in out
 
 
+def two_inputs() -> onnx.ModelProto:
+    """x[N, 4] -> Gemm fc1 (5) -> Relu -> + state[N, 5] (a second graph input) -> Gemm fc2."""
+    proto = mlp()
+    proto.graph.node[2].input[0] = "rs"
+    proto.graph.node.insert(2, node("Add", ["r", "state"], "rs", name="add_state"))
+    proto.graph.input.append(onnx.helper.make_tensor_value_info(
+        "state", onnx.TensorProto.FLOAT, ["N", 5]))
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def test_out_records_the_binding_and_verify_reuses_it(capsys, files, tmp_path) -> None:
+    """``explain --out --wrt --input`` records the binding (docs/math.md §9); ``verify``
+    re-checks the file without the options, and reports a different --input file."""
+    onnx.save_model(two_inputs(), str(tmp_path / "two.onnx"))
+    state = np.array([[0.5, -2.0, 1.0, 0.0, 3.0]], np.float32)
+    np.save(tmp_path / "state.npy", state)
+    result = tmp_path / "bound.npz"
+    code, _, err = run(capsys, "explain", str(tmp_path / "two.onnx"), files["x"], "--wrt", "h",
+                       "--input", f"state={tmp_path / 'state.npy'}", "--out", str(result))
+    assert (code, err) == (0, "")
+    expected = bbp_ref.explain(str(tmp_path / "two.onnx"), X, wrt="h",
+                               inputs={"state": state})
+    with np.load(result, allow_pickle=False) as saved:
+        assert str(saved["meta/wrt"]) == "h"
+        (entry,) = json.loads(str(saved["meta/inputs"]))
+        digest = hashlib.sha256((tmp_path / "state.npy").read_bytes()).hexdigest()
+        assert entry == {"name": "state", "file": "state.npy", "sha256": digest,
+                         "member": "meta/input/0"}
+        np.testing.assert_array_equal(saved["meta/input/0"], state)
+        np.testing.assert_array_equal(saved["bias_attribution/abs"], expected.bias_attribution)
+        assert saved["gradient"].shape == (5,)  # shaped like wrt
+    code, out, err = run(capsys, "verify", str(tmp_path / "two.onnx"), files["x"], str(result))
+    assert (code, err) == (0, "") and "PASSED" in out
+    # the same options given again agree with the record
+    code, out, _ = run(capsys, "verify", str(tmp_path / "two.onnx"), files["x"], str(result),
+                       "--wrt", "h", "--input", f"state={tmp_path / 'state.npy'}")
+    assert code == 0 and "MISMATCH" not in out
+    # another state file: its values change the reference, and the record names the file
+    np.save(tmp_path / "other.npy", state + 1.0)
+    code, out, _ = run(capsys, "verify", str(tmp_path / "two.onnx"), files["x"], str(result),
+                       "--input", f"state={tmp_path / 'other.npy'}")
+    assert code == 1 and "INPUT MISMATCH" in out and "state.npy" in out
+    # a recorded value changed after the fact: the reference follows it, the fields fail
+    with np.load(result, allow_pickle=False) as saved:
+        fields = dict(saved)
+    fields["meta/input/0"] = state * 2.0
+    np.savez(tmp_path / "changed.npz", **fields)
+    code, out, _ = run(capsys, "verify", str(tmp_path / "two.onnx"), files["x"],
+                       str(tmp_path / "changed.npz"))
+    assert code == 1 and "FAIL" in out
+
+
+def test_verify_refuses_a_malformed_binding_record(capsys, files, tmp_path) -> None:
+    onnx.save_model(two_inputs(), str(tmp_path / "two.onnx"))
+    fields = {"output": np.zeros(3), "meta/inputs": np.array('[{"name": "state"}]')}
+    np.savez(tmp_path / "bad.npz", **fields)
+    code, _, err = run(capsys, "verify", str(tmp_path / "two.onnx"), files["x"],
+                       str(tmp_path / "bad.npz"))
+    assert code == 2 and "meta/inputs" in err and "Traceback" not in err
+
+
 def test_explain_batch(capsys: pytest.CaptureFixture[str], files) -> None:
     result = Path(files["dir"]) / "batch.npz"
     code, out, err = run(capsys, "explain", files["model"], files["batch"], "--rule",

@@ -29,7 +29,7 @@ KINDS = {
              "GatherElements DepthToSpace SpaceToDepth",
     "route, or affine with constants": "Concat",
     "pass-through": "Identity Dropout Cast CastLike",
-    "constant": "Shape Size",
+    "constant": "Shape Size IsNaN",
     "output head, or expanded": "Softmax LogSoftmax",
     "expanded": "ReduceLogSumExp LayerNormalization RMSNormalization InstanceNormalization "
                 "GroupNormalization MeanVarianceNormalization LpNormalization LRN ReduceL1 "
@@ -52,7 +52,8 @@ NOTES = {
     "Conv": "1-, 2-, 3-D; strides, pads, dilations, group, auto_pad; bias per output channel",
     "BatchNormalization": "inference only; folded into a directly preceding Conv/Gemm/MatMul, "
                           "else a diagonal affine node; spatial=0 (opset < 9) supported",
-    "Add": "with a constant (broadcast) or of two data tensors; opset-6 broadcast/axis",
+    "Add": "with a constant (broadcast) or of two data tensors; opset-6 broadcast/axis; a "
+           "-inf constant only before a Softmax (attention mask, math.md §7.5)",
     "Sub": "as Add",
     "Mul": "by a constant (affine) or of two data tensors of the same rank (a product node)",
     "Div": "by a non-zero constant, or by a data tensor: Mul by its Reciprocal",
@@ -75,12 +76,14 @@ NOTES = {
     "Squeeze": "attribute (< 13) and input (13+) axes",
     "Unsqueeze": "attribute (< 13) and input (13+) axes",
     "Concat": "axis != 0; of data tensors (route), or with constants (affine: the constants "
-              "are local bias spread over the data input, docs/math.md §7.2 decision 6)",
-    "Slice": "constant starts/ends/axes/steps (attribute form < 10), off the batch axis",
+              "are local bias spread over the data input, docs/math.md §7.2 decision 6); "
+              "of data along a merged batch axis (docs/math.md §7.5)",
+    "Slice": "constant starts/ends/axes/steps (attribute form < 10), off the batch axis; "
+             "along a merged batch axis only whole per-example blocks (docs/math.md §7.5)",
     "Dropout": "inference (training_mode false, mask unused)", "Cast": "to a float type",
     "Pad": "every mode (constant: an Embed node whose border is local bias; reflect, edge, "
            "wrap: a route); negative pads crop; a zero Pad read only by Convs and "
-           "AveragePools folds into their padding",
+           "AveragePools folds into their padding; never along a merged batch axis",
     "Resize": "constant scales or sizes (axes, keep_aspect_ratio_policy); nearest (a route), "
               "linear and cubic (affine; antialias, exclude_outside, cubic_coeff_a); every "
               "coordinate_transformation_mode; tf_crop_and_resize extrapolates constants",
@@ -89,17 +92,21 @@ NOTES = {
                      "output_shape (not larger than the natural size); outputs no input "
                      "reaches are the bias alone",
     "Einsum": "one data operand (affine) or two (a product); the batch label leads the output",
-    "Where": "constant condition; X and Y data or constants",
+    "Where": "constant condition; X and Y data or constants; a -inf chosen from a constant "
+             "only before a Softmax (math.md §7.5)",
+    "IsNaN": "of a data tensor: constant false (the engine refuses non-finite values)",
     "Max": "data tensors and constants, broadcast; ties to the first operand",
     "Min": "as Max", "ReduceMax": "over non-batch axes; ties to the lowest index",
     "ReduceMin": "as ReduceMax",
-    "Split": "every opset form (split attribute/input, num_outputs), off the batch axis",
+    "Split": "every opset form (split attribute/input, num_outputs), off the batch axis; "
+             "along a merged batch axis only whole per-example blocks (docs/math.md §7.5)",
     "Tile": "constant repeats, 1 on the batch axis", "Expand": "of data; constant shape",
-    "Gather": "constant indices, axis != 0",
+    "Gather": "constant indices, axis != 0; along a merged batch axis only indices taking "
+              "whole per-example blocks (docs/math.md §7.5)",
     "GatherElements": "constant indices equal for every example, axis != 0",
     "DepthToSpace": "DCR and CRD", "SpaceToDepth": "",
     "Softmax": "as the last op: stripped, the logits are explained; elsewhere Exp, ReduceSum, "
-               "Reciprocal, Mul (stable)",
+               "Reciprocal, Mul (stable); an added -inf (attention mask) is a hard zero",
     "LogSoftmax": "as the last op: stripped; elsewhere x - Log(ReduceSum(Exp(x))) (stable)",
     "ReduceLogSumExp": "Log(ReduceSum(Exp(x))) (stable), over non-batch axes",
     "MatMul": "one constant operand (affine), or two data tensors of the same rank (a product)",

@@ -158,7 +158,7 @@ class _Reference:
 
     def field(self, name: str) -> np.ndarray:
         simple: dict[str, Callable[[], np.ndarray]] = {
-            "input": lambda: self.x,
+            "input": self.explained_input,  # as `explanation_fields` writes it
             "output": lambda: self.explanation().output,
             "logits": lambda: self.explanation().logits,
             "target": lambda: self.explanation().target,

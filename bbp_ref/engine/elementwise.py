@@ -70,16 +70,24 @@ def _row_maximum(x: Array, axes: tuple[int, ...]) -> Array:
 
 class ShiftedExp(TangentOperator):
     """`h = exp(u - m)`, `m` the maximum of `u` over ``axes`` held constant: `d = h`,
-    `c = h (1 - u)`."""
+    `c = h (1 - u)`.
+
+    ``masked``: the elements where an attention mask added -inf to `u` (a bool array
+    broadcasting to the engine's layout, docs/math.md §7.5). They are hard zeros:
+    `h = 0`, `d = 0`, `c = 0` whatever `u` is, and `m` is the maximum over the other
+    elements, exactly as `exp(-inf - m) = 0` gives. The importer refuses a row with
+    every element masked, so `m` is finite."""
 
     kind = SMOOTH
 
-    def __init__(self, axes: tuple[int, ...]) -> None:
+    def __init__(self, axes: tuple[int, ...], masked: Array | None = None) -> None:
         self.axes = axes
+        self.masked = masked
 
     def evaluate(self, operands: Sequence[Array]) -> tuple[Array, LocalMap]:
         (u,) = operands
-        value = np.exp(u - _row_maximum(u, self.axes))
+        shifted = u if self.masked is None else np.where(self.masked, -np.inf, u)
+        value = np.exp(shifted - _row_maximum(shifted, self.axes))
         return value, _frozen("Exp", u, value, value, True)
 
 

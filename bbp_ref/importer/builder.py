@@ -19,7 +19,7 @@ from ..errors import BBpError, ModelLoadError, UnsupportedOpError
 from ..graph import Graph, Node
 from . import handlers  # noqa: F401 - registers the handlers
 from .canonicalize import canonicalize
-from .context import NodeContext, check_batch_axes, find_handler, supported_ops
+from .context import NodeContext, check_batch_axes, check_masked_inputs, find_handler, supported_ops
 from .control_flow import CONTROL_FLOW, expand_control_flow, subgraph_reads
 from .folding import check_fold, check_results
 from .signature import Signature
@@ -102,6 +102,12 @@ class GraphBuilder:
                 f"its output {self.signature.explained!r}, the explained output, holds the "
                 f"batch {explained.where_batch}; an explained output needs the "
                 "batch axis at 0 (docs/math.md §7.5)")
+        if explained.masked is not None:
+            op_type, name = self._producer(self.signature.explained)
+            raise UnsupportedOpError(
+                op_type, name,
+                f"its output {self.signature.explained!r}, the explained output, holds -inf "
+                "(an attention mask is explained only through a Softmax, docs/math.md §7.5)")
         graph = Graph(self.nodes, self.signature.input_name, explained.node,
                       self.signature.stripped)
         return canonicalize(graph)
@@ -147,6 +153,7 @@ class GraphBuilder:
                     + ", ".join(supported_ops()) + ")")
             ctx = NodeContext(node, name, self.signature.opset, inputs, self)
             check_batch_axes(ctx, handle)
+            check_masked_inputs(ctx, handle)
             try:
                 outputs = handle(ctx)
             except BBpError:

@@ -31,14 +31,19 @@ _BATCH_AXIS_MODES: dict[Handler, str] = {}
 # ones see such a tensor in the engine's layout (batch first, then the ONNX shape for a
 # batch of one), OWN_BATCH_AXIS ones read `Var.merged` themselves.
 _MERGED_BATCH: set[Handler] = set()
+# Handlers that read a tensor holding an attention mask's -inf (`Var.masked`,
+# docs/math.md §7.5): only Softmax.
+_MASKED_INPUT: set[Handler] = set()
 
 
 def handler(*op_types: str, since: int = 1, batch_axis: str | None = None,
-            merged_batch: bool = False) -> Callable[[Handler], Handler]:
+            merged_batch: bool = False,
+            masked_input: bool = False) -> Callable[[Handler], Handler]:
     """Register a handler for ``op_types`` from opset ``since`` on (the newest
     registration not newer than the model's opset is used). ``batch_axis``:
     `SAME_BATCH_AXIS` or `OWN_BATCH_AXIS` if the handler understands a moved batch axis;
-    ``merged_batch``: whether it also understands a batch merged into another axis."""
+    ``merged_batch``: whether it also understands a batch merged into another axis;
+    ``masked_input``: whether it reads an attention mask's -inf (`Var.masked`)."""
 
     def register(fn: Handler) -> Handler:
         for op_type in op_types:
@@ -49,6 +54,8 @@ def handler(*op_types: str, since: int = 1, batch_axis: str | None = None,
             _BATCH_AXIS_MODES[fn] = batch_axis
         if merged_batch:
             _MERGED_BATCH.add(fn)
+        if masked_input:
+            _MASKED_INPUT.add(fn)
         return fn
 
     return register
@@ -79,6 +86,19 @@ def _check_merged_batch(ctx: NodeContext, fn: Handler) -> None:
             raise ctx.error(f"input {i} of shape {list(np.shape(value.value))} has more "
                             f"axes than the data tensor, whose batch is "
                             f"{merged[0][1].where_batch}; broadcasting would move it")
+
+
+def check_masked_inputs(ctx: NodeContext, fn: Handler) -> None:
+    """A tensor holding an attention mask's -inf (docs/math.md §7.5) is exact only as
+    the input of a Softmax, where the masked elements are hard zeros; anywhere else the
+    -inf would be an infinite local bias."""
+    if fn in _MASKED_INPUT:
+        return
+    for i, value in enumerate(ctx.inputs):
+        if isinstance(value, Var) and value.masked is not None:
+            raise ctx.error(f"input {i} holds -inf (an attention mask, which node "
+                            f"{value.node!r} adds to the scores); such a tensor is "
+                            "supported only as the input of a Softmax (docs/math.md §7.5)")
 
 
 def check_batch_axes(ctx: NodeContext, fn: Handler) -> None:

@@ -3,7 +3,7 @@ canonical graph, or a zero Pad waiting to be folded into the Conv after it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,12 +42,17 @@ class Var:
     per-example shape (the ONNX shape with the batch axis left out, the other axes in
     their ONNX order) and ``batch_axis``, the ONNX axis holding the batch (0 unless a
     Transpose moved it, docs/math.md §7.5). The engine's arrays always hold the batch
-    at axis 0, followed by the per-example shape."""
+    at axis 0, followed by the per-example shape. ``masked``: for the output of an Add
+    of a constant holding -inf (an attention mask, docs/math.md §7.5), where the ONNX
+    value is -inf, a bool array in the engine's layout (length 1 along the batch)
+    broadcasting to the per-example shape; the node's value is finite there, and only
+    a Softmax may read such a tensor."""
 
     node: str
     shape: tuple[int, ...]
     batch_axis: int = 0
     merged: MergedBatch | None = None
+    masked: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def rank(self) -> int:

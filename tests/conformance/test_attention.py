@@ -115,8 +115,8 @@ def _check(m: bbp_ref.Model, x: np.ndarray, expected_out: np.ndarray,
 
 
 def padding_bias(keep: torch.Tensor) -> torch.Tensor:
-    """A float key-padding mask, added to the scores: 0 to keep a key, -30 to mask it. A
-    bool mask becomes -inf, which bbp_ref refuses (an infinite bias, docs/math.md §7.5)."""
+    """A float key-padding mask, added to the scores: 0 to keep a key, -30 to mask it (a
+    bool mask, exported as -inf, is tested with `BoolMaskedAttention`)."""
     return (keep - 1.0) * 30.0
 
 
@@ -170,8 +170,7 @@ def test_multihead_attention(batch_first: bool, need_weights: bool, masked: bool
 
 class ScaledDotProduct(nn.Module):
     """Projections, `[N, H, T, Dh]` heads, F.scaled_dot_product_attention with a finite
-    causal bias (``is_causal=True`` exports an additive -inf, refused like a bool mask),
-    back."""
+    causal bias (bool masks: `BoolMaskedScaledDotProduct`), back."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -204,8 +203,9 @@ class TokenClassifier(nn.Module):
     """Embedding + positional embedding, two TransformerEncoderLayers (batch_first), mean
     over the unmasked tokens, linear head."""
 
-    def __init__(self) -> None:
+    def __init__(self, boolean: bool = False) -> None:
         super().__init__()
+        self.boolean = boolean
         self.embedding = nn.Embedding(VOCAB, WIDTH)
         self.position = nn.Parameter(torch.zeros(1, TOKENS, WIDTH))
         layer = nn.TransformerEncoderLayer(WIDTH, HEADS, 64, dropout=0.0, batch_first=True)
@@ -216,7 +216,8 @@ class TokenClassifier(nn.Module):
         return self.after_embedding(self.embedding(ids), mask)
 
     def after_embedding(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(h + self.position, src_key_padding_mask=padding_bias(mask))
+        padding = mask < 0.5 if self.boolean else padding_bias(mask)
+        h = self.encoder(h + self.position, src_key_padding_mask=padding)
         weights = mask.unsqueeze(-1)
         return self.head((h * weights).sum(1) / weights.sum(1))
 
@@ -229,9 +230,12 @@ def _embedding_output(proto: onnx.ModelProto) -> str:
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_token_classifier_explained_with_respect_to_the_embeddings(dynamo: bool,
+@pytest.mark.parametrize("boolean", [False, True], ids=["float-mask", "bool-mask"])
+def test_token_classifier_explained_with_respect_to_the_embeddings(boolean: bool, dynamo: bool,
                                                                    tmp_path) -> None:
-    module = _seeded(TokenClassifier(), 7)
+    """``boolean``: the encoder's ``src_key_padding_mask`` is the bool ``mask < 0.5``
+    (exported as an additive -inf), else the finite float mask of `padding_bias`."""
+    module = _seeded(TokenClassifier(boolean), 7)
     rng = np.random.default_rng(8)
     ids = rng.integers(0, VOCAB, size=(3, TOKENS)).astype(np.int64)
     mask = np.ones((3, TOKENS), np.float32)
@@ -261,25 +265,97 @@ def test_token_classifier_explained_with_respect_to_the_embeddings(dynamo: bool,
             np.testing.assert_array_equal(getattr(e, field), getattr(direct, field))
 
 
+class BoolMaskedAttention(nn.Module):
+    """nn.MultiheadAttention (batch_first) with bool masks, exported as an additive -inf:
+    a ``key_padding_mask`` from a second input ``pad`` (True = padding) and/or a causal
+    ``attn_mask`` (True = masked) with ``is_causal=True``."""
+
+    def __init__(self, need_weights: bool, padded: bool, causal: bool) -> None:
+        super().__init__()
+        self.need_weights, self.padded, self.causal = need_weights, padded, causal
+        self.attention = nn.MultiheadAttention(E, HEADS, batch_first=True)
+        self.register_buffer("future", torch.triu(torch.ones(T, T, dtype=torch.bool), 1))
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        options: dict = dict(need_weights=self.need_weights)
+        if self.padded:
+            options["key_padding_mask"] = pad
+        if self.causal:
+            options.update(attn_mask=self.future, is_causal=True)
+        return self.attention(x, x, x, **options)[0]
+
+
+BOOL_MASKS = [(True, True, False), (True, False, True), (False, True, True)]
+
+
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_a_boolean_padding_mask_is_refused_for_its_infinite_bias(dynamo: bool,
-                                                                 tmp_path) -> None:
-    """A bool key_padding_mask is exported as an additive -inf: refused at the Add that
-    adds it, naming the node (an infinite local bias has no attribution)."""
+@pytest.mark.parametrize("need_weights,padded,causal", BOOL_MASKS,
+                         ids=[f"{'weights' if w else 'sdpa'}{'-padding' if p else ''}"
+                              f"{'-causal' if c else ''}" for w, p, c in BOOL_MASKS])
+def test_multihead_attention_with_bool_masks(need_weights: bool, padded: bool, causal: bool,
+                                             dynamo: bool, tmp_path) -> None:
+    """The masked scores are hard zeros of the Softmax (docs/math.md §7.5): W^x equals
+    torch autograd's, every rule's decomposition is exact, and onnxruntime agrees."""
+    module = _seeded(BoolMaskedAttention(need_weights, padded, causal), 9)
+    x = np.random.default_rng(10).normal(size=(3, T, E)).astype(np.float32)
+    pad = np.zeros((3, T), bool)
+    pad[1, -1] = pad[2, 1:3] = True  # key 0 is never padded: no row is masked entirely
+    args = (torch.from_numpy(x[:2]), torch.from_numpy(pad[:2])) if padded else \
+        (torch.from_numpy(x[:2]),)
+    proto = _export(module, args, ["x", "pad"][:len(args)], dynamo, tmp_path / "b.onnx")
+    module64 = copy.deepcopy(module).double()
+    pad_t = torch.from_numpy(pad)
+    out, jacobian = _torch_jacobian(
+        lambda v, i: module64(v[None], pad_t[i:i + 1] if padded else None)[0], x)
+    bind: dict = {"inputs": {"pad": pad}} if padded else {}
+    _check(bbp_ref.load(proto), x, out, jacobian, **bind)
 
-    class BoolMasked(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.attention = nn.MultiheadAttention(E, HEADS, batch_first=True)
 
-        def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-            return self.attention(x, x, x, key_padding_mask=keep < 0.5)[0]
-
-    module = _seeded(BoolMasked(), 9)
+def test_a_padding_mask_hiding_every_key_is_refused(tmp_path) -> None:
+    """A query row whose every key is masked has no softmax (NaN in PyTorch and
+    onnxruntime): refused at the Softmax, naming it."""
+    module = _seeded(BoolMaskedAttention(True, True, False), 9)
     x = np.random.default_rng(10).normal(size=(2, T, E)).astype(np.float32)
-    keep = np.ones((2, T), np.float32)
-    keep[1, -1] = 0.0
-    proto = _export(module, (torch.from_numpy(x), torch.from_numpy(keep)), ["x", "keep"],
-                    dynamo, tmp_path / "b.onnx")
-    with pytest.raises(bbp_ref.errors.ModelLoadError, match="infinite"):
-        bbp_ref.load(proto).forward(x, inputs={"keep": keep})
+    pad = np.zeros((2, T), bool)
+    proto = _export(module, (torch.from_numpy(x), torch.from_numpy(pad)), ["x", "pad"],
+                    False, tmp_path / "b.onnx")
+    pad[1] = True
+    with pytest.raises(bbp_ref.errors.UnsupportedOpError, match="Softmax.*0 / 0"):
+        bbp_ref.load(proto).forward(x, inputs={"pad": pad})
+
+
+class BoolMaskedScaledDotProduct(ScaledDotProduct):
+    """Causal attention three ways: F.scaled_dot_product_attention with
+    ``is_causal=True`` or a bool ``attn_mask`` (True = attend), both exported as an
+    additive -inf (the dynamo exporter writes is_causal as float32's lowest finite number
+    instead), and written out with ``scores.masked_fill(~allowed, -inf)`` (a Where)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.register_buffer("allowed", torch.tril(torch.ones(T, T, dtype=torch.bool)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        q, k, v = (t.reshape(n, T, HEADS, E // HEADS).transpose(1, 2)
+                   for t in self.qkv(x).chunk(3, dim=-1))
+        if self.how == "is-causal":
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif self.how == "bool-mask":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.allowed)
+        else:
+            scores = (q @ k.transpose(-2, -1)) * (E // HEADS) ** -0.5
+            y = scores.masked_fill(~self.allowed, float("-inf")).softmax(-1) @ v
+        return self.out(y.transpose(1, 2).reshape(n, T, E))
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("how", ["is-causal", "bool-mask", "masked-fill"])
+def test_scaled_dot_product_attention_with_a_bool_mask(how: str, dynamo: bool,
+                                                       tmp_path) -> None:
+    module = _seeded(BoolMaskedScaledDotProduct(how), 5)
+    x = np.random.default_rng(6).normal(size=(3, T, E)).astype(np.float32)
+    proto = _export(module, (torch.from_numpy(x[:2]),), ["x"], dynamo, tmp_path / "s.onnx")
+    module64 = copy.deepcopy(module).double()
+    out, jacobian = _torch_jacobian(lambda v, i: module64(v[None])[0], x)
+    _check(bbp_ref.load(proto), x, out, jacobian)

@@ -13,6 +13,7 @@ from . import (  # noqa: F401
     normalization,
     pad,
     pooling,
+    predicates,
     recurrent,
     resize,
     routes_more,

@@ -6,6 +6,7 @@ docs/math.md §7)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -95,15 +96,26 @@ def _sum(ctx: NodeContext, terms: Sequence[tuple[float, Value | None]]) -> list[
     return [ctx.add(operator, [v for _, v in data], tuple(shape), batch_axis=batch)]
 
 
+def _add_constant(ctx: NodeContext, data_index: int) -> list[Var]:
+    """`u + c`. Where `c` is -inf (an attention mask, docs/math.md §7.5) the node adds 0
+    and its output records the positions (`Var.masked`), which only a Softmax reads:
+    there they are hard zeros, so the -inf never becomes a local bias."""
+    data = _with_constant(ctx, data_index)
+    constant = _constant_operand(ctx, 1 - data_index, data)
+    masked = np.isneginf(constant)
+    if not masked.any() or not np.isfinite(constant[~masked]).all():
+        return _scale(ctx, data, np.ones((1,) * data.rank), constant)
+    (out,) = _scale(ctx, data, np.ones((1,) * data.rank), np.where(masked, 0.0, constant))
+    return [replace(out, masked=masked)]
+
+
 @handler("Add", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def add(ctx: NodeContext) -> list[Var]:
     a, b = ctx.inputs[0], ctx.inputs[1]
     if isinstance(a, Var) and isinstance(b, Const):
-        a = _with_constant(ctx, 0)
-        return _scale(ctx, a, np.ones((1,) * a.rank), _constant_operand(ctx, 1, a))
+        return _add_constant(ctx, 0)
     if isinstance(b, Var) and isinstance(a, Const):
-        b = _with_constant(ctx, 1)
-        return _scale(ctx, b, np.ones((1,) * b.rank), _constant_operand(ctx, 0, b))
+        return _add_constant(ctx, 1)
     return _sum(ctx, [(1.0, ctx.var(0)), (1.0, ctx.var(1))])
 
 

@@ -8,7 +8,8 @@ the model signature strips them and the logits are explained.
 
 Evaluated stably with no extra node for the shift: the Exp node computes `exp(x - m)`
 and the Log node `log(s) + m`, `m` the per-row maximum of `x` held constant (exact for
-any `m`; see `engine.elementwise`).
+any `m`; see `engine.elementwise`). A Softmax of scores an attention mask added -inf to
+makes those elements hard zeros of its Exp node (docs/math.md §7.5).
 """
 
 from __future__ import annotations
@@ -47,14 +48,31 @@ def _softmax_axes(ctx: NodeContext, data: Var) -> tuple[int, ...]:
 
 
 def _exp_sum(ctx: NodeContext, data: Var, axes: tuple[int, ...]) -> tuple[Var, Var]:
-    exp = ctx.add(ShiftedExp(axes), [data], data.shape, part="exp")
+    exp = ctx.add(ShiftedExp(axes, _hard_zeros(ctx, data, axes)), [data], data.shape,
+                  part="exp")
     kept = tuple(1 if a in axes else n for a, n in enumerate(data.shape))
     total = ctx.add(Reduction(axes, True, data.shape, np.asarray(1.0)), [exp], kept,
                     part="sum")
     return exp, total
 
 
-@handler("Softmax", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
+def _hard_zeros(ctx: NodeContext, data: Var, axes: tuple[int, ...]) -> np.ndarray | None:
+    """Where an attention mask added -inf to the scores (`Var.masked`, docs/math.md
+    §7.5): the Softmax elements that are exactly 0. A row masked entirely has no
+    softmax (0 / 0: NaN in PyTorch and onnxruntime) and is refused."""
+    if data.masked is None:
+        return None
+    empty = np.broadcast_to(data.masked, (1, *data.shape)).all(
+        axis=tuple(a + 1 for a in axes))
+    if empty.any():
+        row = [int(i) for i in np.argwhere(empty)[0][1:]]
+        raise ctx.error(f"every element of a row of its input is -inf (an attention mask "
+                        f"added by node {data.node!r} masks all of row {row} along "
+                        f"per-example axes {list(axes)}): its softmax is 0 / 0")
+    return data.masked
+
+
+@handler("Softmax", batch_axis=SAME_BATCH_AXIS, merged_batch=True, masked_input=True)
 def softmax(ctx: NodeContext) -> list[Var]:
     data = ctx.var(0)
     exp, total = _exp_sum(ctx, data, _softmax_axes(ctx, data))
