@@ -154,8 +154,9 @@ def _with_target_axis(results: list[Attribution]) -> Attribution:
     def stacked(name: str) -> np.ndarray:
         return np.stack([getattr(r, name) for r in results], axis=1)
 
-    return replace(results[0], **{name: stacked(name) for name in (
-        "attribution", "target", "output", "baseline_output", "delta")})
+    return replace(results[0], attribution=stacked("attribution"), target=stacked("target"),
+                   output=stacked("output"), baseline_output=stacked("baseline_output"),
+                   delta=stacked("delta"))
 
 
 def require_walkable(graph: Graph) -> None:
