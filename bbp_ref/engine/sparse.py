@@ -242,8 +242,15 @@ def conv_vjp_columns(conv: SparseConv, g: Sparse) -> Sparse:
     group = out_channel // conv.out_per_group
     in_channel = group[:, None] * conv.in_per_group + np.arange(conv.in_per_group)
     weight = conv.kernel[out_channel[:, None], np.arange(conv.in_per_group), offset[:, None]]
-    value = g[1][owner, None, :] * weight[:, :, None]
-    index = in_channel * conv.in_size + read[owner, offset][:, None]
-    return aggregate_columns(index.ravel(), value.reshape(-1, columns),
-                             conv.in_channels * conv.in_size)
+    index = (in_channel * conv.in_size + read[owner, offset][:, None]).ravel()
+    size = conv.in_channels * conv.in_size
+    values = g[1][owner]
+    if index.size * 16 < size:
+        value = (values[:, None, :] * weight[:, :, None]).reshape(-1, columns)
+        return aggregate_columns(index, value, size)
+    # one contiguous product and one dense sum per column
+    dense = np.stack([np.bincount(index, weights=(values[:, k, None] * weight).ravel(),
+                                  minlength=size) for k in range(columns)], axis=1)
+    unique = np.flatnonzero(np.any(dense != 0, axis=1))
+    return unique, dense[unique]
 
