@@ -25,10 +25,21 @@ differs is the bookkeeping, for one example at a time:
   change) that feed a node past them; the integral is accumulated there and pulled back
   through the gate-free maps once, at the end (`total_gradient`).
 
+*Several targets* share the walk: the kinks do not depend on the target, so `lambda` is
+kept as one column per target and the reverse sweep carries all of them at once.
+
+*Several kinks per sweep* (docs/math.md §6): a sweep takes the earliest due elements
+(`BATCH_EVENTS` of them, whole groups of equal time) and processes together those whose
+*cones* (the positions their change can reach, whatever the states; `_independent`) meet
+no cone of an earlier kink among them; each change carries the time of its kink, and the
+reverse sweep carries per element the change of `lambda` and that change times `1 - t`.
+Kinks that meet an earlier one's cone wait for a later sweep. With ``batch_events=1`` a
+sweep is one kink time, as in time order.
+
 All values are recomputed from the network's own forward pass at `x(t)`, and `du` and
-`lambda` by full passes through the frozen maps, every ``resync_every`` events, so the
-sparse updates cannot drift. The tolerance's scale (`max |u| + max |du|` of a gate's
-input) is the running maximum over these syncs; the path walk takes it at every piece. The
+`lambda` by full passes through the frozen maps, every ``resync_every`` events (at a time
+no pending kink precedes), so the sparse updates cannot drift. The tolerance's scale
+(`max |u| + max |du|` of a gate's input) is the running maximum over these syncs; the path walk takes it at every piece. The
 cost of an event is the size of the region its change reaches (a conv window's fan-out per
 layer) instead of the whole network: on a small 224x224 CNN this is what makes exact
 integrated gradients feasible (docs/math.md §6).

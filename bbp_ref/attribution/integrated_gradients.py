@@ -5,7 +5,8 @@
 the finitely many pieces of the straight path, so the integral is a finite sum of
 constant gradients times piece lengths (see `path_walk` for how the piece after a kink is
 chosen and how ties are handled). Two walks implement it with the same rules: `event_walk`
-(one example at a time, each kink updating only what it reaches) and `path_walk` (the
+(one example at a time, each kink updating only what it reaches, independent kinks several
+per sweep, every target in one walk) and `path_walk` (the
 whole batch in lock step, two full passes per piece). The lock-step walk is used for
 batches of at least `LOCK_STEP_MIN_BATCH` examples of a network with at most
 `LOCK_STEP_MAX_VALUES` values per example (all nodes' outputs): there a pass costs little
