@@ -37,12 +37,13 @@ Kinks that meet an earlier one's cone wait for a later sweep. With ``batch_event
 sweep is one kink time, as in time order.
 
 All values are recomputed from the network's own forward pass at `x(t)`, and `du` and
-`lambda` by full passes through the frozen maps, every ``resync_every`` events (at a time
-no pending kink precedes), so the sparse updates cannot drift. The tolerance's scale
-(`max |u| + max |du|` of a gate's input) is the running maximum over these syncs; the path walk takes it at every piece. The
-cost of an event is the size of the region its change reaches (a conv window's fan-out per
-layer) instead of the whole network: on a small 224x224 CNN this is what makes exact
-integrated gradients feasible (docs/math.md §6).
+`lambda` by full passes through the frozen maps, every ``resync_every`` kinks (at a time
+no pending kink precedes: when a sync is due the walk takes one kink time per sweep
+until then), so the sparse updates cannot drift. The tolerance's scale (`max |u| +
+max |du|` of a gate's input) is the running maximum over these syncs; the path walk takes
+it at every piece. The cost of an event is the size of the region its change reaches (a
+conv window's fan-out per layer) instead of the whole network: on a small 224x224 CNN
+this is what makes exact integrated gradients feasible (docs/math.md §6).
 
 Supported gates are the element-wise ones (Relu, LeakyRelu, PRelu, Clip) and MaxPool;
 `Conv` has sparse products, every other map is applied densely to the sparse change.
@@ -482,7 +483,9 @@ class EventWalk:
                                f"pieces (t = {self.t:.6g} of 1 reached); raise max_pieces or "
                                "use a quadrature method")
             limit = None if max_pieces is None else max_pieces - self.pieces
-            batch = self._next_batch(limit)
+            # a sync is due: one kink time per sweep, in time order, until none is pending
+            # before `self.t` (processing out of order never ends at a consistent time)
+            batch = self._next_batch(limit, since_sync >= self.resync_every)
             self._sweep(batch)
             self.t = max(self.t, float(batch.times[-1]))
             self.pieces += batch.times.size
@@ -496,12 +499,13 @@ class EventWalk:
                     self.integral[name] += (grad - old[name]) * (1.0 - self.t)
                 since_sync = 0
 
-    def _next_batch(self, limit: int | None) -> _Batch:
-        """The earliest ``batch_events`` (at most) due elements, and of them the events
-        this sweep processes: every one whose cone meets no earlier one's."""
+    def _next_batch(self, limit: int | None, in_order: bool = False) -> _Batch:
+        """The earliest ``batch_events`` (at most; with ``in_order`` one kink time) due
+        elements, and of them the events this sweep processes: every one whose cone meets
+        no earlier one's."""
         names = list(self.gates)
         minima = np.concatenate([self.gates[n].exit.minima for n in names])
-        count = min(self.batch_events, minima.size)
+        count = min(1 if in_order else self.batch_events, minima.size)
         horizon = min(float(np.partition(minima, count - 1)[count - 1]),
                       float(np.nextafter(1.0, 0.0)))  # (only times before 1 are events)
         which, index, times = [], [], []
