@@ -15,9 +15,17 @@ import bbp_ref
 from bbp_ref.attribution.baselines import baseline_batch, setup
 from bbp_ref.attribution.event_walk import EventWalk
 from bbp_ref.attribution.path_walk import BOUNDARY_RTOL, PathWalk
+from bbp_ref.engine import sparse as sparse_module
 from bbp_ref.engine.affine import Conv
 from bbp_ref.engine.gates import MaxPool
-from bbp_ref.engine.sparse import SparseConv, from_dense, to_dense, window_table
+from bbp_ref.engine.sparse import (
+    SparseConv,
+    columns_to_dense,
+    conv_vjp_columns,
+    from_dense,
+    to_dense,
+    window_table,
+)
 from bbp_ref.engine.trace import forward
 from bbp_ref.engine.windows import Window
 from bbp_ref.errors import BBpError
@@ -49,6 +57,7 @@ def _sparse_tensor(rng, shape, density):
                          ids=["always-sparse", "default"])
 def test_sparse_conv_matches_the_dense_operator(dense_fraction, rng, monkeypatch):
     monkeypatch.setattr(SparseConv, "DENSE_FRACTION", dense_fraction)
+    monkeypatch.setattr(sparse_module, "COLUMNS_DENSE_FRACTION", dense_fraction)
     for window in _geometries(rng, 40):
         groups = int(rng.choice([1, 2, 3]))
         cin, cout = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
@@ -63,6 +72,12 @@ def test_sparse_conv_matches_the_dense_operator(dense_fraction, rng, monkeypatch
             g = _sparse_tensor(rng, out.shape, density)
             np.testing.assert_allclose(to_dense(sparse.vjp(from_dense(g)), u.shape[1:]),
                                        op.vjp(g)[0], rtol=1e-12, atol=1e-12)
+            # several columns (the event walk's targets and weights): each one's vjp
+            columns = _sparse_tensor(rng, (3, *out.shape[1:]), density)
+            index = np.flatnonzero(np.any(columns.reshape(3, -1) != 0, axis=0))
+            back = conv_vjp_columns(sparse, (index, columns.reshape(3, -1)[:, index].T))
+            np.testing.assert_allclose(columns_to_dense(back, u.shape[1:]),
+                                       op.vjp(columns)[0], rtol=1e-12, atol=1e-12)
 
 
 def test_window_table_reads_what_maxpool_reads(rng):
@@ -188,3 +203,114 @@ def test_a_maximum_that_lands_on_a_constant_zero_turns_the_relu_off():
     expected = np.array([[[0.0, crossing, 0.0]]])
     np.testing.assert_allclose(events.total_gradient, expected, rtol=0, atol=1e-15)
     np.testing.assert_allclose(pieces.total_gradient, expected, rtol=0, atol=1e-15)
+
+
+def _conv_chain(rng, size, channels=(3, 4, 6, 8), classes=5):
+    """The small CNN of `benchmarks/bench_exact_ig.py` in miniature: three 3x3 convs
+    (the first with stride 2) with bias, each followed by Relu and a 2x2/2 MaxPool, then
+    GlobalAveragePool and Gemm. Kinks far apart in the image have disjoint cones, so the
+    event walk processes several in one sweep."""
+    nodes, inits, source = [], {}, "x"
+    for k, (cin, cout) in enumerate(zip(channels, channels[1:])):
+        inits[f"C{k}"] = f32(rng, cout, cin, 3, 3, scale=0.5)
+        inits[f"c{k}"] = f32(rng, cout, scale=0.3)
+        nodes += [node("Conv", [source, f"C{k}", f"c{k}"], f"h{k}", pads=[1, 1, 1, 1],
+                       strides=[2, 2] if k == 0 else [1, 1]),
+                  node("Relu", [f"h{k}"], f"a{k}"),
+                  node("MaxPool", [f"a{k}"], f"p{k}", kernel_shape=[2, 2], strides=[2, 2])]
+        source = f"p{k}"
+    inits["F"] = f32(rng, classes, channels[-1], scale=0.5)
+    inits["f"] = f32(rng, classes, scale=0.3)
+    nodes += [node("GlobalAveragePool", [source], "g"), node("Flatten", ["g"], "v"),
+              node("Gemm", ["v", "F", "f"], "y", transB=1)]
+    return bbp_ref.load(model(nodes, ["N", channels[0], size, size], inits)), (
+        channels[0], size, size)
+
+
+def _event_walk(m, x, b, targets, **options):
+    s = setup(m, x[None], None, linearize=False)
+    base = baseline_batch(b, s.batch, s.single)
+    seeds = np.zeros((len(targets), s.logits.size))
+    seeds[np.arange(len(targets)), targets] = 1.0
+    walk = EventWalk(s.graph, base, s.batch, seeds.reshape(len(targets), *s.logits.shape[1:]),
+                     rtol=BOUNDARY_RTOL, **options)
+    walk.run(10**6)
+    return walk
+
+
+def _models(rng):
+    for name in ARCHITECTURES:
+        proto, shape = ARCHITECTURES[name](np.random.default_rng(1), bias=True)
+        yield name, bbp_ref.load(proto), shape
+    yield "digits_cnn", bbp_ref.load(DIGITS_CNN), (1, 8, 8)
+    yield ("conv_chain", *_conv_chain(np.random.default_rng(2), 40))
+
+
+def test_several_targets_in_one_walk_equal_one_walk_per_target(rng):
+    """One walk carries every target's gradient (the reverse sweep batched over the
+    targets): the same integrals as one walk per target, and as `PathWalk` per target."""
+    for name, m, shape in _models(rng):
+        x, b = rng.normal(size=shape), 0.5 * rng.normal(size=shape)
+        outputs = int(np.prod(m.graph.output_shape))
+        targets = [outputs - 1, 0, 1]
+        together = _event_walk(m, x, b, targets)
+        assert together.total_gradient.shape == (3, *shape)
+        for k, target in enumerate(targets):
+            alone = _event_walk(m, x, b, [target])
+            scale = np.abs(alone.total_gradient).max()
+            np.testing.assert_allclose(together.total_gradient[k], alone.total_gradient[0],
+                                       rtol=0, atol=1e-12 * scale, err_msg=name)
+            assert together.pieces == alone.pieces, name
+            if k == 0 and name != "conv_chain":  # (PathWalk takes minutes there)
+                pieces = _walks(m, x, b, target)[1]
+                np.testing.assert_allclose(together.total_gradient[k],
+                                           pieces.total_gradient[0], rtol=0,
+                                           atol=1e-11 * scale, err_msg=name)
+
+
+def test_batched_events_equal_one_event_at_a_time(rng):
+    """Several independent kinks per sweep (docs/math.md §6) give the walk of one kink
+    time per sweep: the same integrals (1e-12) and pieces, in fewer sweeps where the
+    network has room for independent kinks."""
+    batched_somewhere = False
+    for name, m, shape in _models(rng):
+        x, b = rng.normal(size=shape), 0.5 * rng.normal(size=shape)
+        one = _event_walk(m, x, b, [0, 1], batch_events=1)
+        assert one.batches == one.pieces - 1  # one kink time per sweep
+        for batch_events in (4, 64):
+            many = _event_walk(m, x, b, [0, 1], batch_events=batch_events)
+            scale = np.abs(one.total_gradient).max()
+            np.testing.assert_allclose(many.total_gradient, one.total_gradient, rtol=0,
+                                       atol=1e-12 * scale, err_msg=name)
+            assert many.pieces == one.pieces, name
+            batched_somewhere |= many.batches < many.pieces - 1
+            if name == "conv_chain" and batch_events == 64:  # (1,332 sweeps, 1,588 pieces)
+                assert many.batches < 0.9 * many.pieces, (many.batches, many.pieces)
+    assert batched_somewhere
+
+
+def test_integrated_gradients_takes_several_targets(rng):
+    """`integrated_gradients(target=[...])`: a target axis after the batch axis, each
+    slice the single-target result (to 1e-12), with completeness per target; the
+    quadrature rules take several targets too."""
+    m = bbp_ref.load(DIGITS_CNN)
+    x = rng.random((2, 1, 8, 8))
+    targets = np.array([[3, 0, 9], [1, 1, 4]])
+    for method in ("exact", "riemann_middle"):
+        r = bbp_ref.integrated_gradients(m, x, target=targets, method=method, n_steps=8)
+        assert r.attribution.shape == (2, 3, 1, 8, 8) and r.target.shape == (2, 3)
+        for i in range(2):
+            for k in range(3):
+                alone = bbp_ref.integrated_gradients(m, x[i], target=int(targets[i, k]),
+                                                     method=method, n_steps=8)
+                scale = np.abs(alone.attribution).max()
+                np.testing.assert_allclose(r.attribution[i, k], alone.attribution, rtol=0,
+                                           atol=1e-12 * scale)
+                assert r.target[i, k] == targets[i, k]
+                np.testing.assert_allclose(r.output[i, k], alone.output, rtol=1e-12)
+                np.testing.assert_allclose(r.delta[i, k], alone.delta, rtol=0, atol=1e-13)
+        if method == "exact":
+            assert (np.abs(r.delta) <= 1e-12 * np.abs(r.attribution).sum(axis=(2, 3, 4))).all()
+    one = bbp_ref.integrated_gradients(m, x[0], target=[2, 5])
+    assert one.attribution.shape == (2, 1, 8, 8) and one.target.tolist() == [2, 5]
+    assert np.ndim(one.n_pieces) == 0

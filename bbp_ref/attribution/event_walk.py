@@ -25,13 +25,25 @@ differs is the bookkeeping, for one example at a time:
   change) that feed a node past them; the integral is accumulated there and pulled back
   through the gate-free maps once, at the end (`total_gradient`).
 
+*Several targets* share the walk: the kinks do not depend on the target, so `lambda` is
+kept as one column per target and the reverse sweep carries all of them at once.
+
+*Several kinks per sweep* (docs/math.md §6): a sweep takes the earliest due elements
+(`BATCH_EVENTS` of them, whole groups of equal time) and processes together those whose
+*cones* (the positions their change can reach, whatever the states; `_independent`) meet
+no cone of an earlier kink among them; each change carries the time of its kink, and the
+reverse sweep carries per element the change of `lambda` and that change times `1 - t`.
+Kinks that meet an earlier one's cone wait for a later sweep. With ``batch_events=1`` a
+sweep is one kink time, as in time order.
+
 All values are recomputed from the network's own forward pass at `x(t)`, and `du` and
-`lambda` by full passes through the frozen maps, every ``resync_every`` events, so the
-sparse updates cannot drift. The tolerance's scale (`max |u| + max |du|` of a gate's
-input) is the running maximum over these syncs; the path walk takes it at every piece. The
-cost of an event is the size of the region its change reaches (a conv window's fan-out per
-layer) instead of the whole network: on a small 224x224 CNN this is what makes exact
-integrated gradients feasible (docs/math.md §6).
+`lambda` by full passes through the frozen maps, every ``resync_every`` kinks (at a time
+no pending kink precedes: when a sync is due the walk takes one kink time per sweep
+until then), so the sparse updates cannot drift. The tolerance's scale (`max |u| +
+max |du|` of a gate's input) is the running maximum over these syncs; the path walk takes
+it at every piece. The cost of an event is the size of the region its change reaches (a
+conv window's fan-out per layer) instead of the whole network: on a small 224x224 CNN
+this is what makes exact integrated gradients feasible (docs/math.md §6).
 
 Supported gates are the element-wise ones (Relu, LeakyRelu, PRelu, Clip) and MaxPool;
 `Conv` has sparse products, every other map is applied densely to the sparse change.
@@ -48,12 +60,14 @@ from ..engine.affine import Conv
 from ..engine.gates import ElementwiseLocal, MaxPool, MaxPoolLocal, PiecewiseLinear
 from ..engine.operator import GATE, AffineLocal, AffineOperator, Array, LocalMap
 from ..engine.sparse import (
+    EMPTY_INDEX,
     Inverse,
     Sparse,
     SparseConv,
-    concatenate,
+    concatenate_columns,
+    conv_vjp_columns,
     dense_apply,
-    dense_vjp,
+    dense_vjp_columns,
     window_table,
 )
 from ..engine.trace import Trace, backward, forward
@@ -92,21 +106,22 @@ class Schedule:
 class _Gate(ABC):
     """What the walk keeps of one gate, flat over one example: the input's value `u` at
     time ``since`` and its directional derivative ``du`` per element, the output's
-    ``du_out`` and gradient ``grad`` (`lambda`), the state, and its ``exit`` times."""
+    ``du_out``, the gradient ``grad`` (`lambda`, one column per target), the state, and
+    its ``exit`` times. Times ``t`` of the methods are per element (or one number)."""
 
-    def __init__(self, in_size: int, out_size: int) -> None:
+    def __init__(self, in_size: int, out_size: int, targets: int) -> None:
         self.u = np.zeros(in_size)
         self.since = np.zeros(in_size)
         self.du = np.zeros(in_size)
         self.du_out = np.zeros(out_size)
-        self.grad = np.zeros(out_size)
+        self.grad = np.zeros((out_size, targets))
         self.exit = Schedule(out_size)
         self.tol = 0.0
 
-    def value(self, index: Array, t: float) -> Array:
+    def value(self, index: Array, t: Array | float) -> Array:
         return self.u[index] + (t - self.since[index]) * self.du[index]
 
-    def move(self, change: Sparse, t: float) -> None:
+    def move(self, change: Sparse, t: Array | float) -> None:
         """Add ``change`` to `du`, first carrying `u` to ``t`` where it changes."""
         index, value = change
         self.u[index] = self.value(index, t)
@@ -131,24 +146,35 @@ class _Gate(ABC):
         """The frozen map of the current states, for a batch of one."""
 
     @abstractmethod
-    def event(self, change: Sparse | None, t: float) -> tuple[Sparse, Sparse] | None:
-        """At an event at ``t``, with ``change`` to the input's `du` (already `move`d
-        in): re-decide the elements due or touched. Returns the change of the output's
-        `du` and the change of the input's gradient the new states cause (`lambda_out`
-        taken before this event's updates), or None if nothing was re-decided."""
+    def touched(self, index: Array) -> Array:
+        """The (output) elements whose state a change of input elements ``index`` can
+        change: their sorted flat indices."""
+
+    @abstractmethod
+    def event(self, elements: Array, t: Array) -> tuple[Sparse, Sparse]:
+        """Re-decide the states of ``elements`` (sorted, unique), each at its own time
+        ``t`` (the input's changes already `move`d in). Returns the change of the
+        output's `du` and the input's *seed*: the change of its gradient the new states
+        cause (`lambda_out` taken before this event's updates), values ``[n, 2 T]``: the
+        change, then the change times `1 - t` (what the integral gains)."""
 
     @abstractmethod
     def pull_back(self, index: Array, value: Array) -> Sparse:
-        """Add a change of the output's gradient and return the input's."""
+        """Add a change of the output's gradient (the first `T` of the ``2 T`` columns of
+        ``value``) and return the input's (all columns)."""
+
+    def seed(self, index: Array, change: Array, t: Array) -> Array:
+        """``[n, 2 T]`` seed values: ``change`` ``[n, T]``, then times `1 - t`."""
+        return np.concatenate([change, change * (1.0 - t)[:, None]], axis=1)
 
 
 class _Elementwise(_Gate):
     """Relu / LeakyRelu / PRelu / Clip: the state is the region of `u` between the
     sorted breakpoints (0 for the ReLU types; Clip's bounds)."""
 
-    def __init__(self, op: PiecewiseLinear, shape: tuple[int, ...]) -> None:
+    def __init__(self, op: PiecewiseLinear, shape: tuple[int, ...], targets: int) -> None:
         size = int(np.prod(shape))
-        super().__init__(size, size)
+        super().__init__(size, size, targets)
         if op.is_clip:
             lower, upper = op.lower, op.upper
             if lower is not None and upper is not None and lower >= upper:
@@ -165,7 +191,7 @@ class _Elementwise(_Gate):
         self.region = np.zeros(size, dtype=np.int64)
         self.slope = np.zeros(size)
 
-    def decide(self, index: Array, t: float) -> Array:
+    def decide(self, index: Array, t: Array | float) -> Array:
         """Right-limit regions at ``t`` of elements ``index``; returns the new slopes and
         sets the regions and exit times."""
         u, du = self.value(index, t), self.du[index]
@@ -187,26 +213,25 @@ class _Elementwise(_Gate):
     def local_map(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> LocalMap:
         return ElementwiseLocal(self.slope.reshape((1, *in_shape)), None)
 
-    def event(self, change: Sparse | None, t: float) -> tuple[Sparse, Sparse] | None:
-        due = self.exit.due(t)
-        if change is not None:
-            due = np.union1d(due, change[0])
-        if due.size == 0:
-            return None
-        slope = self.decide(due, t)
-        old = self.slope[due]
-        self.slope[due] = slope
-        out = slope * self.du[due]
-        delta = out - self.du_out[due]
-        self.du_out[due] = out
+    def touched(self, index: Array) -> Array:
+        return index
+
+    def event(self, elements: Array, t: Array) -> tuple[Sparse, Sparse]:
+        slope = self.decide(elements, t)
+        old = self.slope[elements]
+        self.slope[elements] = slope
+        out = slope * self.du[elements]
+        delta = out - self.du_out[elements]
+        self.du_out[elements] = out
         moved = delta != 0
-        flipped = slope != old
-        return ((due[moved], delta[moved]),
-                (due[flipped], (slope - old)[flipped] * self.grad[due[flipped]]))
+        flipped = np.flatnonzero(slope != old)
+        index = elements[flipped]
+        change = (slope - old)[flipped, None] * self.grad[index]
+        return (elements[moved], delta[moved]), (index, self.seed(index, change, t[flipped]))
 
     def pull_back(self, index: Array, value: Array) -> Sparse:
-        self.grad[index] += value
-        return index, self.slope[index] * value
+        self.grad[index] += value[:, :self.grad.shape[1]]
+        return index, self.slope[index, None] * value
 
     def _time(self, region: Array, u: Array, du: Array) -> Array:
         time = np.full(u.shape, np.inf)
@@ -223,26 +248,27 @@ class _Elementwise(_Gate):
 class _MaxPool(_Gate):
     """MaxPool: the state of a window is its winner (a flat input index)."""
 
-    def __init__(self, op: MaxPool, in_shape: tuple[int, ...]) -> None:
+    def __init__(self, op: MaxPool, in_shape: tuple[int, ...], targets: int) -> None:
         window = op.window
         channels = int(np.prod(in_shape[:len(in_shape) - len(window.kernel)]))
         self.spatial = int(np.prod(window.in_spatial))
         table = window_table(window)
         rows = np.arange(channels)[:, None, None] * self.spatial
         self.table = np.where(table >= 0, rows + table, -1).reshape(-1, window.size)
-        super().__init__(channels * self.spatial, self.table.shape[0])
+        super().__init__(channels * self.spatial, self.table.shape[0], targets)
         self.inverse = Inverse(self.table, channels * self.spatial)
+        self.spatial_inverse = Inverse(table.reshape(-1, window.size), self.spatial)
         self.winner = np.zeros(self.table.shape[0], dtype=np.int64)
         self.channel_start = np.repeat(np.arange(channels) * self.spatial,
                                        self.table.shape[0] // channels)
 
-    def decide(self, windows: Array, t: float, keep: bool = False) -> Array:
+    def decide(self, windows: Array, t: Array | float, keep: bool = False) -> Array:
         """Right-limit winners at ``t`` of ``windows`` (or, with ``keep``, the current
         winners); sets winners and exit times, returns the winners."""
         read = self.table[windows]
         valid = read >= 0
         safe = np.where(valid, read, 0)
-        u = np.where(valid, self.value(safe, t), -np.inf)
+        u = np.where(valid, self.value(safe, np.reshape(t, (-1, 1))), -np.inf)
         du = np.where(valid, self.du[safe], 0.0)
         if keep:
             which = np.argmax(read == self.winner[windows, None], axis=1)
@@ -270,51 +296,82 @@ class _MaxPool(_Gate):
         local_index = self.winner - self.channel_start  # flat spatial, per channel
         return MaxPoolLocal(local_index.reshape((1, *out_shape)), (1, *in_shape))
 
-    def event(self, change: Sparse | None, t: float) -> tuple[Sparse, Sparse] | None:
-        due = self.exit.due(t)
-        if change is not None:
-            due = np.union1d(due, np.unique(self.inverse.pairs(change[0])[1]))
-        if due.size == 0:
-            return None
-        old = self.winner[due]
-        new = self.decide(due, t)
+    def touched(self, index: Array) -> Array:
+        return np.unique(self.inverse.pairs(index)[1])
+
+    def event(self, elements: Array, t: Array) -> tuple[Sparse, Sparse]:
+        old = self.winner[elements]
+        new = self.decide(elements, t)
         out = self.du[new]
-        delta = out - self.du_out[due]
-        self.du_out[due] = out
+        delta = out - self.du_out[elements]
+        self.du_out[elements] = out
         moved = delta != 0
-        flipped = new != old
-        grad = self.grad[due[flipped]]
-        seed = (np.concatenate([old[flipped], new[flipped]]), np.concatenate([-grad, grad]))
-        return (due[moved], delta[moved]), seed
+        flipped = np.flatnonzero(new != old)
+        grad = self.grad[elements[flipped]]
+        index = np.concatenate([old[flipped], new[flipped]])
+        times = np.concatenate([t[flipped], t[flipped]])
+        seed = (index, self.seed(index, np.concatenate([-grad, grad]), times))
+        return (elements[moved], delta[moved]), seed
 
     def pull_back(self, index: Array, value: Array) -> Sparse:
-        self.grad[index] += value
+        self.grad[index] += value[:, :self.grad.shape[1]]
         return self.winner[index], value
 
 
-def _make_gate(node: Node, in_shape: tuple[int, ...]) -> _Gate:
+def _make_gate(node: Node, in_shape: tuple[int, ...], targets: int) -> _Gate:
     op = node.operator
     if isinstance(op, MaxPool):
-        return _MaxPool(op, in_shape)
+        return _MaxPool(op, in_shape, targets)
     if isinstance(op, PiecewiseLinear):
-        return _Elementwise(op, in_shape)
+        return _Elementwise(op, in_shape, targets)
     raise BBpError(f"exact integrated gradients has no rule for gate {node.op} "
                    f"({node.name!r})")
 
 
+class _Batch:
+    """The events one sweep processes: ``elements[g]``, the elements of gate ``g`` whose
+    time has come, and the time of the event that reaches each element of a node
+    (`time_at`). ``times`` are the distinct event times (each one a piece)."""
+
+    def __init__(self, elements: dict[str, Array], label_times: Array, times: Array,
+                 labels: dict[str, Array] | None, positions: dict[str, int]) -> None:
+        self.positions = positions
+        self.elements = elements
+        self.label_times = label_times
+        self.times = times
+        self.labels = labels  # None: one event time, every element at it
+
+    def time_at(self, name: str, index: Array) -> Array:
+        """The time of the event that reaches elements ``index`` of node ``name``."""
+        if self.labels is None:
+            return np.full(index.size, self.times[0])
+        labels = self.labels[name][index % self.positions[name]]
+        if (labels < 0).any():
+            raise AssertionError(f"an event reached {name!r} outside its predicted cone")
+        return self.label_times[labels]
+
+
 class EventWalk:
     """The exact walk for one example: ``start`` and ``end`` batches of one, ``seed``
-    the one-hot `do/dh` at the output. `run` fills ``total_gradient`` (`int_0^1 g dt`,
-    shaped like ``start``) and ``pieces``."""
+    ``[T, *output]``, one one-hot `do/dh` per target. `run` fills ``total_gradient``
+    (`int_0^1 g dt` per target, ``[T, *input]``) and ``pieces``. ``batch_events``: how
+    many of the earliest kinks a sweep considers at once (docs/math.md §6: the independent
+    ones among them are processed together); 1 processes one event time per sweep."""
+
+    BATCH_EVENTS = 64
+    DENSE_REACH_LIMIT = 1 << 20  # elements of a dense reach computation (else: global)
 
     def __init__(self, graph: Graph, start: Array, end: Array, seed: Array, *,
-                 rtol: float, resync_every: int = 4096) -> None:
+                 rtol: float, resync_every: int = 4096,
+                 batch_events: int | None = None) -> None:
         self.graph = graph
         self.start = start
         self.direction = end - start
         self.seed = seed
+        self.targets = seed.shape[0]
         self.rtol = rtol
         self.resync_every = resync_every
+        self.batch_events = self.BATCH_EVENTS if batch_events is None else batch_events
         self.nodes = [node for node in graph if node.operator is not None]
         self.shapes = {node.name: node.shape for node in graph}
         self.gates: dict[str, _Gate] = {}
@@ -330,7 +387,13 @@ class EventWalk:
                 self.maps[node.name] = op.linearize([])
         self.t = 0.0
         self.pieces = 1
+        self.batches = 0
         self.forward_needed = _reaching_gates(graph)
+        self.reach_nodes = [node for node in self.nodes if node.name in self.forward_needed]
+        self.positions = {node.name: _positions(node.shape) for node in graph}
+        self.labels: dict[str, Array] = {
+            node.name: np.full(self.positions[node.name], -1, dtype=np.int64)
+            for node in self.reach_nodes}
         self.prefix = _gate_free_prefix(graph)
         self.prefix_names = {node.name for node in self.prefix}
         consumers = graph.consumers()
@@ -340,20 +403,23 @@ class EventWalk:
                               if node.name not in self.prefix_names
                               or node.name in self.frontier_names]
         self.frontier: dict[str, Array] = {}
+        self._random = np.random.default_rng(0)
+        self._recorded: list[tuple[str, Array]] = []
         self._sync(decide=True)
         self.integral = {name: grad.copy() for name, grad in self.frontier.items()}
 
     @property
     def total_gradient(self) -> Array:
-        """`int_0^1 g dt` at the input: the frontier's integrals pulled back through the
-        gate-free maps between the input and the frontier (one dense pass)."""
-        grads = {name: value.reshape((1, *self.shapes[name]))
+        """`int_0^1 g dt` at the input per target, ``[T, *input]``: the frontier's
+        integrals pulled back through the gate-free maps between the input and the
+        frontier (one dense pass, the targets as its batch)."""
+        grads = {name: value.T.reshape((self.targets, *self.shapes[name]))
                  for name, value in self.integral.items()}
+        shape = (self.targets, *self.start.shape[1:])
         for node in reversed(self.prefix):
             grad = grads.pop(node.name, None)
             if node.operator is None:
-                return (np.zeros(self.start.shape) if grad is None
-                        else grad.reshape(self.start.shape))
+                return np.zeros(shape) if grad is None else grad.reshape(shape)
             if grad is None:
                 continue
             for source, part in zip(node.inputs, self.maps[node.name].vjp(grad)):
@@ -377,7 +443,7 @@ class EventWalk:
                 in_shape = self.shapes[node.inputs[0]]
                 gate = self.gates.get(node.name)
                 if gate is None:
-                    gate = self.gates[node.name] = _make_gate(node, in_shape)
+                    gate = self.gates[node.name] = _make_gate(node, in_shape, self.targets)
                 gate.sync(values[node.inputs[0]].reshape(-1), operands[0].reshape(-1), t,
                           self.rtol, decide)
                 local[node.name] = gate.local_map(in_shape, node.shape)
@@ -386,19 +452,22 @@ class EventWalk:
                 self.gates[node.name].du_out = dvalues[node.name].reshape(-1).copy()
         # a frontier node keeps only the gradient its consumers past the frontier send it
         # (what its gate-free consumers send is added by `total_gradient`'s final pass)
-        frontier = {name: np.zeros(int(np.prod(self.shapes[name])))
+        frontier = {name: np.zeros((int(np.prod(self.shapes[name])), self.targets))
                     for name in self.frontier_names}
-        if self.graph.output in frontier:
-            frontier[self.graph.output] += self.seed.reshape(-1)
         trace = Trace(self.graph, values, local)
-        for node, grad in backward(trace, self.seed):
-            if node.name in self.gates:
-                self.gates[node.name].grad = grad.reshape(-1).copy()
-            if node.name in self.prefix_names or not any(n in frontier for n in node.inputs):
-                continue  # (only the frontier's consumers are pulled back a second time)
-            for source, part in zip(node.inputs, local[node.name].vjp(grad)):
-                if source in frontier:
-                    frontier[source] += part.reshape(-1)
+        for k in range(self.targets):
+            seed = self.seed[k:k + 1]
+            if self.graph.output in frontier:
+                frontier[self.graph.output][:, k] += seed.reshape(-1)
+            for node, grad in backward(trace, seed):
+                if node.name in self.gates:
+                    self.gates[node.name].grad[:, k] = grad.reshape(-1)
+                if node.name in self.prefix_names or not any(n in frontier
+                                                             for n in node.inputs):
+                    continue  # (only the frontier's consumers are pulled back a second time)
+                for source, part in zip(node.inputs, local[node.name].vjp(grad)):
+                    if source in frontier:
+                        frontier[source][:, k] += part.reshape(-1)
         self.frontier = frontier
 
     # -- events ------------------------------------------------------------------------
@@ -408,23 +477,159 @@ class EventWalk:
 
     def run(self, max_pieces: int | None) -> None:
         since_sync = 0
-        while (t := self.next_time()) < 1.0:
+        while self.next_time() < 1.0:
             if max_pieces is not None and self.pieces >= max_pieces:
                 raise BBpError(f"exact integrated gradients: more than {max_pieces} linear "
                                f"pieces (t = {self.t:.6g} of 1 reached); raise max_pieces or "
                                "use a quadrature method")
-            self.t = t
-            self._event(t)
-            self.pieces += 1
-            since_sync += 1
-            if since_sync >= self.resync_every:
+            limit = None if max_pieces is None else max_pieces - self.pieces
+            # a sync is due: one kink time per sweep, in time order, until none is pending
+            # before `self.t` (processing out of order never ends at a consistent time)
+            batch = self._next_batch(limit, since_sync >= self.resync_every)
+            self._sweep(batch)
+            self.t = max(self.t, float(batch.times[-1]))
+            self.pieces += batch.times.size
+            self.batches += 1
+            since_sync += batch.times.size
+            # resynchronise only at a consistent time: no event left before `self.t`
+            if since_sync >= self.resync_every and self.next_time() >= self.t:
                 old = self.frontier
                 self._sync(decide=False)
                 for name, grad in self.frontier.items():
-                    self.integral[name] += (grad - old[name]) * (1.0 - t)
+                    self.integral[name] += (grad - old[name]) * (1.0 - self.t)
                 since_sync = 0
 
-    def _event(self, t: float) -> None:
+    def _next_batch(self, limit: int | None, in_order: bool = False) -> _Batch:
+        """The earliest ``batch_events`` (at most; with ``in_order`` one kink time) due
+        elements, and of them the events this sweep processes: every one whose cone meets
+        no earlier one's."""
+        names = list(self.gates)
+        minima = np.concatenate([self.gates[n].exit.minima for n in names])
+        count = min(1 if in_order else self.batch_events, minima.size)
+        horizon = min(float(np.partition(minima, count - 1)[count - 1]),
+                      float(np.nextafter(1.0, 0.0)))  # (only times before 1 are events)
+        which, index, times = [], [], []
+        for k, name in enumerate(names):
+            due = self.gates[name].exit.due(horizon)
+            which.append(np.full(due.size, k))
+            index.append(due)
+            times.append(self.gates[name].exit.times[due])
+        gate_of, element, time = (np.concatenate(which), np.concatenate(index),
+                                  np.concatenate(times))
+        keep = time < 1.0
+        order = np.argsort(time[keep], kind="stable")
+        gate_of, element, time = gate_of[keep][order], element[keep][order], time[keep][order]
+        distinct, group = np.unique(time, return_inverse=True)
+        groups = distinct.size
+        if limit is not None:
+            groups = min(groups, limit)
+        if time.size > count:  # whole groups (equal times) up to the count-th element
+            groups = min(groups, int(group[count - 1]) + 1)
+        chosen = group < groups
+        gate_of, element, time, group = (gate_of[chosen], element[chosen], time[chosen],
+                                         group[chosen])
+        included = (group == 0 if groups == 1
+                    else self._independent(names, gate_of, element, group))
+        labels = np.flatnonzero(included)
+        elements = {}
+        for k, name in enumerate(names):
+            mine = labels[gate_of[labels] == k]
+            if mine.size:
+                elements[name] = np.sort(element[mine])
+        single = group[labels[-1]] == 0  # one event time: no cones needed
+        return _Batch(elements, time, np.unique(time[labels]),
+                      None if single else self.labels, self.positions)
+
+    def _independent(self, names: list[str], gate_of: Array, element: Array,
+                     group: Array) -> Array:
+        """Which candidate events to process now (docs/math.md §6): propagate each
+        one's *cone* (the elements its change can reach, whatever the values) through
+        the nodes that reach a gate; an event waits if its cone meets the cone of an
+        event of an earlier time, and so does every event of its time. The cones of the
+        events kept are recorded in ``self.labels`` (which event reaches each element)."""
+        count = element.size
+        blocked = np.zeros(count, dtype=bool)
+        cones: dict[str, Sparse] = {}
+        global_group = np.inf
+        for node in self.reach_nodes:
+            name = node.name
+            incoming = [cones.get(source) for source in node.inputs]
+            gate = self.gates.get(name)
+            if gate is not None:
+                parts = []
+                if incoming[0] is not None:
+                    index, label = incoming[0]
+                    if isinstance(gate, _MaxPool):
+                        owner, window, _ = gate.spatial_inverse.pairs(index)
+                        parts.append((window, label[owner]))
+                    else:
+                        parts.append((index, label))
+                mine = np.flatnonzero(gate_of == names.index(name))
+                parts.append((element[mine] % self.positions[name], mine))
+                index = np.concatenate([p[0] for p in parts])
+                label = np.concatenate([p[1] for p in parts])
+            elif any(c is not None for c in incoming):
+                reached = self._reach(node, incoming, count)
+                if reached is None:  # too large to follow: reaches everything after it
+                    labels = np.concatenate([c[1] for c in incoming if c is not None])
+                    global_group = min(global_group, float(group[labels].min()))
+                    continue
+                index, label = reached
+            else:
+                continue
+            if index.size == 0:
+                continue
+            key = np.unique(index * count + label)
+            index, label = key // count, key % count
+            cones[name] = (index, label)
+            # sorted by element, then label (so then time): the first of a run is earliest
+            first = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+            run = np.repeat(first, np.diff(np.r_[first, index.size]))
+            blocked[label[group[label] > group[label[run]]]] = True
+        waiting = np.zeros(int(group.max()) + 1, dtype=bool)
+        waiting[group[blocked]] = True
+        if global_group < np.inf:
+            waiting[int(global_group) + (1 if global_group == 0 else 0):] = True
+        included = ~waiting[group]
+        self._recorded = []
+        for name, (index, label) in cones.items():
+            kept = included[label]
+            self.labels[name][index[kept]] = label[kept]
+            self._recorded.append((name, index[kept]))
+        return included
+
+    def _reach(self, node: Node, incoming: Sequence[Sparse | None],
+               count: int) -> Sparse | None:
+        """``(element, label)`` pairs of the cones through a non-gate node; None if the
+        map is dense and too large to follow."""
+        sparse = self.sparse.get(node.name)
+        if sparse is not None and incoming[0] is not None:
+            entry, output, _ = sparse.inverse.pairs(incoming[0][0])
+            return output, incoming[0][1][entry]
+        present = np.unique(np.concatenate([c[1] for c in incoming if c is not None]))
+        size = max(int(np.prod(self.shapes[name])) for name in (*node.inputs, node.name))
+        if present.size * size > self.DENSE_REACH_LIMIT:
+            return None
+        # one row per event, every channel of its positions: positive random values, so
+        # an output the event can reach is non-zero (an exact cancellation of random
+        # values has probability zero)
+        row = np.searchsorted(present, np.arange(count))
+        operands = []
+        for source, cone in zip(node.inputs, incoming):
+            dense = np.zeros((present.size, int(np.prod(self.shapes[source]))))
+            if cone is not None:
+                spread = dense.reshape(present.size, -1, self.positions[source])
+                spread[row[cone[1]], :, cone[0]] = (
+                    0.5 + self._random.random((cone[0].size, spread.shape[1])))
+            operands.append(dense.reshape((present.size, *self.shapes[source])))
+        out = self.maps[node.name].apply(operands).reshape(
+            present.size, -1, self.positions[node.name])
+        rows, index = np.nonzero(np.any(out != 0, axis=1))
+        return index, present[rows]
+
+    def _sweep(self, batch: _Batch) -> None:
+        """One forward sweep through the nodes the batch's changes reach, then one
+        reverse sweep of the seeds."""
         changes: dict[str, Sparse] = {}
         seeds: dict[str, list[Sparse]] = {}
         for node in self.nodes:
@@ -435,18 +640,22 @@ class EventWalk:
                     changes[node.name] = self._apply(node, incoming)
                 continue
             change = incoming[0]
+            elements = batch.elements.get(node.name, EMPTY_INDEX)
             if change is not None:
-                gate.move(change, t)
-            result = gate.event(change, t)
-            if result is None:
+                gate.move(change, batch.time_at(node.inputs[0], change[0]))
+                elements = np.union1d(elements, gate.touched(change[0]))
+            if elements.size == 0:
                 continue
-            out_change, seed = result
+            out_change, seed = gate.event(elements, batch.time_at(node.name, elements))
             if out_change[0].size:
                 changes[node.name] = out_change
             if seed[0].size:
                 seeds.setdefault(node.inputs[0], []).append(seed)
         if seeds:
-            self._reverse(seeds, t)
+            self._reverse(seeds)
+        if batch.labels is not None:
+            for name, index in self._recorded:
+                self.labels[name][index] = -1
 
     def _apply(self, node: Node, incoming: Sequence[Sparse | None]) -> Sparse:
         sparse = self.sparse.get(node.name)
@@ -455,27 +664,35 @@ class EventWalk:
         shapes = [self.shapes[name] for name in node.inputs]
         return dense_apply(self.maps[node.name], incoming, shapes)
 
-    def _reverse(self, seeds: dict[str, list[Sparse]], t: float) -> None:
+    def _reverse(self, seeds: dict[str, list[Sparse]]) -> None:
         pending = seeds
+        targets = self.targets
         for node in self.reverse_order:
             parts = pending.pop(node.name, None)
             if parts is None:
                 continue
-            index, value = concatenate(parts, int(np.prod(node.shape)))
+            index, value = concatenate_columns(parts, int(np.prod(node.shape)))
             if node.name in self.frontier_names:
-                self.integral[node.name][index] += value * (1.0 - t)
-                self.frontier[node.name][index] += value
+                self.frontier[node.name][index] += value[:, :targets]
+                self.integral[node.name][index] += value[:, targets:]
                 continue
             gate = self.gates.get(node.name)
             if gate is not None:
                 back = [gate.pull_back(index, value)]
             elif node.name in self.sparse:
-                back = [self.sparse[node.name].vjp((index, value))]
+                back = [conv_vjp_columns(self.sparse[node.name], (index, value))]
             else:
-                back = dense_vjp(self.maps[node.name], (index, value), node.shape)
+                back = dense_vjp_columns(self.maps[node.name], (index, value), node.shape)
             for source, part in zip(node.inputs, back):
                 if part[0].size:
                     pending.setdefault(source, []).append(part)
+
+
+def _positions(shape: tuple[int, ...]) -> int:
+    """The number of *positions* of a node of per-example ``shape``: the elements of
+    one channel (all but the first axis; one position for a vector). The event walk's
+    cones are sets of positions: an event reaches a position in every channel."""
+    return int(np.prod(shape[1:])) if len(shape) > 1 else 1
 
 
 def _reaching_gates(graph: Graph) -> set[str]:

@@ -5,7 +5,8 @@
 the finitely many pieces of the straight path, so the integral is a finite sum of
 constant gradients times piece lengths (see `path_walk` for how the piece after a kink is
 chosen and how ties are handled). Two walks implement it with the same rules: `event_walk`
-(one example at a time, each kink updating only what it reaches) and `path_walk` (the
+(one example at a time, each kink updating only what it reaches, independent kinks several
+per sweep, every target in one walk) and `path_walk` (the
 whole batch in lock step, two full passes per piece). The lock-step walk is used for
 batches of at least `LOCK_STEP_MIN_BATCH` examples of a network with at most
 `LOCK_STEP_MAX_VALUES` values per example (all nodes' outputs): there a pass costs little
@@ -35,6 +36,7 @@ A gradient at a point on a kink is the engine's one-sided one (autograd's).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import numpy as np
 
@@ -48,6 +50,7 @@ from ..graph import Graph
 from .baselines import Attribution, Setup, baseline_batch, bound_call, setup, with_delta
 from .event_walk import EventWalk
 from .path_walk import BOUNDARY_RTOL, RESYNC_EVERY, PathWalk
+from .targets import resolve_target_sets
 
 RIEMANN = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 METHODS = ("exact", *RIEMANN, "gausslegendre")
@@ -92,6 +95,13 @@ def integrated_gradients(model: object, x: object, baselines: object = 0.0,
     """Integrated gradients of output ``target`` from ``baselines`` (a scalar, one
     example's shape, or the batch's shape; default 0) to ``x``.
 
+    ``target`` as in `bbp_ref.explain`: one index, one per example, or several (a list
+    for one example, an array [N, T] for a batch, ``"all"``); with several, the fields
+    that depend on the target (``attribution``, ``target``, ``output``,
+    ``baseline_output``, ``delta``) get a target axis after the batch axis. The exact
+    method walks the path once for all the targets (docs/math.md §6); a quadrature rule
+    evaluates its points once per target.
+
     ``method``: ``"exact"`` (the default: walk the path's linear pieces; the result's
     ``n_pieces`` counts them per example; more than ``max_pieces`` for one example
     raises `BBpError`) or one of Captum's quadrature rules ``"riemann_left"``,
@@ -109,19 +119,45 @@ def integrated_gradients(model: object, x: object, baselines: object = 0.0,
         raise InputError(f"unknown integration method {method!r}; choose from {list(METHODS)}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)):
         raise InputError(f"n_steps must be an integer, got {n_steps!r}")
-    s = setup(model, x, target, linearize=False)
+    s = setup(model, x, None, linearize=False)
+    n = s.batch.shape[0]
+    targets, target_axis = resolve_target_sets(target, s.logits.reshape(n, -1), s.single)
+    per_target = [_for_target(s, targets[:, k]) for k in range(targets.shape[1])]
     base = baseline_batch(baselines, s.batch, s.single)
     baseline_logits = forward(s.graph, base, linearize=False).output
     if method == "exact":
-        total, pieces = _exact_integral(s, base, max_pieces)
-        attribution = (s.batch - base) * total
-        return s.finish(with_delta(s, attribution, baseline_logits, "integrated_gradients",
-                                   integration="exact", n_pieces=pieces))
-    steps, alphas = approximation_parameters(method, int(n_steps))
-    total = _weighted_gradients(s, base, steps, alphas, internal_batch_size, on_pass)
-    attribution = (s.batch - base) * total
-    return s.finish(with_delta(s, attribution, baseline_logits, "integrated_gradients",
-                               integration=method, n_steps=int(n_steps)))
+        seeds = np.stack([one.seed for one in per_target], axis=1)
+        totals, pieces = _exact_integral(s, base, seeds, max_pieces)
+        results = [with_delta(one, (s.batch - base) * totals[:, k], baseline_logits,
+                              "integrated_gradients", integration="exact", n_pieces=pieces)
+                   for k, one in enumerate(per_target)]
+    else:
+        steps, alphas = approximation_parameters(method, int(n_steps))
+        results = [with_delta(one, (s.batch - base) * _weighted_gradients(
+                       one, base, steps, alphas, internal_batch_size, on_pass),
+                       baseline_logits, "integrated_gradients", integration=method,
+                       n_steps=int(n_steps))
+                   for one in per_target]
+    return s.finish(_with_target_axis(results) if target_axis else results[0])
+
+
+def _for_target(s: Setup, targets: np.ndarray) -> Setup:
+    """``s`` explaining output ``targets`` (one index per example)."""
+    n = s.batch.shape[0]
+    seed = np.zeros((n, s.logits.reshape(n, -1).shape[1]))
+    seed[np.arange(n), targets] = 1.0
+    return replace(s, targets=targets, seed=seed.reshape(s.logits.shape))
+
+
+def _with_target_axis(results: list[Attribution]) -> Attribution:
+    """One attribution per target stacked: the target-dependent fields get a target
+    axis after the batch axis."""
+    def stacked(name: str) -> np.ndarray:
+        return np.stack([getattr(r, name) for r in results], axis=1)
+
+    return replace(results[0], attribution=stacked("attribution"), target=stacked("target"),
+                   output=stacked("output"), baseline_output=stacked("baseline_output"),
+                   delta=stacked("delta"))
 
 
 def require_walkable(graph: Graph) -> None:
@@ -142,23 +178,30 @@ def require_walkable(graph: Graph) -> None:
                                  "quadrature method (e.g. method='gausslegendre')")
 
 
-def _exact_integral(s: Setup, base: np.ndarray,
+def _exact_integral(s: Setup, base: np.ndarray, seeds: np.ndarray,
                     max_pieces: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """`int_0^1 grad f_t(b + a (x - b)) da` and the piece count, per example."""
+    """`int_0^1 grad f_t(b + a (x - b)) da` per example and target ``[N, T, *x]``
+    (``seeds`` ``[N, T, *output]``, one one-hot `do/dh` per target) and the piece count
+    per example. The event walk takes every target in one walk; the lock-step walk
+    (small networks, large batches) walks once per target."""
     require_walkable(s.graph)
+    n, count = seeds.shape[:2]
+    total = np.zeros((n, count, *s.batch.shape[1:]))
+    pieces = np.zeros(n, dtype=np.int64)
     values = sum(int(np.prod(node.shape)) for node in s.graph)
-    if s.batch.shape[0] >= LOCK_STEP_MIN_BATCH and values <= LOCK_STEP_MAX_VALUES:
-        lock_step = PathWalk(s.graph, base, s.batch, s.seed, rtol=BOUNDARY_RTOL,
-                             resync_every=RESYNC_EVERY)
-        lock_step.run(max_pieces)
-        return lock_step.total_gradient, lock_step.pieces
-    total = np.zeros_like(s.batch)
-    pieces = np.zeros(s.batch.shape[0], dtype=np.int64)
-    for i in range(s.batch.shape[0]):
+    if n >= LOCK_STEP_MIN_BATCH and values <= LOCK_STEP_MAX_VALUES:
+        for k in range(count):
+            lock_step = PathWalk(s.graph, base, s.batch, seeds[:, k], rtol=BOUNDARY_RTOL,
+                                 resync_every=RESYNC_EVERY)
+            lock_step.run(max_pieces)
+            total[:, k] = lock_step.total_gradient
+            pieces = lock_step.pieces
+        return total, pieces
+    for i in range(n):
         one = slice(i, i + 1)
-        walk = EventWalk(s.graph, base[one], s.batch[one], s.seed[one], rtol=BOUNDARY_RTOL)
+        walk = EventWalk(s.graph, base[one], s.batch[one], seeds[i], rtol=BOUNDARY_RTOL)
         walk.run(max_pieces)
-        total[i] = walk.total_gradient[0]
+        total[i] = walk.total_gradient
         pieces[i] = walk.pieces
     return total, pieces
 

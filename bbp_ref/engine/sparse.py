@@ -172,3 +172,85 @@ class SparseConv:
         value = g[1][owner, None] * self.kernel[out_channel[:, None], within, offset[:, None]]
         return aggregate(in_channel * self.in_size + read[owner, offset][:, None], value,
                          self.in_channels * self.in_size)
+
+
+# -- several columns -------------------------------------------------------------------
+# The event walk's reverse sweep carries, per element, one value per target and per kind
+# (the change of `lambda` and that change weighted by `1 - t`): a sparse vector with
+# values ``[n, k]``. These functions are the column-wise versions of the ones above.
+
+
+COLUMNS_DENSE_FRACTION = 1 / 16
+
+
+def aggregate_columns(index: Array, value: Array, size: int) -> Sparse:
+    """`aggregate` for values ``[n, k]``: one row per distinct index, sorted."""
+    if index.size == 0:
+        return EMPTY_INDEX, np.zeros((0, value.shape[1]))
+    if index.size * 16 >= size:
+        dense = np.stack([np.bincount(index, weights=value[:, k], minlength=size)
+                          for k in range(value.shape[1])], axis=1)
+        unique = np.flatnonzero(np.any(dense != 0, axis=1))
+        return unique, dense[unique]
+    unique, position = np.unique(index, return_inverse=True)
+    summed = np.stack([np.bincount(position, weights=value[:, k], minlength=unique.size)
+                       for k in range(value.shape[1])], axis=1)
+    return unique, summed
+
+
+def concatenate_columns(parts: Sequence[Sparse], size: int) -> Sparse:
+    """`concatenate` for values ``[n, k]``."""
+    if len(parts) == 1 and _unique(parts[0][0]):
+        return parts[0]
+    return aggregate_columns(np.concatenate([p[0] for p in parts]),
+                             np.concatenate([p[1] for p in parts]), size)
+
+
+def columns_to_dense(vector: Sparse, shape: tuple[int, ...]) -> Array:
+    """The dense ``[k, *shape]`` tensor of a sparse vector with values ``[n, k]``: each
+    column is one row of a batch."""
+    index, value = vector
+    flat = np.zeros((value.shape[1], int(np.prod(shape))))
+    flat[:, index] = value.T
+    return flat.reshape((value.shape[1], *shape))
+
+
+def columns_from_dense(tensor: Array) -> Sparse:
+    """The elements of a ``[k, ...]`` tensor non-zero in some row, values ``[n, k]``."""
+    flat = tensor.reshape(tensor.shape[0], -1)
+    index = np.flatnonzero(np.any(flat != 0, axis=0))
+    return index, flat[:, index].T
+
+
+def dense_vjp_columns(pullback: Pullback, grad: Sparse,
+                      shape: tuple[int, ...]) -> list[Sparse]:
+    """`dense_vjp` for values ``[n, k]`` (the ``k`` columns as a batch of ``k``)."""
+    return [columns_from_dense(part)
+            for part in pullback.vjp(columns_to_dense(grad, shape))]
+
+
+def conv_vjp_columns(conv: SparseConv, g: Sparse) -> Sparse:
+    """`SparseConv.vjp` for values ``[n, k]``."""
+    columns = g[1].shape[1]
+    if g[0].size > COLUMNS_DENSE_FRACTION * conv.out_channels * conv.out_size:
+        shape = (conv.out_channels, *conv.op.window.out_spatial)
+        return columns_from_dense(conv.op.vjp(columns_to_dense(g, shape))[0])
+    channel, position = np.divmod(g[0], conv.out_size)
+    read = conv.table[position]
+    owner, offset = np.nonzero(read >= 0)
+    out_channel = channel[owner]
+    group = out_channel // conv.out_per_group
+    in_channel = group[:, None] * conv.in_per_group + np.arange(conv.in_per_group)
+    weight = conv.kernel[out_channel[:, None], np.arange(conv.in_per_group), offset[:, None]]
+    index = (in_channel * conv.in_size + read[owner, offset][:, None]).ravel()
+    size = conv.in_channels * conv.in_size
+    values = g[1][owner]
+    if index.size * 16 < size:
+        value = (values[:, None, :] * weight[:, :, None]).reshape(-1, columns)
+        return aggregate_columns(index, value, size)
+    # one contiguous product and one dense sum per column
+    dense = np.stack([np.bincount(index, weights=(values[:, k, None] * weight).ravel(),
+                                  minlength=size) for k in range(columns)], axis=1)
+    unique = np.flatnonzero(np.any(dense != 0, axis=1))
+    return unique, dense[unique]
+
