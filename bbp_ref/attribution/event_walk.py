@@ -347,7 +347,9 @@ class _Batch:
             return np.full(index.size, self.times[0])
         labels = self.labels[name][index % self.positions[name]]
         if (labels < 0).any():
-            raise AssertionError(f"an event reached {name!r} outside its predicted cone")
+            raise BBpError(f"exact integrated gradients: an event reached node {name!r} outside "
+                           "its predicted cone (an internal error of the several-kinks sweep, "
+                           "docs/math.md §6; please report it with the model)")
         return self.label_times[labels]
 
 
