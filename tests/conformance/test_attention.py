@@ -63,6 +63,12 @@ def _seeded(module: nn.Module, seed: int) -> nn.Module:
     return seeded(module, seed, 0.3)
 
 
+def _torch_jacobian(function, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 outputs [N, *out] and per-example Jacobians [N, *out, *in] of
+    ``function(example, i)``."""
+    return example_jacobians(function, x, vectorize=True)
+
+
 def _check(m: bbp_ref.Model, x: np.ndarray, expected_out: np.ndarray,
            expected_jacobian: np.ndarray, **bind: object) -> list:
     """The forward and W^x against torch, and every rule's residuals and checks."""
@@ -119,9 +125,8 @@ def test_multihead_attention(batch_first: bool, need_weights: bool, masked: bool
     m = bbp_ref.load(proto)
     module64 = copy.deepcopy(module).double()
     keep64 = torch.from_numpy(keep.astype(np.float64))
-    out, jacobian = example_jacobians(
-        lambda v, i: module64(v[None], keep64[i:i + 1] if masked else None)[0], x,
-        vectorize=True)
+    out, jacobian = _torch_jacobian(
+        lambda v, i: module64(v[None], keep64[i:i + 1] if masked else None)[0], x)
     bind: dict = {"inputs": {"keep": keep}} if masked else {}
     _check(m, x, out, jacobian, **bind)
 
@@ -151,7 +156,7 @@ def test_scaled_dot_product_attention(dynamo: bool, tmp_path) -> None:
     x = np.random.default_rng(6).normal(size=(3, T, E)).astype(np.float32)
     proto = _export(module, (torch.from_numpy(x[:2]),), ["x"], dynamo, tmp_path / "s.onnx")
     module64 = copy.deepcopy(module).double()
-    out, jacobian = example_jacobians(lambda v, i: module64(v[None])[0], x, vectorize=True)
+    out, jacobian = _torch_jacobian(lambda v, i: module64(v[None])[0], x)
     _check(bbp_ref.load(proto), x, out, jacobian)
 
 
@@ -203,9 +208,8 @@ def test_token_classifier_explained_with_respect_to_the_embeddings(dynamo: bool,
     with torch.no_grad():
         embedded = module64.embedding(torch.from_numpy(ids)).numpy()
     mask64 = torch.from_numpy(mask.astype(np.float64))
-    out, jacobian = example_jacobians(
-        lambda h, i: module64.after_embedding(h[None], mask64[i:i + 1])[0], embedded,
-        vectorize=True)
+    out, jacobian = _torch_jacobian(
+        lambda h, i: module64.after_embedding(h[None], mask64[i:i + 1])[0], embedded)
     bind = {"wrt": wrt, "inputs": {"mask": mask}}
     through_wrt = _check(m, ids, out, jacobian, **bind)
     np.testing.assert_array_equal(through_wrt[0].wrt_value, embedded.astype(np.float32))
