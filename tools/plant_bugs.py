@@ -2,7 +2,7 @@
 suite, record which tests catch it, revert. `python tools/plant_bugs.py [pytest args]`
 prints the table that docs/testing.md shows (about a minute per bug);
 `python tools/plant_bugs.py --tangent [pytest args]` plants the tangent model's bugs
-(docs/math.md §7) instead.
+(docs/math.md §7) instead, `--newer` those of the newer ops (§7.3, §7.7).
 
 Every bug is a one-line source edit, applied to the working tree and always reverted
 (even on Ctrl-C)."""
@@ -82,6 +82,43 @@ TANGENT_BUGS = [
 ]
 
 
+# The newer ops (docs/math.md §7.3, §7.7): what the tangent properties on the newer ops'
+# networks must catch (docs/testing.md, "Planted bugs in the newer ops").
+NEWER_BUGS = [
+    Bug("ConvTranspose output_padding ignored", "bbp_ref/importer/handlers/conv_transpose.py",
+        'output_padding = [int(p) for p in ctx.attr("output_padding", [0] * dims)]',
+        "output_padding = [0] * dims"),
+    Bug("Resize half_pixel without its -1/2 offset", "bbp_ref/importer/handlers/resize.py",
+        '    if mode == "half_pixel":\n        return (y + 0.5) / scale - 0.5',
+        '    if mode == "half_pixel":\n        return (y + 0.5) / scale'),
+    Bug("Max/Min ties sent to the last operand", "bbp_ref/engine/selection.py",
+        "winner = stacked.argmax(axis=0) if self.largest else stacked.argmin(axis=0)",
+        "winner = len(stacked) - 1 - (stacked[::-1].argmax(axis=0) if self.largest "
+        "else stacked[::-1].argmin(axis=0))"),
+    Bug("ReduceMax/Min ties sent to the highest index", "bbp_ref/engine/selection.py",
+        "winner = blocks.argmax(axis=-1) if self.largest else blocks.argmin(axis=-1)",
+        "winner = blocks.shape[-1] - 1 - (blocks[..., ::-1].argmax(axis=-1) if self.largest "
+        "else blocks[..., ::-1].argmin(axis=-1))"),
+    Bug("DepthToSpace CRD with the block axes swapped", "bbp_ref/importer/handlers/routes_more.py",
+        "table = table.reshape(c // (b * b), b, b, h, w).transpose(0, 3, 1, 4, 2)",
+        "table = table.reshape(c // (b * b), b, b, h, w).transpose(0, 3, 2, 4, 1)"),
+    Bug("Pad reflect repeating the edge (symmetric)", "bbp_ref/importer/handlers/pad.py",
+        "table = np.pad(table, widths, mode=mode)",
+        "table = np.pad(table, widths, mode='symmetric' if mode == 'reflect' else mode)"),
+    Bug("Where's constant condition inverted", "bbp_ref/importer/handlers/routes_more.py",
+        "table = np.where(condition, tables[0], tables[1])",
+        "table = np.where(~condition, tables[0], tables[1])"),
+    Bug("GRU linear_before_reset ignored", "bbp_ref/importer/handlers/recurrent.py",
+        'before_reset = bool(ctx.attr("linear_before_reset", 0))', "before_reset = False"),
+    Bug("LSTM gates read in the order i, f, o, c", "bbp_ref/importer/handlers/recurrent.py",
+        "i_pre, o_pre, f_pre, c_pre = (cell.block(gates, k, name) for k, name in",
+        "i_pre, f_pre, o_pre, c_pre = (cell.block(gates, k, name) for k, name in"),
+    Bug("Einsum product's bias with the wrong sign", "bbp_ref/engine/einsum.py",
+        "local = BilinearEinsum(self.equation, v, u, -value, self.operand_shapes)",
+        "local = BilinearEinsum(self.equation, v, u, value, self.operand_shapes)"),
+]
+
+
 def run(bug: Bug, pytest_args: list[str]) -> tuple[list[str], float]:
     path = ROOT / bug.path
     original = path.read_text()
@@ -104,6 +141,8 @@ def main() -> None:
     bugs = BUGS
     if pytest_args[:1] == ["--tangent"]:
         bugs, pytest_args = TANGENT_BUGS, pytest_args[1:]
+    elif pytest_args[:1] == ["--newer"]:
+        bugs, pytest_args = NEWER_BUGS, pytest_args[1:]
     print("| planted bug | failing tests | examples |")
     print("| --- | --- | --- |")
     for bug in bugs:

@@ -20,6 +20,11 @@ middle*, not a stripped output head), float32 weights and an input batch. The la
 - ``Composite``: Gelu, HardSwish, Mish;
 - ``LayerNorm``: LayerNormalization over the last axis (constant scale and bias).
 
+``more=True`` draws the newer ops of docs/math.md §7.3 and §7.7 instead
+(`tangent_more_ops`: ConvTranspose, Resize, Pad, Split, Gather, GatherElements, Tile,
+Expand, DepthToSpace, SpaceToDepth, Max/Min, ReduceMax/Min, Where, Einsum, HardSigmoid,
+LSTM/GRU/RNN), with per-example inputs ``(c, h, w)`` too and, half of the time, integers.
+
 Composites have two writings (`TangentNet.onnx(form=...)`): ``"fused"`` (Gelu, HardSwish,
 Mish, Softmax, LogSoftmax, Div as single ONNX ops) and ``"decomposed"`` (as exporters write
 them: ``0.5 x (1 + Erf(x / sqrt 2))``, ``x * Clip(x / 6 + 1/2, 0, 1)`` (HardSigmoid's),
@@ -44,6 +49,15 @@ import onnx
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 from strategies import Layer, layer_rng, size
+from tangent_more_ops import (
+    HOMOGENEOUS_OPS,
+    KINKED_OPS,
+    MORE_OPS,
+    SHAPE_BOUND_OPS,
+    MoreOpsEmitter,
+    draw_more,
+    fits,
+)
 
 OPSET = 20  # Gelu
 MAX_ELEMENTS = 24
@@ -79,6 +93,9 @@ class TangentNet:
     seed: int
     weights: dict[str, np.ndarray] = field(repr=False, compare=False)
     x: np.ndarray = field(repr=False, compare=False)
+    # each layer's per-example input shape, by key (the writing of some newer ops needs it)
+    shapes: dict[str, tuple[int, ...]] = field(repr=False, compare=False,
+                                               default_factory=dict)
 
     def __repr__(self) -> str:
         layers = ",\n    ".join(map(repr, self.layers))
@@ -93,8 +110,8 @@ class TangentNet:
 
     def onnx(self, form: str = "fused", dtype: type = np.float32,
              reference: bool = False) -> onnx.ModelProto:
-        """``reference``: for `onnx.reference` (Gelu written out: its Gelu computes with
-        float32 constants)."""
+        """``reference``: for `onnx.reference` (Gelu, exact and tanh, written out: its Gelu
+        computes with float32 constants)."""
         return TangentEmitter(self, form, dtype, reference).model()
 
 
@@ -102,11 +119,16 @@ class TangentNet:
 class TangentDrawer:
     """Draws layers for a running per-example shape; records every weight array."""
 
-    def __init__(self, draw: Callable, seed: int, piecewise: bool) -> None:
+    def __init__(self, draw: Callable, seed: int, piecewise: bool, more: bool = False,
+                 homogeneous: bool = False, integer: bool = False) -> None:
+        self.integer = integer
         self.draw = draw
         self.seed = seed
         self.piecewise = piecewise
+        self.more = more
+        self.homogeneous = homogeneous
         self.weights: dict[str, np.ndarray] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
 
     def pick(self, options: Sequence[object]) -> object:
         return self.draw(st.sampled_from(list(options)))
@@ -125,6 +147,9 @@ class TangentDrawer:
         return self.linear(shape, key, shape[-1])[0]
 
     def layer(self, shape: tuple[int, ...], key: str) -> tuple[Layer, tuple[int, ...]]:
+        self.shapes[key] = shape
+        if self.more:
+            return self.more_layer(shape, key)
         ops = ["Linear", "Smooth", "Smooth", "Positive", "Product", "Divide", "SoftmaxMid",
                "ConcatConst", "Composite", "Residual", "LayerNorm"]
         if self.piecewise:
@@ -185,6 +210,33 @@ class TangentDrawer:
         branch = (self.same_width(shape, key + "w"), branch_layer)
         return Layer("Residual", key, (), (branch,)), shape
 
+    def more_layer(self, shape: tuple[int, ...], key: str) -> tuple[Layer, tuple[int, ...]]:
+        """A newer op (`tangent_more_ops`), or a Linear, gate or smooth layer between
+        them; ``homogeneous``: bias-free, degree-1 homogeneous layers only."""
+        if self.homogeneous:
+            ops = [*HOMOGENEOUS_OPS, "Linear", "Gate"]
+        else:
+            ops = [*MORE_OPS, "Linear", "Smooth"] + (["Gate"] if self.piecewise else [])
+        if not self.piecewise:
+            ops = [o for o in ops if o not in KINKED_OPS]
+        if self.integer and key == "L0":  # ties on the integer input itself
+            ops += ["ReduceExtremum", "MaxMin"] * 4 if self.piecewise else []
+        # the ops that fit few shapes, three times as likely where they fit
+        ops += [o for o in ops if o in SHAPE_BOUND_OPS] * 2
+        op = self.pick([o for o in ops if fits(o, shape)])
+        if op == "Linear":
+            bias = False if self.homogeneous else None
+            return self.linear(shape, key, self.draw(st.integers(1, 4)), bias)
+        if op == "Gate":
+            return Layer("Gate", key, (("gate", self.pick(PIECEWISE_LINEAR_GATES)),)), shape
+        if op == "Smooth":
+            return Layer("Smooth", key, (("fn", self.pick(self.smooth_functions())),)), shape
+        drawn = draw_more(self, op, shape, key)
+        if drawn is None:  # the op does not fit this shape: a linear map instead
+            return self.linear(shape, key, self.draw(st.integers(1, 4)),
+                               False if self.homogeneous else None)
+        return drawn
+
     def smooth_functions(self) -> list[str]:
         return [f for f in sorted(SMOOTH_FUNCTIONS) if self.piecewise or f not in KINKED]
 
@@ -202,32 +254,75 @@ class TangentDrawer:
         return Layer("Product", key, (("broadcast", False),), (first, second)), shape
 
 
-def input_shapes() -> st.SearchStrategy[tuple[int, ...]]:
-    return st.one_of(st.tuples(st.integers(1, 6)),
-                     st.tuples(st.integers(1, 3), st.integers(1, 4)))
+# per-example input shapes that fit a first layer of this op (`tangent_networks(first=)`)
+FIRST_SHAPES = {
+    "ConvTranspose": st.one_of(st.tuples(st.integers(1, 4), st.integers(1, 4)),
+                               st.tuples(st.sampled_from([1, 2, 4]), st.integers(1, 3),
+                                         st.integers(1, 3))),
+    "DepthToSpace": st.tuples(st.just(4), st.integers(1, 3), st.integers(1, 3)),
+    "SpaceToDepth": st.tuples(st.integers(1, 2), st.sampled_from([2]), st.sampled_from([2])),
+    "Recurrent": st.tuples(st.integers(1, 3), st.integers(1, 4)),
+    "Einsum": st.one_of(st.tuples(st.integers(1, 6)),
+                        st.tuples(st.integers(1, 3), st.integers(1, 4))),
+    "Split": st.one_of(st.tuples(st.integers(2, 6)),
+                       st.tuples(st.integers(1, 3), st.integers(2, 4))),
+}
+
+
+def input_shapes(more: bool = False) -> st.SearchStrategy[tuple[int, ...]]:
+    shapes = [st.tuples(st.integers(1, 6)), st.tuples(st.integers(1, 3), st.integers(1, 4))]
+    if more:  # [C, H, W] for the image ops (ConvTranspose, Resize, DepthToSpace, ...)
+        shapes.append(st.tuples(st.sampled_from([1, 2, 4]), st.integers(1, 4), st.integers(1, 3)))
+    return st.one_of(*shapes)
 
 
 @st.composite
 def tangent_networks(draw: Callable, piecewise: bool = True, max_batch: int = 3,
-                     kinds: Sequence[str] | None = None) -> TangentNet:
+                     more: bool = False, homogeneous: bool = False,
+                     first: str | None = None) -> TangentNet:
     """A random network with smooth gates, products, Div of data, Softmax in the middle,
     Concat with constants and composites; ``piecewise=False``: no kinks at all, in values
-    or derivatives (no PL gates, Elu, Selu, Celu, HardSwish: for finite differences)."""
-    input_shape = draw(input_shapes())
+    or derivatives (no PL gates, Elu, Selu, Celu, HardSwish: for finite differences).
+    ``more``: the newer ops of `tangent_more_ops` instead (with linear maps, gates and
+    smooth gates between them; ``piecewise=False`` leaves out Max/Min, ReduceMax/Min and
+    HardSigmoid too). ``homogeneous`` (with ``more``): a bias-free degree-1 homogeneous
+    body followed by a product of two bias-free linear maps of it, so `f` is of degree 2
+    (invariant 10). ``first``: a newer op drawn as the first layer (on the input)."""
+    input_shape = draw(FIRST_SHAPES.get(first, input_shapes(more)) if first else
+                       input_shapes(more))
     seed = draw(st.integers(0, 2**16))
-    drawer = TangentDrawer(draw, seed, piecewise)
+    # small integer inputs (with ``more``): ties in Max/Min and ReduceMax/Min, gates at
+    # their kinks, HardSigmoid at its bounds (the documented conventions)
+    integer = more and draw(st.booleans())
+    drawer = TangentDrawer(draw, seed, piecewise, more, homogeneous, integer)
     shape, layers = input_shape, []
     for i in range(draw(st.integers(1, MAX_LAYERS))):
-        layer, out = drawer.layer(shape, f"L{i}")
+        if first and i == 0:  # this op first, on the input (integer ties included)
+            drawer.shapes["L0"] = shape
+            drawn = draw_more(drawer, first, shape, "L0")
+            assert drawn is not None, (first, shape)
+            layer, out = drawn
+        else:
+            layer, out = drawer.layer(shape, f"L{i}")
         if size(out) > MAX_ELEMENTS:
             continue
         layers.append(layer)
         shape = out
-    head, shape = drawer.linear(shape, "head", draw(st.integers(1, 3)))
+    if homogeneous:
+        branches = tuple((drawer.linear(shape, "product" + s, shape[-1], bias=False)[0],)
+                         for s in "ab")
+        layers.append(Layer("Product", "product", (("broadcast", False),), branches))
+    head, shape = drawer.linear(shape, "head", draw(st.integers(1, 3)),
+                                False if homogeneous else None)
     layers.append(head)
     batch = draw(st.integers(1, max_batch))
-    x = layer_rng(seed, "input").normal(0, 1, (batch, *input_shape)).astype(np.float32)
-    return TangentNet(tuple(input_shape), tuple(layers), seed, drawer.weights, x)
+    rng = layer_rng(seed, "input")
+    if integer:
+        x = rng.integers(-2, 3, (batch, *input_shape)).astype(np.float32)
+    else:
+        x = rng.normal(0, 1, (batch, *input_shape)).astype(np.float32)
+    return TangentNet(tuple(input_shape), tuple(layers), seed, drawer.weights, x,
+                      drawer.shapes)
 
 
 def with_inferred_output(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -238,12 +333,13 @@ def with_inferred_output(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # -- writing ONNX --------------------------------------------------------------------------
-class TangentEmitter:
+class TangentEmitter(MoreOpsEmitter):
     """Writes a `TangentNet` as ONNX nodes, composites in the given ``form``."""
 
     def __init__(self, net: TangentNet, form: str, dtype: type, reference: bool) -> None:
         assert form in ("fused", "decomposed"), form
         self.net, self.form, self.dtype, self.reference = net, form, dtype, reference
+        self.shapes = net.shapes
         self.nodes: list[onnx.NodeProto] = []
         self.inits: dict[str, np.ndarray] = {}
         self.count = 0
@@ -297,6 +393,8 @@ class TangentEmitter:
     def smooth(self, fn: str, x: str, key: str) -> str:
         if fn in BOUNDED_FIRST:
             x = self.node("Tanh", [x], key + "_bound")
+        if fn == "GeluTanh" and self.reference:  # its function body's constants are float32
+            return self.gelu_tanh_written_out(x, key)
         if fn == "GeluTanh":
             return self.node("Gelu", [x], key, approximate="tanh")
         if fn == "Gelu" and (self.form == "decomposed" or self.reference):
@@ -365,6 +463,18 @@ class TangentEmitter:
         one_plus = self.node("Add", [erf, self.scalar(1.0)], key + "_add")
         product = self.node("Mul", [x, one_plus], key + "_mul")
         return self.node("Mul", [product, self.scalar(0.5)], key)
+
+    def gelu_tanh_written_out(self, x: str, key: str) -> str:
+        """`0.5 x (1 + Tanh(sqrt(2 / pi) (x + 0.044715 x^3)))` in the model's dtype, for
+        `onnx.reference` (which runs Gelu's function body, whose constants are float32)."""
+        cube = self.node("Mul", [self.node("Mul", [x, x], key + "_sq"), x], key + "_cube")
+        inner = self.node("Add", [x, self.node("Mul", [cube, self.scalar(0.044715)],
+                                               key + "_c")], key + "_inner")
+        scaled = self.node("Mul", [inner, self.scalar(math.sqrt(2 / math.pi))], key + "_s")
+        one_plus = self.node("Add", [self.node("Tanh", [scaled], key + "_tanh"),
+                                     self.scalar(1.0)], key + "_add")
+        return self.node("Mul", [self.node("Mul", [x, one_plus], key + "_mul"),
+                                 self.scalar(0.5)], key)
 
     def emit_Composite(self, layer: Layer, x: str) -> str:
         key, kind = layer.key, layer["kind"]

@@ -1,11 +1,13 @@
 """A `TangentNet` computed by PyTorch in float64, from its description (not from its ONNX
-writing): the independent autodiff of invariant 8. Needs torch (marker ``torch``)."""
+writing): the independent autodiff of invariant 8. Needs torch (marker ``torch``). The
+newer ops of `tangent_more_ops` are in `tangent_torch_more`."""
 
 from __future__ import annotations
 
 import numpy as np
 from strategies import Layer
 from tangent_strategies import BOUNDED_FIRST, LAYER_NORM_EPSILON, SMOOTH_FUNCTIONS, TangentNet
+from tangent_torch_more import more_layer
 
 
 def torch_forward(net: TangentNet, x: object) -> object:
@@ -109,5 +111,5 @@ def _layer(net: TangentNet, layer: Layer, x: object) -> object:
     if op == "Residual":
         (branch,) = layer.branches
         return x + _layers(net, branch, x)
-    raise AssertionError(f"no torch form for {op}")
+    return more_layer(net, layer, x, _layers, _weight)
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import event, given, reject, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from property_harness import absolute_backward, bias_contributions, failure_artifacts
 from strategies import networks, output_shape, size
+from tangent_more_ops import KINKED_OPS, MORE_OPS, float64_resize
 from tangent_strategies import TangentNet, tangent_networks
 
 import bbp_ref
@@ -24,6 +25,9 @@ SPEC_TOL = 1e-10  # SPEC §5.1, §5.2
 AUTODIFF_TOL = 1e-12  # SPEC §6, invariant 8
 EXAMPLES = max(10, settings.default.max_examples // 4)
 tangent_settings = settings(max_examples=EXAMPLES)
+# the newer ops' networks are smaller (a few ms an example) and have more ops to cover
+newer_settings = settings(max_examples=max(10, settings.default.max_examples // 2))
+EACH_OP_EXAMPLES = max(5, settings.default.max_examples // 20)  # per op: 10 in default
 
 
 def _all_targets(model: bbp_ref.Model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -73,7 +77,20 @@ def test_t1_tangent_model_reproduces_every_output(net: TangentNet):
     `b^x` equals the sum of the `e_v` recomputed from the reverse pass; `explain`'s
     gradient is the Jacobian's row; the explanation is piecewise linear exactly when no
     node is smooth or a product, and names those nodes."""
-    with failure_artifacts("test_t1_tangent_model", net):
+    _check_t1(net, "test_t1_tangent_model")
+
+
+@newer_settings
+@given(net=tangent_networks(more=True))
+def test_t1_newer_ops_reproduce_every_output(net: TangentNet):
+    """Invariant 1 (as `test_t1_tangent_model_reproduces_every_output`) on networks of the
+    newer ops (`tangent_more_ops`: ConvTranspose, Resize, Pad, routes, Max/Min, ReduceMax/
+    Min, Where, Einsum, HardSigmoid, LSTM/GRU/RNN)."""
+    _check_t1(net, "test_t1_newer_ops")
+
+
+def _check_t1(net: TangentNet, label: str) -> None:
+    with failure_artifacts(label, net):
         model = bbp_ref.load(net.onnx())
         event(f"kinds: {_kinds(model)}")
         xt, targets, n_out = _all_targets(model, net.x)
@@ -101,7 +118,19 @@ def test_t1_tangent_model_reproduces_every_output(net: TangentNet):
 def test_t2_bias_attribution_is_complete(net: TangentNet, data):
     """`sum B(x) = sum of the injected e_v` for every rule, every target, all layers and
     a random selection of the nodes with a local bias (tangent intercepts included)."""
-    with failure_artifacts("test_t2_completeness", net):
+    _check_t2(net, data, "test_t2_completeness")
+
+
+@newer_settings
+@given(net=tangent_networks(more=True), data=st.data())
+def test_t2_newer_ops_bias_attribution_is_complete(net: TangentNet, data):
+    """Invariant 2 on networks of the newer ops (constant Pad borders, Where choosing a
+    constant, ConvTranspose's unreached outputs: `Embed`-style local bias included)."""
+    _check_t2(net, data, "test_t2_newer_ops")
+
+
+def _check_t2(net: TangentNet, data: st.DataObject, label: str) -> None:
+    with failure_artifacts(label, net):
         model = bbp_ref.load(net.onnx())
         xt, targets, _ = _all_targets(model, net.x)
         names = [node.name for node in model.graph if node.has_bias]
@@ -125,7 +154,19 @@ def test_t2_bias_attribution_is_complete(net: TangentNet, data):
 def test_t7_batched_equals_one_at_a_time(net: TangentNet, data):
     """A batch explained at once gives, per example, what explaining it alone gives
     (every field, every rule; to 1e-12 of the field's magnitude)."""
-    with failure_artifacts("test_t7_batched", net):
+    _check_t7(net, data, "test_t7_batched")
+
+
+@newer_settings
+@given(net=tangent_networks(more=True, max_batch=3), data=st.data())
+def test_t7_newer_ops_batched_equals_one_at_a_time(net: TangentNet, data):
+    """Invariant 7 on networks of the newer ops (layout-0 recurrent ops move the batch
+    axis; sizes and indices are expanded to the batch)."""
+    _check_t7(net, data, "test_t7_newer_ops")
+
+
+def _check_t7(net: TangentNet, data: st.DataObject, label: str) -> None:
+    with failure_artifacts(label, net):
         model = bbp_ref.load(net.onnx())
         n = len(net.x)
         n_out = int(np.prod(model.forward(net.x[:1]).shape[1:]))
@@ -153,9 +194,49 @@ def test_t8_jacobian_equals_torch_autograd(net: TangentNet):
     """`W^x` equals the float64 Jacobian of the same network written in PyTorch from its
     description (`tangent_torch`), to 1e-12 of its rounding scale (the reverse pass with
     `|W|` and `|slope|`); `f(x)` too (scale: `sum |W^x x| + sum_v sum_p |e_v|`)."""
+    _check_t8_torch(net, "test_t8_torch")
+
+
+@pytest.mark.torch
+@newer_settings
+@given(net=tangent_networks(more=True))
+def test_t8_newer_ops_jacobian_equals_torch_autograd(net: TangentNet):
+    """Invariant 8 on networks of the newer ops, against PyTorch (`tangent_torch_more`:
+    conv_transpose, gather, einsum, ...; Resize, Pad, DepthToSpace and the recurrent
+    cells written from the operator pages). At Max/Min and ReduceMax/Min ties and at a
+    HardSigmoid bound the PyTorch writing computes the documented convention."""
+    _check_t8_torch(net, "test_t8_newer_ops_torch")
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("op", MORE_OPS)
+@settings(max_examples=EACH_OP_EXAMPLES)
+@given(data=st.data())
+def test_t8_each_newer_op_first_against_torch_autograd(op: str, data):
+    """Invariant 8 with each newer op as the first layer, on the (half of the time
+    integer) input: every op is checked whatever the mixed draws give, and ties of
+    Max/Min and ReduceMax/Min, gates at 0 and HardSigmoid at its bounds fall on the
+    documented conventions."""
+    net = data.draw(tangent_networks(more=True, first=op), label="net")
+    _check_t8_torch(net, f"test_t8_each_newer_op_{op}")
+
+
+@pytest.mark.parametrize("op", [o for o in MORE_OPS if o not in KINKED_OPS])
+@settings(max_examples=EACH_OP_EXAMPLES)
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_t8_each_newer_op_first_against_finite_differences(op: str, data, seed: int):
+    """Without torch: invariant 8 with each kink-free newer op as the first layer,
+    against central differences of `onnx.reference` (as
+    `test_t8_newer_ops_jacobian_equals_finite_differences`)."""
+    net = data.draw(tangent_networks(more=True, piecewise=False, max_batch=2, first=op),
+                    label="net")
+    _check_t8_differences(net, seed, f"test_t8_each_newer_op_{op}_differences")
+
+
+def _check_t8_torch(net: TangentNet, label: str) -> None:
     torch = pytest.importorskip("torch")
     from tangent_torch import torch_forward, torch_jacobian
-    with failure_artifacts("test_t8_torch", net):
+    with failure_artifacts(label, net):
         model = bbp_ref.load(net.onnx())
         n = len(net.x)
         ours = model.jacobian(net.x).reshape(n, -1, *net.x.shape[1:])
@@ -182,13 +263,28 @@ def test_t8_jacobian_equals_finite_differences(net: TangentNet, seed: int):
     O(h^4), far below `|D(h) - D(h/2)|` (O(h^2): the bound used, plus the rounding
     `1e3 u max|f| / h`). A coarse check (about 1e-5 of the third derivative); the torch
     property is the fine one."""
+    _check_t8_differences(net, seed, "test_t8_finite_differences")
+
+
+@newer_settings
+@given(net=tangent_networks(more=True, piecewise=False, max_batch=2),
+       seed=st.integers(0, 2**16))
+def test_t8_newer_ops_jacobian_equals_finite_differences(net: TangentNet, seed: int):
+    """Invariant 8 without torch on kink-free networks of the newer ops (no Max/Min,
+    ReduceMax/Min, HardSigmoid or PL gates): ConvTranspose (grouped ones written per
+    group for `onnx.reference`), Resize, Pad, the routes, Where, Einsum, LSTM/GRU/RNN
+    against central differences of `onnx.reference` in float64."""
+    _check_t8_differences(net, seed, "test_t8_newer_ops_finite_differences")
+
+
+def _check_t8_differences(net: TangentNet, seed: int, label: str) -> None:
     from onnx.reference import ReferenceEvaluator
     from test_ops import Float64Erf
 
     reference = net.onnx(dtype=np.float64, reference=True)
-    with failure_artifacts("test_t8_finite_differences", net, reference=reference):
+    with failure_artifacts(label, net, reference=reference):
         model = bbp_ref.load(net.onnx())
-        evaluator = ReferenceEvaluator(reference, new_ops=[Float64Erf])
+        evaluator = ReferenceEvaluator(reference, new_ops=[Float64Erf, float64_resize()])
         x = net.x.astype(np.float64)
         n = len(x)
         v = np.random.default_rng(seed).normal(size=x.shape)
@@ -218,11 +314,45 @@ def test_t9_fused_and_decomposed_composites_agree(net: TangentNet):
     ReduceMean/Sub/Pow/Sqrt/Div form: the same `f(x)`, `W^x`, `b^x`
     and `B(x)` for every rule and output (float64 writings, so both forms hold the same
     constants), to 1e-10 of each quantity's magnitude."""
+    _check_t9(net, "test_t9_composites")
+
+
+@newer_settings
+@given(net=tangent_networks(more=True))
+def test_t9_newer_ops_fused_and_decomposed_agree(net: TangentNet):
+    """Invariant 9 for the newer ops that have a decomposition: HardSigmoid vs
+    `Clip(alpha x + beta, 0, 1)`, Einsum `nik,njk->nij` vs Transpose + MatMul and
+    `nrk,kj->nrj` vs MatMul, Split vs one Slice per part, Tile vs Concat of copies,
+    DepthToSpace (DCR, CRD) and SpaceToDepth vs Reshape/Transpose/Reshape, a Max/Min of
+    three operands vs two nested ones, ReduceMax/Min over several axes vs one axis at a
+    time (the last first: the same ties)."""
+    _check_t9(net, "test_t9_newer_ops")
+
+
+def _reject_overflowing_writing(model: bbp_ref.Model, x: np.ndarray) -> None:
+    """The decomposed Softmax is `Exp(x) / ReduceSum(Exp(x))` without a shift: chained
+    products and powers can give it inputs beyond 700, where Exp overflows float64
+    (`InputError`, docs/math.md §7.2 decision 3) or values near 1e300 whose products in
+    the rules overflow. The fused writing is stable there; the example is rejected."""
+    try:
+        values = model.trace(x).values.values()
+    except bbp_ref.BBpError as exc:
+        if "overflow" not in str(exc):
+            raise
+        event("rejected: the decomposed writing overflows float64")
+        reject()
+    if max(float(np.abs(v).max(initial=0.0)) for v in values) > 1e100:
+        event("rejected: the decomposed writing holds values above 1e100")
+        reject()
+
+
+def _check_t9(net: TangentNet, label: str) -> None:
     fused, decomposed = net.onnx("fused", np.float64), net.onnx("decomposed", np.float64)
-    with failure_artifacts("test_t9_composites", net, decomposed=decomposed):
+    with failure_artifacts(label, net, decomposed=decomposed):
         a, b = bbp_ref.load(fused), bbp_ref.load(decomposed)
         event(f"nodes: fused {len(a.graph)}, decomposed {len(b.graph)}")
         x = net.x.astype(np.float64)
+        _reject_overflowing_writing(b, x)
         xt, targets, _ = _all_targets(a, x)
         # rounding scales from both writings (one may cancel exactly where the other
         # leaves rounding, as LogSoftmax over one element: 0 against x - Log(Exp(x)))
@@ -317,4 +447,31 @@ def test_t10_bias_free_product_has_bias_minus_f(net, second: str):
                           f"{rule}: e_v of the product")
             for name, value in e.layer_bias.items():
                 if name != "product":
+                    np.testing.assert_array_equal(value, 0.0, err_msg=f"{rule}: e_v of {name}")
+
+
+@newer_settings
+@given(net=tangent_networks(more=True, homogeneous=True))
+def test_t10_newer_ops_bias_free_product_has_bias_minus_f(net: TangentNet):
+    """A bias-free body of the newer piecewise-linear ops (ConvTranspose, Resize, Pad with
+    a zero border, the routes, Max/Min of data and zero constants, ReduceMax/Min, Where
+    with data or zeros, Einsum with a constant) and Relu/LeakyRelu/Abs is positively
+    homogeneous of degree 1; a product of two bias-free linear maps of it then a bias-free
+    head is of degree 2: `b^x = -f(x)` for every output and rule, all of it in the
+    product node's `e_v`, every other `e_v` exactly 0."""
+    with failure_artifacts("test_t10_newer_ops", net):
+        model = bbp_ref.load(net.onnx())
+        products = {node.name for node in model.nodes if node.kind == "product"}
+        assert len(products) == 1, products
+        (product,) = products
+        xt, targets, _ = _all_targets(model, net.x)
+        f = model.forward(xt).reshape(len(xt), -1)[np.arange(len(xt)), targets]
+        _, magnitude = _bias_magnitude(model, xt, targets)
+        tol = SPEC_TOL * (np.abs(f) + magnitude) + 1e-300
+        for rule in RULES:
+            e = bbp_ref.explain(model, xt, target=targets, rule=rule, check=False)
+            _assert_close(e.bias, -f, tol, f"{rule}: b^x vs -f(x)")
+            _assert_close(e.layer_bias[product], -f, tol, f"{rule}: e_v of the product")
+            for name, value in e.layer_bias.items():
+                if name != product:
                     np.testing.assert_array_equal(value, 0.0, err_msg=f"{rule}: e_v of {name}")
