@@ -44,7 +44,9 @@ def _torchvision_models() -> types.ModuleType:
 
 def randomize(model, seed: int):  # type: ignore[no-untyped-def]
     """Random BatchNorm running statistics and affine parameters, random biases of
-    Conv/Linear layers and LayerNorms (torchvision initialises many of them to 0)."""
+    Conv/Linear layers and LayerNorms (torchvision initialises many of them to 0), and
+    random weights for a Linear layer initialised to 0 (vit_b_16's head: with it the
+    logits would be its bias whatever the image, `W^x = 0`)."""
     import torch
     from torch import nn
 
@@ -60,6 +62,10 @@ def randomize(model, seed: int):  # type: ignore[no-untyped-def]
             elif isinstance(module, (nn.Conv2d, nn.Linear, nn.LayerNorm)) \
                     and module.bias is not None:
                 module.bias.copy_(0.01 * torch.randn(module.bias.shape, generator=gen))
+            if isinstance(module, nn.Linear) and not module.weight.any():
+                fan_in = module.weight.shape[1]
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen)
+                                    / fan_in ** 0.5)
     return model.eval()
 
 

@@ -243,6 +243,27 @@ def test_constant_of_shape_is_checked_before_allocating() -> None:
     assert "byte budget" in str(info.value)
 
 
+def test_matrix_products_of_constants_fold_whatever_their_ranks() -> None:
+    """The budget estimate of a folded MatMul broadcasts only the axes before the last
+    two (a [1, 3, 3, 2] @ [2, 5] table, as Swin v2's relative-position MLP writes it), and
+    a folded Gemm's output is [M, N] after its transposes ([2, 3] @ [4, 3]^T): both fold,
+    and the result is the product computed here (to float32 rounding: onnx.reference
+    folds in the constants' type)."""
+    rng = np.random.default_rng(7)
+    coords, mlp_w, a, b = f32(rng, 1, 3, 3, 2), f32(rng, 2, 5), f32(rng, 2, 3), f32(rng, 4, 3)
+    cases = [
+        (model([node("MatMul", ["coords", "mlp_w"], "table"), node("Add", ["x", "table"], "y")],
+               ["N", 3, 3, 5], {"coords": coords, "mlp_w": mlp_w}),
+         f32(rng, 2, 3, 3, 5), coords.astype(np.float64) @ mlp_w),
+        (model([node("Gemm", ["a", "b"], "g", transB=1), node("Add", ["x", "g"], "y")],
+               ["N", 2, 4], {"a": a, "b": b}),
+         f32(rng, 2, 2, 4), a.astype(np.float64) @ b.T),
+    ]
+    for proto, x, product in cases:
+        np.testing.assert_allclose(bbp_ref.load(proto).forward(x), x + product, rtol=0,
+                                   atol=1e-6)
+
+
 @pytest.mark.parametrize("dims", [[100000, 100000], [4, 1_000_000_000]])
 def test_huge_declared_input_shape_is_refused_at_load(dims) -> None:
     proto = model([node("Relu", ["x"], "y", name="relu")], [1, *dims])

@@ -75,12 +75,14 @@ NOTES = {
     "Squeeze": "attribute (< 13) and input (13+) axes",
     "Unsqueeze": "attribute (< 13) and input (13+) axes",
     "Concat": "axis != 0; of data tensors (route), or with constants (affine: the constants "
-              "are local bias spread over the data input, docs/math.md §7.2 decision 6)",
-    "Slice": "constant starts/ends/axes/steps (attribute form < 10), off the batch axis",
+              "are local bias spread over the data input, docs/math.md §7.2 decision 6); "
+              "of data along a merged batch axis (docs/math.md §7.5)",
+    "Slice": "constant starts/ends/axes/steps (attribute form < 10), off the batch axis; "
+             "along a merged batch axis only whole per-example blocks (docs/math.md §7.5)",
     "Dropout": "inference (training_mode false, mask unused)", "Cast": "to a float type",
     "Pad": "every mode (constant: an Embed node whose border is local bias; reflect, edge, "
            "wrap: a route); negative pads crop; a zero Pad read only by Convs and "
-           "AveragePools folds into their padding",
+           "AveragePools folds into their padding; never along a merged batch axis",
     "Resize": "constant scales or sizes (axes, keep_aspect_ratio_policy); nearest (a route), "
               "linear and cubic (affine; antialias, exclude_outside, cubic_coeff_a); every "
               "coordinate_transformation_mode; tf_crop_and_resize extrapolates constants",
@@ -93,9 +95,11 @@ NOTES = {
     "Max": "data tensors and constants, broadcast; ties to the first operand",
     "Min": "as Max", "ReduceMax": "over non-batch axes; ties to the lowest index",
     "ReduceMin": "as ReduceMax",
-    "Split": "every opset form (split attribute/input, num_outputs), off the batch axis",
+    "Split": "every opset form (split attribute/input, num_outputs), off the batch axis; "
+             "along a merged batch axis only whole per-example blocks (docs/math.md §7.5)",
     "Tile": "constant repeats, 1 on the batch axis", "Expand": "of data; constant shape",
-    "Gather": "constant indices, axis != 0",
+    "Gather": "constant indices, axis != 0; along a merged batch axis only indices taking "
+              "whole per-example blocks (docs/math.md §7.5)",
     "GatherElements": "constant indices equal for every example, axis != 0",
     "DepthToSpace": "DCR and CRD", "SpaceToDepth": "",
     "Softmax": "as the last op: stripped, the logits are explained; elsewhere Exp, ReduceSum, "

@@ -40,6 +40,28 @@ def _broadcast(inputs: Arrays, attributes: dict[str, object]) -> int:
     return budget.count(np.broadcast_shapes(*shapes)) if shapes else 1
 
 
+def _matmul(inputs: Arrays, attributes: dict[str, object]) -> int:
+    """NumPy's matmul: the axes before the last two broadcast, the last two multiply
+    (a 1-D operand is a row or a column)."""
+    a, b = inputs[0], inputs[1]
+    assert a is not None and b is not None
+    rows = a.shape if a.ndim > 1 else (1, *a.shape)
+    columns = b.shape if b.ndim > 1 else (*b.shape, 1)
+    if rows[-1] != columns[-2]:
+        raise ValueError(f"shapes {list(a.shape)} and {list(b.shape)} do not multiply")
+    return budget.count((*np.broadcast_shapes(rows[:-2], columns[:-2]), rows[-2],
+                         columns[-1]))
+
+
+def _gemm(inputs: Arrays, attributes: dict[str, object]) -> int:
+    """Gemm's [M, N] after its transposes."""
+    a, b = inputs[0], inputs[1]
+    assert a is not None and b is not None and a.ndim == b.ndim == 2
+    rows = a.shape[1] if attributes.get("transA", 0) else a.shape[0]
+    columns = b.shape[0] if attributes.get("transB", 0) else b.shape[1]
+    return budget.count((rows, columns))
+
+
 def _constant(inputs: Arrays, attributes: dict[str, object]) -> int:
     return 1  # its value is stored in the file (sparse values were checked when densified)
 
@@ -124,8 +146,8 @@ ESTIMATES: dict[str, Estimate] = {
     "OneHot": _one_hot,
     "Gather": _gather,
     "Pad": _pad,
-    "MatMul": _broadcast,
-    "Gemm": _broadcast,
+    "MatMul": _matmul,
+    "Gemm": _gemm,
 }
 
 

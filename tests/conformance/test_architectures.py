@@ -3,8 +3,9 @@
 torchvision's mobilenet_v3_small, efficientnet_b0, convnext_tiny, regnet_y_400mf and
 shufflenet_v2_x1_0 (10 classes, 32x32 inputs), a small VisionTransformer (image 32,
 patch 8, 2 layers, 2 heads, hidden 32, MLP 64), a small Swin (embed 32, depths [2, 2],
-heads [2, 4], window 4) and a U-Net-style decoder (Conv, ConvTranspose2d, nn.Upsample
-nearest and bilinear, skip Concat; 8x8 in, 2x8x8 out), with random weights, biases,
+heads [2, 4], window 7; 40x40 inputs, so padded and shifted windows) and a U-Net-style
+decoder (Conv, ConvTranspose2d, nn.Upsample nearest and bilinear, skip Concat; 8x8 in,
+2x8x8 out), with random weights, biases,
 normalisation parameters and BatchNorm running statistics (`torch_architectures.py`), are
 exported by both PyTorch exporters (TorchScript at opset 17, and the
 torch.export-based one; dynamic batch) into a tmp dir. The weights are rescaled once on a
@@ -24,8 +25,10 @@ float32 (`torch_architectures.as_exported`). For a float32 batch of 2 inputs:
 
 Most of the models are not piecewise linear (HardSwish, SiLU, Gelu, Sigmoid gates,
 LayerNorm, attention): `W^x` is the tangent model's `J(x)` (docs/math.md §7). The ViT and the
-Swin merge the batch axis with another axis and are refused at load (docs/math.md §7.10
-decision 2): strict expected failures, so that the mark must go when they import.
+Swin merge the batch axis with another axis (the heads', the windows'), which the import
+tracks (docs/math.md §7.5, §7.10 decision 2). ``NOT_IMPORTED`` lists the exports expected to
+be refused at load (strict expected failures, so the mark must go when they import); none
+today.
 """
 
 from __future__ import annotations
@@ -49,14 +52,7 @@ JACOBIAN_RTOL = 1e-9
 PIECEWISE_LINEAR = {"shufflenet_v2_x1_0", "unet_decoder"}  # ReLU networks
 # The exports bbp_ref cannot import yet: (why, a pattern the load error must match). They must
 # fail at load with that UnsupportedOpError (strict), so the mark goes when they import.
-MERGED_BATCH = "a Reshape that merges the batch axis with another axis"
-NOT_IMPORTED: dict[tuple[str, str], tuple[str, str]] = {
-    **{("swin_small", exporter): (
-        f"{MERGED_BATCH} (the window partition reshapes [N, ...] to [N * windows, ...])",
-        # refused at that Reshape, or (with a merged batch tracked) at an op reading it
-        "does not keep the batch axis first|does not support a merged batch")
-       for exporter in EXPORTERS},
-}
+NOT_IMPORTED: dict[tuple[str, str], tuple[str, str]] = {}
 
 
 def _cases():

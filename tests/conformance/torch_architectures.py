@@ -125,10 +125,12 @@ def _vision_transformer() -> nn.Module:
 
 
 def _swin() -> nn.Module:
-    # head dimension 16 (embed_dim / num_heads at both stages): its scale 1/4 is exact
+    # head dimension 16 (embed_dim / num_heads at both stages): its scale 1/4 is exact.
+    # On 40x40 images the 10x10 tokens are padded to 2x2 windows of 7x7 and shifted by 3
+    # (the mask covers the padding), the 5x5 of stage 2 to one window, not shifted.
     from_module = import_torchvision().models.swin_transformer
     return from_module.SwinTransformer(patch_size=[4, 4], embed_dim=32, depths=[2, 2],
-                                       num_heads=[2, 4], window_size=[4, 4],
+                                       num_heads=[2, 4], window_size=[7, 7],
                                        num_classes=10)
 
 
@@ -140,7 +142,7 @@ ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "regnet_y_400mf": (_torchvision("regnet_y_400mf"), (3, 32, 32)),
     "shufflenet_v2_x1_0": (_torchvision("shufflenet_v2_x1_0"), (3, 32, 32)),
     "vit_small": (_vision_transformer, (3, 32, 32)),
-    "swin_small": (_swin, (3, 32, 32)),
+    "swin_small": (_swin, (3, 40, 40)),
     "unet_decoder": (UNetDecoder, (3, 8, 8)),
 }
 

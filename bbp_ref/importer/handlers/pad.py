@@ -95,21 +95,31 @@ def pad_table(shape: tuple[int, ...], begin: np.ndarray, end: np.ndarray,
     return table[crop]
 
 
-@handler("Pad")
+@handler("Pad", merged_batch=True)
 def pad(ctx: NodeContext) -> list[Value]:
+    """With a batch merged into an axis (docs/math.md §7.5), the per-example axes are
+    the ONNX ones and the merged axis cannot be padded or cropped (a pad there would
+    reach the first or the last example only)."""
     data = ctx.var(0)
-    rank = data.rank
+    rank = data.onnx_rank
     pads, value, mode = _arguments(ctx, rank)
     begin, end = pads[:rank], pads[rank:]
-    if begin[0] or end[0]:
+    batch = 0 if data.merged is None else data.merged.axis
+    if begin[batch] or end[batch]:
+        if data.merged is not None:
+            raise ctx.error(f"padding or cropping ONNX axis {batch}, which holds the batch "
+                            f"({data.where_batch}), would pad the first or the last "
+                            "example only")
         raise ctx.error("padding or cropping the batch axis is not supported")
     if not pads.any():
         return [data]
-    if _folds_into_window(ctx, pads, value, mode, rank):
+    if data.merged is None and _folds_into_window(ctx, pads, value, mode, rank):
         return [PendingPad(data, tuple(int(p) for p in begin[2:]),
                            tuple(int(p) for p in end[2:]), ctx.name)]
+    if data.merged is not None:  # the per-example axes are the ONNX ones
+        begin, end = np.concatenate([[0], begin]), np.concatenate([[0], end])
     if mode == "reflect":
-        short = [a for a in range(1, rank) if max(begin[a], end[a]) > 0
+        short = [a for a in range(1, len(begin)) if max(begin[a], end[a]) > 0
                  and data.shape[a - 1] < 2]
         if short:
             raise ctx.error(f"mode 'reflect' needs at least 2 elements along padded axis "

@@ -19,7 +19,7 @@ from ..context import (
     normalize_axis,
     per_example_axis,
 )
-from ..values import Const, Value, Var
+from ..values import Const, MergedBatch, Value, Var
 
 
 def _arange(shape: tuple[int, ...]) -> np.ndarray:
@@ -27,14 +27,14 @@ def _arange(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _route(ctx: NodeContext, data: list[Var], table: np.ndarray,
-           batch_axis: int = 0) -> list[Var]:
+           batch_axis: int = 0, merged: MergedBatch | None = None) -> list[Var]:
     if table.size == 0:
         raise ctx.error("the output is empty")
     if len(data) == 1 and table.shape == data[0].shape and \
             np.array_equal(table, _arange(data[0].shape)):
-        return [Var(data[0].node, data[0].shape, batch_axis)]
+        return [Var(data[0].node, data[0].shape, 0 if merged else batch_axis, merged)]
     return [ctx.add(IndexRoute([v.shape for v in data], table), data, table.shape,
-                    batch_axis=batch_axis)]
+                    batch_axis=batch_axis, merged=merged)]
 
 
 # -- Split ----------------------------------------------------------------------------------
@@ -62,12 +62,19 @@ def _split_sizes(ctx: NodeContext, length: int, outputs: int) -> list[int]:
     return [length // outputs] * outputs
 
 
-@handler("Split")
+@handler("Split", merged_batch=True)
 def split(ctx: NodeContext) -> list[Value]:
+    """With a batch merged into an axis (docs/math.md §7.5), splitting off it is the
+    per-example Split; along it, see `_check_merged_split`."""
     data = ctx.var(0)
-    axis = per_example_axis(ctx, int(ctx.attr("axis", 0)), data.rank)
     outputs = len(ctx.node.output)
+    if data.merged is not None:
+        axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), data.onnx_rank)
+    else:
+        axis = per_example_axis(ctx, int(ctx.attr("axis", 0)), data.rank)
     sizes = _split_sizes(ctx, data.shape[axis], outputs)
+    if data.merged is not None and axis == data.merged.axis:
+        _check_merged_split(ctx, data, sizes)
     results: list[Value] = []
     start = 0
     for k, size in enumerate(sizes):
@@ -82,6 +89,28 @@ def split(ctx: NodeContext) -> list[Value]:
             results.append(ctx.add(Slice(data.shape, tuple(index)), [data], shape, output=k))
         start += size
     return results
+
+
+def _check_merged_split(ctx: NodeContext, data: Var, sizes: list[int]) -> None:
+    """A Split along the axis a batch is merged into (docs/math.md §7.5) is per example
+    only if every part is whole blocks of `inner` elements and the sizes for a batch of
+    two (`Const.at_two` of ``split``; computed from the doubled length for equal parts)
+    are twice those for one; otherwise a part would hold some examples only."""
+    assert data.merged is not None
+    length, inner = data.shape[data.merged.axis], data.merged.inner
+    given = ctx.inputs[1] if ctx.opset >= 13 and ctx.has_input(1) else None
+    if isinstance(given, Const) and np.asarray(given.value).size:
+        sizes_two = [int(s) for s in np.asarray(given.value_at_two).ravel()]
+    elif ctx.opset < 13 and ctx.attr("split") is not None:
+        sizes_two = list(sizes)
+    else:
+        sizes_two = _split_sizes(ctx, 2 * length, len(sizes))
+    if any(s % inner for s in sizes) or sizes_two != [2 * s for s in sizes]:
+        raise ctx.error(
+            f"splitting ONNX axis {data.merged.axis}, which holds the batch "
+            f"({data.where_batch}), into {sizes} (for a batch of two {sizes_two}) does not "
+            f"give every part whole blocks of {inner} elements of every example; a part "
+            "would hold some examples only")
 
 
 # -- Tile, Expand ---------------------------------------------------------------------------
@@ -127,14 +156,17 @@ def _indices(ctx: NodeContext, size: int) -> np.ndarray:
     return np.where(indices < 0, indices + size, indices).astype(np.int64)
 
 
-@handler("Gather", batch_axis=OWN_BATCH_AXIS)
+@handler("Gather", batch_axis=OWN_BATCH_AXIS, merged_batch=True)
 def gather(ctx: NodeContext) -> list[Var]:
     """With the batch at ONNX axis `b` (docs/math.md §7.5), gathering along an axis before
-    it moves it by the rank of the indices minus one (`Y_h[-1]` of a recurrent op)."""
+    it moves it by the rank of the indices minus one (`Y_h[-1]` of a recurrent op), and
+    likewise a batch merged into an axis (`_gather_merged`)."""
     data = ctx.var(0)
     if isinstance(ctx.inputs[1], Var):
         raise ctx.error("indices computed from the model input (data-dependent "
                         "indices) are not supported")
+    if data.merged is not None:
+        return _gather_merged(ctx, data)
     onnx_axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), data.rank)
     if onnx_axis == data.batch_axis:
         raise ctx.error(f"gathering along the batch axis (axis {data.batch_axis}) would mix "
@@ -144,6 +176,70 @@ def gather(ctx: NodeContext) -> list[Var]:
     ctx.check_size(data.shape[:axis] + indices.shape + data.shape[axis + 1:])
     batch = data.batch_axis + (indices.ndim - 1 if onnx_axis < data.batch_axis else 0)
     return _route(ctx, [data], np.take(_arange(data.shape), indices, axis=axis), batch)
+
+
+def _gather_merged(ctx: NodeContext, data: Var) -> list[Var]:
+    """Gather of a tensor whose batch is merged into an axis (docs/math.md §7.5): off
+    that axis, the same table for every example; along it, only indices that take whole
+    per-example blocks (as the torch.export-based exporter writes `as_strided`)."""
+    assert data.merged is not None
+    axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), data.onnx_rank)
+    indices = _indices(ctx, data.shape[axis])
+    ctx.check_size(data.shape[:axis] + indices.shape + data.shape[axis + 1:])
+    table = np.take(_arange(data.shape), indices, axis=axis)
+    if axis != data.merged.axis:
+        moved = indices.ndim - 1 if axis < data.merged.axis else 0
+        return _route(ctx, [data], table,
+                      merged=MergedBatch(data.merged.axis + moved, data.merged.inner))
+    batch_axis, merged = _gathered_batch(ctx, data, indices)
+    return _route(ctx, [data], table, batch_axis, merged)
+
+
+def _gathered_batch(ctx: NodeContext, data: Var,
+                    indices: np.ndarray) -> tuple[int, MergedBatch | None]:
+    """Where the batch sits after gathering along the axis it is merged into: read from
+    the indices for a batch of two (`Const.at_two`), which must be those for a batch of
+    one taken per example, the examples merged into one axis of the indices in exactly
+    one way (docs/math.md §7.5); otherwise the indices would pick examples."""
+    assert data.merged is not None
+    axis, inner = data.merged.axis, data.merged.inner
+    refusal = (f"gathering along ONNX axis {axis}, which holds the batch "
+               f"({data.where_batch}), with indices that")
+    given = ctx.inputs[1]
+    if not isinstance(given, Const) or given.at_two is None:
+        raise ctx.error(f"{refusal} do not depend on the batch size would pick examples")
+    at_two = np.asarray(given.at_two, dtype=np.int64)
+    length_at_two = 2 * data.shape[axis]
+    at_two = np.where(at_two < 0, at_two + length_at_two, at_two)
+    grown = [j for j in range(indices.ndim) if at_two.shape == indices.shape[:j]
+             + (2 * indices.shape[j],) + indices.shape[j + 1:]]
+    layouts = []
+    for j in grown:
+        length = indices.shape[j]
+        for inner_out in (d for d in range(1, length + 1) if length % d == 0):
+            if np.array_equal(_indices_per_example(indices, j, inner_out, inner), at_two):
+                layouts.append((axis + j, MergedBatch(axis + j, inner_out)
+                                if length > 1 else None))
+    if len(layouts) != 1:
+        raise ctx.error(f"{refusal} do not take whole per-example blocks in exactly one "
+                        f"way (shape {list(indices.shape)} for a batch of one, "
+                        f"{list(at_two.shape)} for two) would pick examples")
+    return layouts[0]
+
+
+def _indices_per_example(indices: np.ndarray, j: int, inner_out: int,
+                         inner: int) -> np.ndarray:
+    """The indices for a batch of two that apply ``indices`` (a batch of one) to each
+    example: along indices axis ``j`` position `o * 2 * inner_out + n * inner_out + i`
+    takes `indices[..., o * inner_out + i, ...]` of example `n`, whose element `e` of
+    the merged data axis sits at `(e // inner) * 2 * inner + n * inner + e % inner`."""
+    outer, rest = np.divmod(np.arange(2 * indices.shape[j]), 2 * inner_out)
+    example, within = np.divmod(rest, inner_out)
+    taken = np.take(indices, outer * inner_out + within, axis=j)
+    along_j = [1] * indices.ndim
+    along_j[j] = -1
+    example = example.reshape(along_j)
+    return (taken // inner) * 2 * inner + example * inner + taken % inner
 
 
 @handler("GatherElements")

@@ -329,15 +329,27 @@ def _concat_with_constants(ctx: NodeContext) -> list[Var]:
     return [ctx.add(operator, data, index.shape)]
 
 
-@handler("Concat", batch_axis=SAME_BATCH_AXIS)
+@handler("Concat", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def concat(ctx: NodeContext) -> list[Var]:
+    """With a batch merged into an axis (docs/math.md §7.5) every part holds it the same
+    way (checked centrally), so the per-example Concat is exact along any axis, the
+    merged one included: the parts' blocks of `inner` elements follow each other for
+    every example."""
+    merged = ctx.merged_batch
     if any(isinstance(v, Const) for v in ctx.inputs):
+        if merged is not None:
+            where = next(v for v in ctx.inputs if isinstance(v, Var)).where_batch
+            raise ctx.error(f"the batch is {where}; a constant operand of Concat cannot "
+                            "grow with the batch size along the merged axis")
         return _concat_with_constants(ctx)
     parts = [ctx.var(i) for i in range(len(ctx.inputs))]
     rank = parts[0].rank
     if any(p.rank != rank for p in parts):
         raise ctx.error("inputs have different ranks")
-    axis = per_example_axis(ctx, int(ctx.attr("axis", 1)), rank, parts[0].batch_axis)
+    if merged is not None:
+        axis = normalize_axis(ctx, int(ctx.attr("axis", 1)), parts[0].onnx_rank)
+    else:
+        axis = per_example_axis(ctx, int(ctx.attr("axis", 1)), rank, parts[0].batch_axis)
     rest = {p.shape[:axis] + p.shape[axis + 1:] for p in parts}
     if len(rest) != 1:
         raise ctx.error(f"shapes {[list(p.shape) for p in parts]} differ off the Concat axis")
@@ -366,7 +378,7 @@ def _slice_arguments(ctx: NodeContext) -> tuple[list[int], list[int], list[int] 
 _TO_THE_END = 2**31 - 1
 
 
-@handler("Slice", batch_axis=SAME_BATCH_AXIS)
+@handler("Slice", batch_axis=SAME_BATCH_AXIS, merged_batch=True)
 def slice_(ctx: NodeContext) -> list[Var]:
     data = ctx.var(0)
     starts, ends, axes, steps = _slice_arguments(ctx)
@@ -375,11 +387,14 @@ def slice_(ctx: NodeContext) -> list[Var]:
     if not len(starts) == len(ends) == len(axes) == len(steps):
         raise ctx.error("starts, ends, axes and steps must have the same length")
     index = [slice(None)] * len(data.shape)
-    for start, end, axis, step in zip(starts, ends, axes, steps):
+    for k, (start, end, axis, step) in enumerate(zip(starts, ends, axes, steps)):
         if step == 0:
             raise ctx.error("steps must be non-zero")
-        axis = normalize_axis(ctx, int(axis), data.rank)
-        if axis == data.batch_axis:
+        axis = normalize_axis(ctx, int(axis), data.onnx_rank)
+        if data.merged is not None and axis == data.merged.axis:
+            index[axis] = _merged_axis_slice(ctx, data, k, int(start), int(end), int(step))
+            continue
+        if data.merged is None and axis == data.batch_axis:
             if step == 1 and start == 0 and end >= _TO_THE_END:
                 continue  # the whole batch, whatever its size
             raise ctx.error("slicing the batch axis is not supported (only the whole batch, "
@@ -391,6 +406,41 @@ def slice_(ctx: NodeContext) -> list[Var]:
     if shape == data.shape and all(s == slice(None) or s.step == 1 for s in index):
         return [data]
     return [ctx.add(Slice(data.shape, tuple(index)), [data], shape)]
+
+
+def _merged_axis_slice(ctx: NodeContext, data: Var, k: int, start: int, end: int,
+                       step: int) -> slice:
+    """The per-example slice for slice ``k`` (``start``, ``end``, ``step`` at a batch of
+    one) along the axis a batch is merged into (docs/math.md §7.5): only whole blocks of
+    `inner` elements, step 1, whose bounds for a batch of two (`Const.at_two` of starts
+    and ends; a literal is the same at both) are twice those for one; then every example
+    keeps the same blocks. Anything else would take some examples' elements only."""
+    assert data.merged is not None
+    length, inner = data.shape[data.merged.axis], data.merged.inner
+    first, last, _ = slice(start, end).indices(length)
+    start_two, end_two = _slice_bounds_at_two(ctx, k, start, end)
+    first_two, last_two, _ = slice(start_two, end_two).indices(2 * length)
+    if step != 1 or first % inner or last % inner or last <= first \
+            or (first_two, last_two) != (2 * first, 2 * last):
+        raise ctx.error(
+            f"slicing ONNX axis {data.merged.axis}, which holds the batch "
+            f"({data.where_batch}), from {start} to {end} step {step} (for a batch of two "
+            f"from {start_two} to {end_two}) does not keep whole blocks of {inner} "
+            "elements of every example; it would take some examples' elements only")
+    return slice(first, last)
+
+
+def _slice_bounds_at_two(ctx: NodeContext, k: int, start: int, end: int) -> tuple[int, int]:
+    """Start and end ``k`` of a Slice for a batch of two (docs/math.md §7.5 decision 1)."""
+    if ctx.opset < 10:
+        return start, end
+
+    def at_two(index: int) -> int:
+        given = ctx.inputs[index]
+        assert isinstance(given, Const)
+        return int(np.asarray(given.value_at_two).ravel()[k])
+
+    return at_two(1), at_two(2)
 
 
 @handler("Shape", batch_axis=OWN_BATCH_AXIS, merged_batch=True)
