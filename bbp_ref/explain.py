@@ -15,7 +15,7 @@ from .attribution.targets import resolve_target_sets
 from .binding import Binding, for_each_example, needs_binding, pick_example
 from .checks.onnxruntime_check import check_output
 from .checks.residuals import Checks, check_mode, relative_residual
-from .engine.repeat import repeat_trace
+from .engine.repeat import one_hot_seeds, repeat_trace
 from .engine.trace import Trace, linear_parts
 from .errors import InputError
 from .graph import Graph
@@ -144,11 +144,9 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
     flat = logits.reshape(n, -1)
     targets, target_axis = resolve_target_sets(target, flat, single)
     count = targets.shape[1]
-    seed = np.zeros((n * count, flat.shape[1]))
-    seed[np.arange(n * count), targets.ravel()] = 1.0
     selected = _layers(trace.graph, layers)
     results = bias_backpropagations(repeat_trace(trace, count),
-                                    seed.reshape(n * count, *logits.shape[1:]), rules, selected)
+                                    one_hot_seeds(targets, logits.shape[1:]), rules, selected)
     chosen = flat[np.arange(n)[:, None], targets]  # f_t(x) for every target
     linear_passes = _linear_pass_residual(trace, batch, logits) if mode == "full" else None
     onnxruntime = check_output(loaded, batch, logits) if mode != "off" else None

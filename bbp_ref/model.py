@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from . import budget
+from .engine.repeat import one_hot_seeds, repeat_trace
 from .engine.trace import Trace, forward, input_gradient, linear_parts
 from .errors import InputError
 from .graph import Graph
@@ -25,6 +26,10 @@ from .importer.torch_export import (
     require_torch,
     weights_digest,
 )
+
+# Outputs whose rows of `W^x` one batched reverse pass computes (`Model.jacobian`): each
+# is one more copy of the batch in the pass, and memory grows with it (docs/math.md §8).
+JACOBIAN_BLOCK = 100
 
 
 @dataclass(frozen=True)
@@ -201,14 +206,17 @@ class Model:
             return self._bound(x, inputs, wrt, lambda m, xi: m.jacobian(xi))
         batch, single = self.prepare(x)
         trace = self.trace(batch)
-        out_shape = trace.output.shape[1:]
-        size = int(np.prod(out_shape))
-        rows = []
-        for k in range(size):
-            seed = np.zeros((batch.shape[0], size))
-            seed[:, k] = 1.0
-            rows.append(input_gradient(trace, seed.reshape(trace.output.shape)))
-        jac = np.stack(rows, axis=1).reshape(batch.shape[0], *out_shape, *batch.shape[1:])
+        n, out_shape, in_shape = batch.shape[0], trace.output.shape[1:], batch.shape[1:]
+        size = int(np.prod(out_shape, dtype=np.int64))
+        blocks = []
+        # one reverse pass of the trace repeated per output (engine.repeat), for a block of
+        # at most JACOBIAN_BLOCK outputs at a time
+        for start in range(0, size, JACOBIAN_BLOCK):
+            block = np.arange(start, min(size, start + JACOBIAN_BLOCK))
+            rows = input_gradient(repeat_trace(trace, len(block)),
+                                  one_hot_seeds(np.tile(block, (n, 1)), out_shape))
+            blocks.append(rows.reshape(n, len(block), *in_shape))
+        jac = np.concatenate(blocks, axis=1).reshape(n, *out_shape, *in_shape)
         return jac[0] if single else jac
 
 

@@ -33,36 +33,19 @@ import argparse
 import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-MiB = 2**20
+sys.path.insert(0, str(HERE))  # bench_explain, however this script is started
+from bench_explain import maxrss_mib, traced_peak_mib  # noqa: E402
+
 RULES = ("abs", "uniform", "signed")
-
-
-def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _traced_peak_mib(fn: Callable[[], Any]) -> float:
-    gc.collect()
-    tracemalloc.start()
-    try:
-        result = fn()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    del result
-    gc.collect()
-    return peak / MiB
 
 
 def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -109,12 +92,12 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 errors[step] = f"{type(exc).__name__}: {exc}"[:200]
                 continue
             times[step].append(clock() - start)
-    peaks = {step: _traced_peak_mib(steps[step]) for step in traced
+    peaks = {step: traced_peak_mib(steps[step]) for step in traced
              if step not in errors and not args.no_tracemalloc}
     return {"model": name, "repo": str(Path(bbp_ref.__file__).resolve().parent.parent),
             "threads": args.threads, "clock": args.clock,
             "times": times, "errors": errors, "tracemalloc_mib": peaks,
-            "maxrss_mib": _maxrss_mib(), "batch": args.batch, "top": args.top}
+            "maxrss_mib": maxrss_mib(), "batch": args.batch, "top": args.top}
 
 
 def ratios(record: dict[str, Any]) -> dict[str, float]:

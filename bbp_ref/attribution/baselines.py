@@ -233,13 +233,7 @@ def gradient(model: object, x: object, target: object = None, *, wrt: str | None
              inputs: Mapping[str, object] | None = None) -> Attribution:
     """`W^x[t]`, the gradient of `f_t` at `x` (Captum's ``Saliency(abs=False)``);
     ``wrt``/``inputs`` as in `bbp_ref.explain`."""
-    bound = bound_call(model, x, wrt, inputs,
-                       lambda m, xi, i: gradient(m, xi, pick_example(target, i)))
-    if bound is not None:
-        return bound
-    s = setup(model, x, target)
-    grad = input_gradient(s.trace, s.seed)
-    return s.finish(_result(s, grad, "gradient"))
+    return _gradient_method(model, x, target, wrt, inputs, "gradient")
 
 
 def gradient_x_input(model: object, x: object, target: object = None, *,
@@ -247,13 +241,21 @@ def gradient_x_input(model: object, x: object, target: object = None, *,
                      inputs: Mapping[str, object] | None = None) -> Attribution:
     """`W^x[t] * x` (Captum's ``InputXGradient``). It sums to `f_t(x) - b^x`, the
     decomposition `explain` completes with the bias attribution."""
-    bound = bound_call(model, x, wrt, inputs,
-                       lambda m, xi, i: gradient_x_input(m, xi, pick_example(target, i)))
+    return _gradient_method(model, x, target, wrt, inputs, "gradient_x_input")
+
+
+def _gradient_method(model: object, x: object, target: object, wrt: str | None,
+                     inputs: Mapping[str, object] | None, method: str) -> Attribution:
+    """`W^x[t]` (``method`` "gradient"), or times `x` ("gradient_x_input"), by one reverse
+    pass; per example through the binding with ``wrt``/``inputs``."""
+    bound = bound_call(model, x, wrt, inputs, lambda m, xi, i: _gradient_method(
+        m, xi, pick_example(target, i), None, None, method))
     if bound is not None:
         return bound
     s = setup(model, x, target)
     grad = input_gradient(s.trace, s.seed)
-    return s.finish(_result(s, grad * s.batch, "gradient_x_input"))
+    attribution = grad * s.batch if method == "gradient_x_input" else grad
+    return s.finish(_result(s, attribution, method))
 
 
 def _result(s: Setup, attribution: Array, method: str) -> Attribution:

@@ -35,6 +35,11 @@ class OnnxruntimeUnavailable(BBpError):
     """onnxruntime is not installed, or cannot load or run the model."""
 
 
+class ShapeMismatch(BBpError):
+    """onnxruntime's value of a tensor has another number of elements than the engine's
+    (docs/math.md §5: dilated pools with ``auto_pad`` SAME_* are one such case)."""
+
+
 @dataclass(frozen=True)
 class Unavailable:
     """The onnxruntime check could not run; ``reason`` is onnxruntime's, in one line."""
@@ -69,19 +74,26 @@ class Comparison:
     max_abs_diff: float
     max_rel_diff: float
     ok: bool
+    detail: str = ""
 
     def __str__(self) -> str:
         verdict = "ok" if self.ok else "MISMATCH"
+        detail = f": {self.detail}" if self.detail else ""
         return (f"{self.tensor}: max |diff| {self.max_abs_diff:.3g}, "
-                f"max rel {self.max_rel_diff:.3g} ({verdict})")
+                f"max rel {self.max_rel_diff:.3g} ({verdict}){detail}")
 
 
 def compare(tensor: str, engine: np.ndarray, reference: np.ndarray,
             rtol: float = RTOL, atol: float = ATOL) -> Comparison:
     """Element-wise ``|engine - reference| <= rtol |reference| + atol max(1, max
     |reference|)``. A NaN or infinite value on either side is a mismatch (and makes
-    the differences infinite); the scale comes from the finite values only."""
-    reference = np.asarray(reference, dtype=np.float64).reshape(engine.shape)
+    the differences infinite); the scale comes from the finite values only. Arrays of
+    different sizes are a `ShapeMismatch` naming ``tensor`` and both shapes."""
+    reference = np.asarray(reference, dtype=np.float64)
+    if reference.size != np.size(engine):
+        raise ShapeMismatch(f"onnxruntime's {tensor!r} has shape {list(reference.shape)}, "
+                            f"the engine's {list(np.shape(engine))}")
+    reference = reference.reshape(engine.shape)
     finite = np.isfinite(reference) & np.isfinite(engine)
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.where(finite, np.abs(engine - reference), np.inf)
@@ -90,6 +102,16 @@ def compare(tensor: str, engine: np.ndarray, reference: np.ndarray,
     rel = diff / np.maximum(magnitude, max(scale, 1e-30) * 1e-3)
     ok = bool((diff <= rtol * magnitude + atol * max(scale, 1.0)).all())
     return Comparison(tensor, float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), ok)
+
+
+def compare_or_mismatch(tensor: str, engine: np.ndarray, reference: np.ndarray,
+                        rtol: float = RTOL, atol: float = ATOL) -> Comparison:
+    """`compare`, with a `ShapeMismatch` reported as a failed comparison (infinite
+    differences, the two shapes in ``detail``): the engine and onnxruntime disagree."""
+    try:
+        return compare(tensor, engine, reference, rtol, atol)
+    except ShapeMismatch as exc:
+        return Comparison(tensor, float("inf"), float("inf"), False, detail=str(exc))
 
 
 def run_onnxruntime(model: Model, batch: np.ndarray, tensors: Sequence[str]) -> list[np.ndarray]:
@@ -154,7 +176,7 @@ def check_output(model: Model, batch: np.ndarray,
         (reference,) = run_onnxruntime(model, batch, [tensor])
     except OnnxruntimeUnavailable as exc:
         return Unavailable(str(exc))
-    return compare(tensor, logits, reference, *tolerances(model.proto))
+    return compare_or_mismatch(tensor, logits, reference, *tolerances(model.proto))
 
 
 def one_line(error: BaseException) -> str:
@@ -174,8 +196,8 @@ def first_divergence(model: object, x: object, rtol: float = RTOL,
     # intermediate nodes of an expanded composite op hold no ONNX tensor
     nodes = [n for n in trace.graph if n.operator is not None and n.tensor]
     references = run_onnxruntime(loaded, batch, [n.tensor for n in nodes])
-    comparisons = [compare(f"{n.name} ({n.op}) -> {n.tensor}", trace.values[n.name], ref,
-                           rtol, atol)
+    comparisons = [compare_or_mismatch(f"{n.name} ({n.op}) -> {n.tensor}", trace.values[n.name],
+                                       ref, rtol, atol)
                    for n, ref in zip(nodes, references)]
     first = next((c for c in comparisons if not c.ok), None)
     return first, comparisons

@@ -96,8 +96,9 @@ class Checks:
                          f"{self.onnxruntime.reason}")
         else:
             verdict = "ok" if self.onnxruntime.ok else "MISMATCH"
+            detail = f": {self.onnxruntime.detail}" if self.onnxruntime.detail else ""
             lines.append(f"onnxruntime max |diff|  {self.onnxruntime.max_abs_diff:.2e} "
-                         f"({verdict})")
+                         f"({verdict}){detail}")
         lines.append(f"checks                  {'passed' if self.passed else 'FAILED'} "
                      f"(tolerance {self.tolerance:g})")
         return "\n".join(lines)

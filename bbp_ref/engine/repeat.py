@@ -49,6 +49,17 @@ def _batch_free(frozen: LocalMap, batched_rank: int) -> bool:
                if a is not None)
 
 
+def one_hot_seeds(targets: Array, output_shape: tuple[int, ...]) -> Array:
+    """The seeds of the batched reverse pass over the targets ``targets`` [N, T] (indices
+    into each example's flattened output): row ``n * T + j`` is one at example ``n``'s
+    output element ``targets[n, j]`` and zero elsewhere, shaped [N * T, *output_shape]
+    (the rows of `repeat_trace(trace, T)`)."""
+    rows = targets.size
+    seed = np.zeros((rows, int(np.prod(output_shape, dtype=np.int64))))
+    seed[np.arange(rows), np.ravel(targets)] = 1.0
+    return seed.reshape(rows, *output_shape)
+
+
 def repeat_trace(trace: Trace, times: int) -> Trace:
     """``trace`` with every example repeated ``times`` times. Its ``values`` hold only
     the (repeated) input; the reverse pass and the bias backpropagation need no more."""

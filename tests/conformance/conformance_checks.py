@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 import bbp_ref
 
 RULES = ("abs", "signed", "uniform")
 RESIDUAL_TOL = 1e-10  # docs/math.md §5, invariants 1 and 2
+
+
+def computed_ops(proto: onnx.ModelProto) -> set[str]:
+    """The op types of the nodes that depend on a graph input that is not an initializer
+    (bbp_ref folds the nodes whose inputs are all constant)."""
+    constant = {t.name for t in proto.graph.initializer}
+    ops = set()
+    for n in proto.graph.node:
+        if all(not name or name in constant for name in n.input):
+            constant.update(n.output)
+        else:
+            ops.add(n.op_type)
+    return ops
 
 
 def assert_decomposition(model: bbp_ref.Model, x: np.ndarray, target: object = None,

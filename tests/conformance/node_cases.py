@@ -31,6 +31,7 @@ from functools import cache
 
 import numpy as np
 import onnx
+from conformance_checks import computed_ops
 from onnx import TensorProto, helper, numpy_helper
 
 STACKED_NAME = "node_case_stacked"  # not a name any generator uses
@@ -129,18 +130,6 @@ def _take(graph: onnx.GraphProto, opset: int, name: str, k: int) -> list[onnx.No
     return [slice_node, squeeze]
 
 
-def _computed_ops(proto: onnx.ModelProto) -> set[str]:
-    """The op types of the nodes that depend on the data input (bbp_ref folds the rest)."""
-    constant = {t.name for t in proto.graph.initializer}
-    ops = set()
-    for n in proto.graph.node:
-        if all(not name or name in constant for name in n.input):
-            constant.update(n.output)
-        else:
-            ops.add(n.op_type)
-    return ops
-
-
 def _variants(case: object) -> list[tuple[str, list[int] | None]]:
     """The single-data-input forms of a generated case: (name, stacked indices or None)."""
     inputs, _ = case.data_sets[0]
@@ -167,7 +156,7 @@ def not_selected_because(proto: onnx.ModelProto, x: np.ndarray, expected: object
         return f"data input of type {x.dtype}"
     if not _is_float(expected):
         return "non-float first output"
-    unsupported = _computed_ops(proto) - supported
+    unsupported = computed_ops(proto) - supported
     if unsupported:
         return f"unsupported ops {sorted(unsupported)}"
     return None

@@ -25,93 +25,56 @@ float32, as torch's float64 module has them.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import os
-import warnings
 
 import numpy as np
 import onnx
 import pytest
+from conformance_checks import RULES
+from torch_helpers import (
+    assert_every_rule_checks,
+    assert_matches_reference,
+    example_jacobians,
+    export,
+    seeded,
+    torch,
+)
 
-if os.environ.get("BBP_REQUIRE_TORCH"):
-    import onnxscript  # noqa: F401
-    import torch
-else:
-    torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
+import bbp_ref
 
-import bbp_ref  # noqa: E402
+nn = torch.nn
+F = torch.nn.functional
 
 pytestmark = pytest.mark.torch
 
 JACOBIAN_RTOL = 1e-9
 FORWARD_RTOL = 1e-9
-RESIDUAL_TOL = 1e-10
-RULES = ("abs", "signed", "uniform")
 T, E, HEADS = 4, 32, 2
 
 
 def _export(module: nn.Module, args: tuple, names: list[str], dynamo: bool,
             path) -> onnx.ModelProto:
-    """Export with a dynamic batch (axis 0 of every input)."""
-    options: dict = dict(input_names=names, output_names=["y"], dynamo=dynamo)
-    if dynamo:
-        if not os.environ.get("BBP_REQUIRE_TORCH"):
-            pytest.importorskip("onnxscript")
-        batch = torch.export.Dim("batch")
-        options["dynamic_shapes"] = tuple({0: batch} for _ in args)
-    else:
-        options["opset_version"] = 17
-        options["dynamic_axes"] = {name: {0: "batch"} for name in [*names, "y"]}
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), **options)
-    return onnx.load(str(path))
+    """Export with a dynamic batch (axis 0 of every input); TorchScript at opset 17."""
+    options = dict(dynamo=True) if dynamo else dict(dynamo=False, opset_version=17)
+    return export(module, args, path, options, input_names=names)
 
 
 def _seeded(module: nn.Module, seed: int) -> nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return module.eval()
+    return seeded(module, seed, 0.3)
 
 
 def _torch_jacobian(function, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float64 outputs [N, *out] and per-example Jacobians [N, *out, *in] of
     ``function(example, i)``."""
-    outs, rows = [], []
-    for i in range(len(x)):
-        xi = torch.from_numpy(x[i].astype(np.float64))
-        with torch.no_grad():
-            outs.append(function(xi, i).numpy())
-        rows.append(torch.autograd.functional.jacobian(lambda v, i=i: function(v, i), xi,
-                                                       vectorize=True).numpy())
-    return np.stack(outs), np.stack(rows)
+    return example_jacobians(function, x, vectorize=True)
 
 
 def _check(m: bbp_ref.Model, x: np.ndarray, expected_out: np.ndarray,
            expected_jacobian: np.ndarray, **bind: object) -> list:
     """The forward and W^x against torch, and every rule's residuals and checks."""
-    out = m.forward(x, **bind)
-    np.testing.assert_allclose(out, expected_out, rtol=0,
-                               atol=FORWARD_RTOL * np.abs(expected_out).max())
-    jacobian = m.jacobian(x, **bind)
-    np.testing.assert_allclose(jacobian, expected_jacobian, rtol=0,
-                               atol=JACOBIAN_RTOL * np.abs(expected_jacobian).max())
-    explanations = []
-    for rule in RULES:
-        e = bbp_ref.explain(m, x, rule=rule, check=True, **bind)
-        assert e.checks.passed, e.checks.summary()
-        assert (e.checks.completeness <= RESIDUAL_TOL).all()
-        assert (e.checks.decomposition <= RESIDUAL_TOL).all()
-        explanations.append(e)
-    return explanations
+    assert_matches_reference(m, x, expected_out, expected_jacobian, FORWARD_RTOL,
+                             JACOBIAN_RTOL, **bind)
+    return assert_every_rule_checks(m, x, **bind)
 
 
 def padding_bias(keep: torch.Tensor) -> torch.Tensor:

@@ -29,27 +29,17 @@ here are float32-exact (2**-10) or small enough not to matter (LayerNorm's 1e-5)
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
-import os
-import warnings
-
 import numpy as np
 import onnx
 import pytest
 from builders import model, node
 from onnx import numpy_helper
 from test_composite_ops import assert_same_explanations
+from torch_helpers import assert_matches_reference, export, module_reference, seeded, torch
 
-if os.environ.get("BBP_REQUIRE_TORCH"):
-    import onnxscript  # noqa: F401
-    import torch
-else:
-    torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+import bbp_ref
 
-import bbp_ref  # noqa: E402
+nn = torch.nn
 
 pytestmark = pytest.mark.torch
 
@@ -60,49 +50,17 @@ EXPORTERS = {"ts13": dict(dynamo=False, opset_version=13),
 
 
 def _export(module: nn.Module, x: np.ndarray, path, options: dict) -> onnx.ModelProto:
-    options = dict(options)
-    if options["dynamo"]:
-        if not os.environ.get("BBP_REQUIRE_TORCH"):
-            pytest.importorskip("onnxscript")
-        options["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
-    else:
-        options["dynamic_axes"] = {"x": {0: "batch"}, "y": {0: "batch"}}
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.from_numpy(x),), str(path), input_names=["x"],
-                          output_names=["y"], **options)
-    return onnx.load(str(path))
+    return export(module, (torch.from_numpy(x),), path, options)
 
 
 def _randomized(module: nn.Module, seed: int) -> nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-    return module.eval()
-
-
-def _autograd(module: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float64 output [N, *out] and per-example Jacobian [N, *out, *in]."""
-    module64 = copy.deepcopy(module).double().eval()
-    x64 = torch.from_numpy(x.astype(np.float64))
-    with torch.no_grad():
-        out = module64(x64).numpy()
-    jacobians = [torch.autograd.functional.jacobian(
-        lambda xi: module64(xi.unsqueeze(0)).squeeze(0), x64[i]).numpy()
-        for i in range(len(x))]
-    return out, np.stack(jacobians)
+    return seeded(module, seed, 0.5)
 
 
 def assert_matches_autograd(proto: onnx.ModelProto, module: nn.Module, x: np.ndarray) -> None:
-    out, jacobian = _autograd(module, x)
-    m = bbp_ref.load(proto)
-    np.testing.assert_allclose(m.forward(x), out, rtol=0,
-                               atol=AUTOGRAD_RTOL * np.abs(out).max())
-    np.testing.assert_allclose(m.jacobian(x), jacobian, rtol=0,
-                               atol=AUTOGRAD_RTOL * np.abs(jacobian).max())
+    out, jacobian = module_reference(module, x)
+    assert_matches_reference(bbp_ref.load(proto), x, out, jacobian, AUTOGRAD_RTOL,
+                             AUTOGRAD_RTOL)
 
 
 def _weights(proto: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import model, node
-from conformance_checks import assert_close_to_scale, assert_decomposition
+from conformance_checks import assert_close_to_scale, assert_decomposition, computed_ops
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -101,19 +101,6 @@ class BackendCase:
     data_sets: tuple[Path, ...]
 
 
-def _computed_ops(proto: onnx.ModelProto) -> set[str]:
-    """The op types of the nodes that depend on a graph input that is not an
-    initializer (nodes whose inputs are all constant are folded by bbp_ref)."""
-    constant = {t.name for t in proto.graph.initializer}
-    ops = set()
-    for n in proto.graph.node:
-        if all(not name or name in constant for name in n.input):
-            constant.update(n.output)
-        else:
-            ops.add(n.op_type)
-    return ops
-
-
 def _not_selected_because(proto: onnx.ModelProto) -> str | None:
     initializers = {t.name for t in proto.graph.initializer}
     data_inputs = [i for i in proto.graph.input if i.name not in initializers]
@@ -121,7 +108,7 @@ def _not_selected_because(proto: onnx.ModelProto) -> str | None:
         return f"{len(data_inputs)} data inputs"
     if proto.graph.output[0].type.tensor_type.elem_type not in FLOAT_TYPES:
         return "non-float output"
-    unsupported = _computed_ops(proto) - set(supported_ops())
+    unsupported = computed_ops(proto) - set(supported_ops())
     if unsupported:
         return f"unsupported ops {sorted(unsupported)}"
     return None

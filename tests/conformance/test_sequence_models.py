@@ -21,28 +21,27 @@ model input, heads merged with the batch inside, is tested in ``test_attention.p
 
 from __future__ import annotations
 
-import io
-import os
-import warnings
-
 import numpy as np
+import onnx
 import pytest
+from torch_helpers import (
+    assert_every_rule_checks,
+    assert_matches_reference,
+    example_jacobians,
+    export,
+    module_reference,
+    torch,
+)
 
-if os.environ.get("BBP_REQUIRE_TORCH"):
-    import onnxscript  # noqa: F401
-    import torch
-else:
-    torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+import bbp_ref
+from bbp_ref.errors import UnsupportedOpError
 
-import bbp_ref  # noqa: E402
-from bbp_ref.errors import UnsupportedOpError  # noqa: E402
+nn = torch.nn
 
 pytestmark = pytest.mark.torch
 
 FORWARD_RTOL = 1e-12
 JACOBIAN_RTOL = 1e-9
-RESIDUAL_TOL = 1e-10
 STEPS, FEATURES = 5, 3
 
 
@@ -103,57 +102,28 @@ MODELS = {"lstm_classifier": LSTMClassifier, "gru_tagger": GRUTagger,
           "rnn_last_step": ElmanLastStep, "rnn_final_state": ElmanFinalState}
 
 
-def _export(module: nn.Module, example: torch.Tensor, dynamo: bool) -> bytes:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            program = torch.onnx.export(module, (example,), dynamo=True, verbose=False)
-            program.optimize()
-            return program.model_proto.SerializeToString()
-        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"])
-    return buffer.getvalue()
-
-
-def _torch_jacobian(module: nn.Module, x: np.ndarray) -> np.ndarray:
-    """Per-example Jacobian of the float64 module, [N, *out, *in]."""
-    rows = []
-    for example in torch.from_numpy(x.astype(np.float64)):
-        jacobian = torch.autograd.functional.jacobian(
-            lambda v: module(v[None])[0], example)
-        rows.append(jacobian.numpy())
-    return np.stack(rows)
+def _export(module: nn.Module, example: torch.Tensor, dynamo: bool, path) -> onnx.ModelProto:
+    """Export with the static batch of one of ``example``; TorchScript at opset 17."""
+    options = dict(dynamo=True) if dynamo else dict(dynamo=False, opset_version=17)
+    return export(module, (example,), path, options, batch_axes=None)
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_recurrent_model_against_torch(name: str, dynamo: bool) -> None:
+def test_recurrent_model_against_torch(name: str, dynamo: bool, tmp_path) -> None:
     torch.manual_seed(0)
     module = MODELS[name]().eval()
-    proto = _export(module, torch.randn(1, STEPS, FEATURES), dynamo)
+    proto = _export(module, torch.randn(1, STEPS, FEATURES), dynamo, tmp_path / "r.onnx")
     x = np.random.default_rng(1).normal(size=(3, STEPS, FEATURES)).astype(np.float32)
     m = bbp_ref.load(proto)
-    reference = module.double()
-    with torch.no_grad():
-        expected = reference(torch.from_numpy(x.astype(np.float64))).numpy()
-    out = m.forward(x)
-    np.testing.assert_allclose(out, expected, rtol=0,
-                               atol=FORWARD_RTOL * np.abs(expected).max())
-    jacobian = m.jacobian(x)
-    torch_jacobian = _torch_jacobian(reference, x)
-    np.testing.assert_allclose(jacobian, torch_jacobian, rtol=0,
-                               atol=JACOBIAN_RTOL * np.abs(torch_jacobian).max())
-    for rule in ("abs", "signed", "uniform"):
-        e = bbp_ref.explain(m, x, rule=rule, check=True)
-        assert e.checks.passed, e.checks.summary()
-        assert (e.checks.decomposition <= RESIDUAL_TOL).all()
-        assert (e.checks.completeness <= RESIDUAL_TOL).all()
+    out, jacobian = module_reference(module, x)
+    assert_matches_reference(m, x, out, jacobian, FORWARD_RTOL, JACOBIAN_RTOL)
+    for e in assert_every_rule_checks(m, x):
         assert not e.piecewise_linear
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_multihead_attention_sequence_first_is_refused(dynamo: bool) -> None:
+def test_multihead_attention_sequence_first_is_refused(dynamo: bool, tmp_path) -> None:
     class Attention(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -164,7 +134,7 @@ def test_multihead_attention_sequence_first_is_refused(dynamo: bool) -> None:
             return y.transpose(0, 1)  # the explained output with the batch first
 
     torch.manual_seed(0)
-    proto = _export(Attention().eval(), torch.randn(STEPS, 1, 4), dynamo)
+    proto = _export(Attention().eval(), torch.randn(STEPS, 1, 4), dynamo, tmp_path / "a.onnx")
     with pytest.raises(UnsupportedOpError, match="Reshape.*batch axis"):
         bbp_ref.load(proto).forward(np.zeros((STEPS, 1, 4), np.float32))
 
@@ -184,43 +154,24 @@ class StreamingGRU(nn.Module):
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_streaming_cell_with_a_state_input(dynamo: bool) -> None:
+def test_streaming_cell_with_a_state_input(dynamo: bool, tmp_path) -> None:
     """The state is a constant at the point given through ``inputs=`` (docs/math.md §7.6);
     `W^x` with respect to the features equals torch autograd with the state held fixed."""
     torch.manual_seed(0)
     module = StreamingGRU().eval()
     example = (torch.randn(1, STEPS, FEATURES), torch.randn(1, 1, 4))
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            program = torch.onnx.export(module, example, dynamo=True, verbose=False,
-                                        input_names=["x", "state"])
-            program.optimize()
-            proto = program.model_proto.SerializeToString()
-        else:
-            torch.onnx.export(module, example, buffer, dynamo=False, opset_version=17,
-                              input_names=["x", "state"], output_names=["y", "new_state"],
-                              dynamic_axes={"x": {0: "batch"}, "state": {1: "batch"}})
-            proto = buffer.getvalue()
+    # the TorchScript export with a dynamic batch (axis 1 of the state), the dynamo one static
+    options = dict(dynamo=True) if dynamo else dict(dynamo=False, opset_version=17)
+    proto = export(module, example, tmp_path / "s.onnx", options, input_names=["x", "state"],
+                   output_names=["y", "new_state"],
+                   batch_axes=None if dynamo else {"x": 0, "state": 1})
     rng = np.random.default_rng(2)
     x = rng.normal(size=(1, STEPS, FEATURES)).astype(np.float32)
     state = rng.normal(size=(1, 1, 4)).astype(np.float32)
     m = bbp_ref.load(proto)
     reference = module.double()
     state64 = torch.from_numpy(state.astype(np.float64))
-    with torch.no_grad():
-        expected = reference(torch.from_numpy(x.astype(np.float64)), state64)[0].numpy()
-    out = m.forward(x, inputs={"state": state})
-    np.testing.assert_allclose(out, expected, rtol=0,
-                               atol=FORWARD_RTOL * np.abs(expected).max())
-    jacobian = m.jacobian(x, inputs={"state": state})
-    torch_jacobian = torch.autograd.functional.jacobian(
-        lambda v: reference(v[None], state64)[0][0],
-        torch.from_numpy(x[0].astype(np.float64))).numpy()[None]
-    np.testing.assert_allclose(jacobian, torch_jacobian, rtol=0,
-                               atol=JACOBIAN_RTOL * np.abs(torch_jacobian).max())
-    for rule in ("abs", "signed", "uniform"):
-        e = bbp_ref.explain(m, x, rule=rule, inputs={"state": state})
-        assert e.checks.passed, e.checks.summary()
-        assert (e.checks.completeness <= RESIDUAL_TOL).all()
+    out, jacobian = example_jacobians(lambda v, _: reference(v[None], state64)[0][0], x)
+    assert_matches_reference(m, x, out, jacobian, FORWARD_RTOL, JACOBIAN_RTOL,
+                             inputs={"state": state})
+    assert_every_rule_checks(m, x, inputs={"state": state})

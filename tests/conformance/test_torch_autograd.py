@@ -32,55 +32,35 @@ really saturate.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
-import os
-import warnings
-
 import numpy as np
 import pytest
 
-# Without torch the module is skipped; CI's run of the torch tests sets BBP_REQUIRE_TORCH=1,
-# so that there a missing torch is an error and not a silent skip.
-if os.environ.get("BBP_REQUIRE_TORCH"):
-    import onnxscript  # noqa: F401
-    import torch
-else:
-    torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+# Without torch the module is skipped (CI's run with BBP_REQUIRE_TORCH=1 makes a missing
+# torch an error): see torch_helpers.
+from torch_helpers import (
+    assert_matches_reference,
+    exact_batch_norm,
+    export,
+    local_bias,
+    module_reference,
+    on_grid,
+    torch,
+)
 
-import bbp_ref  # noqa: E402
+import bbp_ref
+
+nn = torch.nn
 
 pytestmark = pytest.mark.torch
 
 FORWARD_RTOL = 1e-12
 JACOBIAN_RTOL = 1e-9
-BN_EPS = 2.0**-10
 
 
 # -- models ----------------------------------------------------------------------------------
 def _f32(value: float) -> float:
     """A Python float that float32 holds exactly (ONNX float attributes are float32)."""
     return float(np.float32(value))
-
-
-def _grid(t: torch.Tensor, step: float = 2.0**-6) -> torch.Tensor:
-    return torch.round(t / step) * step
-
-
-def _exact_bn(bn: nn.modules.batchnorm._BatchNorm, gen: torch.Generator) -> None:
-    """BatchNorm parameters whose folding is exact in float32 (see the module doc)."""
-    c = bn.num_features
-    k = torch.randint(-1, 2, (c,), generator=gen).double()  # var + eps in {1/4, 1, 4}
-    j = torch.randint(-1, 2, (c,), generator=gen).double()
-    sign = torch.where(torch.rand(c, generator=gen) < 0.3, -1.0, 1.0).double()
-    with torch.no_grad():
-        bn.eps = BN_EPS
-        bn.running_var.copy_(4.0**k - BN_EPS)
-        bn.weight.copy_(sign * 2.0**j * 2.0**k)  # sqrt(4**k) = 2**k
-        bn.running_mean.copy_(_grid(torch.randn(c, generator=gen) * 0.5))
-        bn.bias.copy_(_grid(torch.randn(c, generator=gen) * 0.3))
 
 
 def _generic_bn(bn: nn.modules.batchnorm._BatchNorm, gen: torch.Generator) -> None:
@@ -100,14 +80,14 @@ def _randomize(model: nn.Module, seed: int, exact_bn: bool) -> nn.Module:
     gen = torch.Generator().manual_seed(seed + 1000)
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            (_exact_bn if exact_bn else _generic_bn)(module, gen)
+            (exact_batch_norm if exact_bn else _generic_bn)(module, gen)
         elif isinstance(module, nn.PReLU):
             with torch.no_grad():
                 module.weight.copy_(torch.rand(module.weight.shape, generator=gen) * 0.8 - 0.3)
         elif getattr(module, "bias", None) is not None and isinstance(
                 module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             with torch.no_grad():
-                module.bias.copy_(_grid(torch.randn(module.bias.shape, generator=gen) * 0.2))
+                module.bias.copy_(on_grid(torch.randn(module.bias.shape, generator=gen) * 0.2))
     return model.eval()
 
 
@@ -184,22 +164,6 @@ EXPORTERS = {
 }
 
 
-def _export(model: nn.Module, x: torch.Tensor, path, options: dict) -> None:
-    options = dict(options)
-    if options["dynamo"] and not os.environ.get("BBP_REQUIRE_TORCH"):
-        pytest.importorskip("onnxscript")
-    if options["dynamo"]:
-        options["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
-    else:
-        options["dynamic_axes"] = {"x": {0: "batch"}, "y": {0: "batch"}}
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["y"],
-                          **options)
-
-
 def _cases():
     for name, (_, _, _, exact_bn) in MODELS.items():
         for exporter, (_, folds, only) in EXPORTERS.items():
@@ -223,43 +187,18 @@ def _model(name: str) -> tuple[nn.Module, np.ndarray]:
     return _BUILT[name]
 
 
-def _torch_reference(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float64 output [N, *out] and per-example Jacobian [N, *out, *in] by autograd."""
-    model64 = copy.deepcopy(model).double().eval()
-    x64 = torch.from_numpy(x.astype(np.float64))
-    with torch.no_grad():
-        out = model64(x64).numpy()
-    jacobians = [torch.autograd.functional.jacobian(
-        lambda xi: model64(xi.unsqueeze(0)).squeeze(0), x64[i]).numpy()
-        for i in range(len(x))]
-    return out, np.stack(jacobians)
-
-
 @pytest.mark.parametrize(("name", "exporter"), list(_cases()))
 def test_gradients_match_autograd(name, exporter, tmp_path):
     model, x = _model(name)
     path = tmp_path / f"{name}.{exporter}.onnx"
-    _export(model, torch.from_numpy(x), path, EXPORTERS[exporter][0])
+    export(model, (torch.from_numpy(x),), path, EXPORTERS[exporter][0])
     m = bbp_ref.load(path)
-    out, jac = _torch_reference(model, x)
-    n = len(x)
-
-    forward = m.forward(x)
-    assert forward.shape == out.shape
-    np.testing.assert_allclose(forward, out, rtol=0, atol=FORWARD_RTOL * np.abs(out).max())
-
-    jacobian = m.jacobian(x)
-    assert jacobian.shape == jac.shape
-    np.testing.assert_allclose(jacobian, jac, rtol=0, atol=JACOBIAN_RTOL * np.abs(jac).max())
+    out, jac = module_reference(model, x)
+    assert_matches_reference(m, x, out, jac, FORWARD_RTOL, JACOBIAN_RTOL)
 
     # the local bias b^x = f(x) - W^x x, per output, against Explanation.bias
-    flat_out = out.reshape(n, -1)
-    flat_jac = jac.reshape(n, flat_out.shape[1], -1)
-    flat_x = x.reshape(n, -1).astype(np.float64)
-    terms = flat_jac * flat_x[:, None, :]
-    bias = flat_out - terms.sum(axis=2)
-    scale = np.abs(flat_out) + np.abs(terms).sum(axis=2)
-    for t in range(flat_out.shape[1]):
+    bias, scale = local_bias(out, jac, x)
+    for t in range(bias.shape[1]):
         e = bbp_ref.explain(m, x, target=t, check=False)
         np.testing.assert_array_less(np.abs(e.bias - bias[:, t]), JACOBIAN_RTOL * scale[:, t],
                                      err_msg=f"local bias of output {t}")

@@ -9,23 +9,17 @@ from their configurations with random weights.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import os
 import sys
 import types
-import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
+from torch_helpers import exact_batch_norm, on_grid, torch
 
-BN_EPS = 2.0**-10
-GRID = 2.0**-6
+nn = torch.nn
 
 
 def import_torchvision() -> types.ModuleType:
@@ -40,26 +34,6 @@ def import_torchvision() -> types.ModuleType:
 
 
 # -- randomisation --------------------------------------------------------------------------
-def _grid(t: torch.Tensor) -> torch.Tensor:
-    return torch.round(t / GRID) * GRID
-
-
-def _exact_batch_norm(bn: nn.modules.batchnorm._BatchNorm, gen: torch.Generator) -> None:
-    """Running statistics for which `gamma / sqrt(var + eps)` is a power of 2 and the
-    shift lies on the 2**-6 grid: the exporters fold BatchNorm into the preceding Conv in
-    float32, and this folding is then exact (as in test_torch_autograd.py)."""
-    c = bn.num_features
-    k = torch.randint(-1, 2, (c,), generator=gen).double()  # var + eps in {1/4, 1, 4}
-    j = torch.randint(-1, 2, (c,), generator=gen).double()
-    sign = torch.where(torch.rand(c, generator=gen) < 0.3, -1.0, 1.0).double()
-    with torch.no_grad():
-        bn.eps = BN_EPS
-        bn.running_var.copy_(4.0**k - BN_EPS)
-        bn.weight.copy_(sign * 2.0**j * 2.0**k)
-        bn.running_mean.copy_(_grid(torch.randn(c, generator=gen) * 0.5))
-        bn.bias.copy_(_grid(torch.randn(c, generator=gen) * 0.3))
-
-
 def randomize(model: nn.Module, seed: int) -> nn.Module:
     """Random BatchNorm statistics (exactly foldable), random non-zero biases on the 2**-6
     grid (a BatchNorm may be folded into them), random LayerNorm/GroupNorm affine
@@ -68,7 +42,7 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
     gen = torch.Generator().manual_seed(seed + 1000)
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            _exact_batch_norm(module, gen)
+            exact_batch_norm(module, gen)
             continue
         with torch.no_grad():
             if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and module.weight is not None:
@@ -76,7 +50,7 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
                 module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=gen))
             elif getattr(module, "bias", None) is not None and isinstance(
                     module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-                module.bias.copy_(_grid(torch.randn(module.bias.shape, generator=gen) * 0.2))
+                module.bias.copy_(on_grid(torch.randn(module.bias.shape, generator=gen) * 0.2))
             for name, parameter in module.named_parameters(recurse=False):
                 if name == "layer_scale":  # ConvNeXt: 1e-6 would make each block ~identity
                     parameter.copy_(0.5 + 0.5 * torch.rand(parameter.shape, generator=gen))
@@ -191,25 +165,6 @@ EXPORTERS = {
     "torchscript": dict(dynamo=False, opset_version=17),
     "dynamo": dict(dynamo=True),
 }
-
-
-def export(model: nn.Module, x: np.ndarray, path: Path, exporter: str) -> None:
-    """Export with a dynamic batch axis, input ``x`` and output ``y``, quietly. (With the
-    static batch of ``x`` the dynamo exporter writes the batch size into the Reshape
-    shapes, which bbp_ref refuses: "does not keep the batch axis first".)"""
-    options: dict[str, object] = dict(EXPORTERS[exporter])
-    if options["dynamo"]:
-        if not os.environ.get("BBP_REQUIRE_TORCH"):
-            pytest.importorskip("onnxscript")
-        options["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
-    else:
-        options["dynamic_axes"] = {"x": {0: "batch"}, "y": {0: "batch"}}
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.from_numpy(x),), str(path), input_names=["x"],
-                          output_names=["y"], **options)
 
 
 class Float32Hardsigmoid(nn.Module):

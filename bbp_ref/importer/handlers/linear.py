@@ -25,17 +25,23 @@ def gemm(ctx: NodeContext) -> list[Var]:
         return [_gemm_merged_rows(ctx, data)]
     if len(data.shape) != 1:
         raise ctx.error(f"input A must be 2-D, got per-example shape {list(data.shape)}")
-    b = ctx.float_const(1, "B")
-    if b.ndim != 2:
-        raise ctx.error(f"input B must be 2-D, got shape {list(b.shape)}")
-    weight = ctx.attr("alpha", 1.0) * (b.T if ctx.attr("transB", 0) else b)
-    if weight.shape[0] != data.shape[0]:
-        raise ctx.error(f"A has {data.shape[0]} columns but B' has {weight.shape[0]} rows")
+    weight = _gemm_weight(ctx, data.shape[0])
     bias = None
     if ctx.has_input(2):
         c = batched_constant(ctx, ctx.float_const(2, "C"), 2, "C")
         bias = np.broadcast_to(ctx.attr("beta", 1.0) * c, (1, weight.shape[1])).copy()
     return [ctx.add(MatMul(weight, bias, data.shape), [data], (weight.shape[1],))]
+
+
+def _gemm_weight(ctx: NodeContext, columns: int) -> np.ndarray:
+    """`alpha B'` (``B`` transposed with ``transB``), checked against A's ``columns``."""
+    b = ctx.float_const(1, "B")
+    if b.ndim != 2:
+        raise ctx.error(f"input B must be 2-D, got shape {list(b.shape)}")
+    weight = ctx.attr("alpha", 1.0) * (b.T if ctx.attr("transB", 0) else b)
+    if weight.shape[0] != columns:
+        raise ctx.error(f"A has {columns} columns but B' has {weight.shape[0]} rows")
+    return weight
 
 
 def _gemm_merged_rows(ctx: NodeContext, data: Var) -> Var:
@@ -44,12 +50,7 @@ def _gemm_merged_rows(ctx: NodeContext, data: Var) -> Var:
     if data.merged is None or data.merged.axis != 0 or len(data.shape) != 2:
         raise ctx.error(f"input A holds the batch {data.where_batch}; only a batch merged "
                         "into the rows of a 2-D A is supported")
-    b = ctx.float_const(1, "B")
-    if b.ndim != 2:
-        raise ctx.error(f"input B must be 2-D, got shape {list(b.shape)}")
-    weight = ctx.attr("alpha", 1.0) * (b.T if ctx.attr("transB", 0) else b)
-    if weight.shape[0] != data.shape[1]:
-        raise ctx.error(f"A has {data.shape[1]} columns but B' has {weight.shape[0]} rows")
+    weight = _gemm_weight(ctx, data.shape[1])
     shape = (data.shape[0], weight.shape[1])
     bias = None
     if ctx.has_input(2):

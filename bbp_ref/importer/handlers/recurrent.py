@@ -320,6 +320,15 @@ def _row(cell: Cell, terms: Var, t: int) -> Var:
                       "input_row")
 
 
+def _pre_activation(cell: Cell, setup: Setup, terms: Var, state: Operand, direction: int,
+                    t: int, name: str) -> Var:
+    """`x_t W^T + bias + h_{t-1} R^T` of step ``t``, every gate at once: the input row plus
+    the recurrence (LSTM, RNN; the GRU splits its recurrence by gate)."""
+    pre = cell.add(_row(cell, terms, t),
+                   cell.affine(state, setup.recurrence[direction].T, None, "recurrence"), name)
+    return _var(pre)
+
+
 def _lstm_direction(ctx: NodeContext, cell: Cell, setup: Setup, direction: int
                     ) -> tuple[list[Var], Var, Var]:
     h = setup.hidden
@@ -340,10 +349,7 @@ def _lstm_direction(ctx: NodeContext, cell: Cell, setup: Setup, direction: int
     outputs: list[Var] = []
     for t in _step_order(ctx, setup, direction):
         cell.prefix = f"{_label(direction)}t{t}/"
-        gates = cell.add(_row(cell, terms, t),
-                         cell.affine(state, setup.recurrence[direction].T, None, "recurrence"),
-                         "gates")
-        assert isinstance(gates, Var)
+        gates = _pre_activation(cell, setup, terms, state, direction, t, "gates")
         i_pre, o_pre, f_pre, c_pre = (cell.block(gates, k, name) for k, name in
                                       enumerate(("i_pre", "o_pre", "f_pre", "c_pre")))
         if peepholes is not None:
@@ -417,10 +423,7 @@ def _rnn_direction(ctx: NodeContext, cell: Cell, setup: Setup, direction: int
     outputs: list[Var] = []
     for t in _step_order(ctx, setup, direction):
         cell.prefix = f"{_label(direction)}t{t}/"
-        pre = cell.add(_row(cell, terms, t),
-                       cell.affine(state, setup.recurrence[direction].T, None, "recurrence"),
-                       "pre")
-        assert isinstance(pre, Var)
+        pre = _pre_activation(cell, setup, terms, state, direction, t, "pre")
         state = cell.activate(f_act, cell.clip(pre, setup.clip, "clip"), "h")
         outputs.append(state)
     return outputs, outputs[-1], outputs[-1]
