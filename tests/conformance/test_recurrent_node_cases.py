@@ -71,7 +71,7 @@ def _capture(module_name: str) -> list[Captured]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for value in vars(module).values():
+            for value in list(vars(module).values()):  # an export may add module globals
                 if isinstance(value, type) and value.__module__ == module.__name__:
                     for attribute in dir(value):
                         if attribute.startswith("export"):
