@@ -162,16 +162,23 @@ class SparseConv:
         if g[0].size > self.DENSE_FRACTION * self.out_channels * self.out_size:
             shape = (self.out_channels, *self.op.window.out_spatial)
             return from_dense(self.op.vjp(to_dense(g, shape))[0])
-        channel, position = np.divmod(g[0], self.out_size)
+        owner, index, weight = self.windows_of(g[0])
+        return aggregate(index, g[1][owner, None] * weight, self.in_channels * self.in_size)
+
+    def windows_of(self, output: Array) -> tuple[Array, Array, Array]:
+        """What the outputs ``output`` (flat indices) read: for each (output, in-bounds
+        kernel offset) pair ``r``, the position ``owner[r]`` in ``output``, the flat input
+        indices ``index[r, :]`` of every input channel of its group, and their weights
+        ``weight[r, :]``."""
+        channel, position = np.divmod(output, self.out_size)
         read = self.table[position]
         owner, offset = np.nonzero(read >= 0)
         out_channel = channel[owner]
         group = out_channel // self.out_per_group
         within = np.arange(self.in_per_group)
         in_channel = group[:, None] * self.in_per_group + within
-        value = g[1][owner, None] * self.kernel[out_channel[:, None], within, offset[:, None]]
-        return aggregate(in_channel * self.in_size + read[owner, offset][:, None], value,
-                         self.in_channels * self.in_size)
+        weight = self.kernel[out_channel[:, None], within, offset[:, None]]
+        return owner, in_channel * self.in_size + read[owner, offset][:, None], weight
 
 
 # -- several columns -------------------------------------------------------------------
@@ -235,14 +242,8 @@ def conv_vjp_columns(conv: SparseConv, g: Sparse) -> Sparse:
     if g[0].size > COLUMNS_DENSE_FRACTION * conv.out_channels * conv.out_size:
         shape = (conv.out_channels, *conv.op.window.out_spatial)
         return columns_from_dense(conv.op.vjp(columns_to_dense(g, shape))[0])
-    channel, position = np.divmod(g[0], conv.out_size)
-    read = conv.table[position]
-    owner, offset = np.nonzero(read >= 0)
-    out_channel = channel[owner]
-    group = out_channel // conv.out_per_group
-    in_channel = group[:, None] * conv.in_per_group + np.arange(conv.in_per_group)
-    weight = conv.kernel[out_channel[:, None], np.arange(conv.in_per_group), offset[:, None]]
-    index = (in_channel * conv.in_size + read[owner, offset][:, None]).ravel()
+    owner, reads, weight = conv.windows_of(g[0])
+    index = reads.ravel()
     size = conv.in_channels * conv.in_size
     values = g[1][owner]
     if index.size * 16 < size:
