@@ -125,9 +125,10 @@ class Conv(AffineOperator):
         pass of the bias backpropagation, `attribution.bbp`)."""
         return GatheredConv(self.weight, self.bias, self.window, self.groups, self.in_channels)
 
-    def with_coefficients(self, coefficients: tuple[Array, ...]) -> Conv:
-        """The attribution rules' copy: a `GatheredConv` (the same map, summed in another
-        order; the node's own forward and vector-Jacobian product keep this class's)."""
+    def with_coefficients(self, coefficients: tuple[Array, ...]) -> GatheredConv:
+        """The attribution rules' copy, of a `Conv` or a `GatheredConv`: a `GatheredConv`
+        (the same map, summed in another order; the node's own forward and vector-Jacobian
+        product keep this class's)."""
         return GatheredConv(coefficients[0], None, self.window, self.groups, self.in_channels)
 
 
@@ -233,9 +234,6 @@ class GatheredConv(Conv):
         parts = columns.reshape(self.in_channels, len(windows), *windows[0].shape[1:])
         for k, window in enumerate(windows):
             window += parts[:, k]
-
-    def with_coefficients(self, coefficients: tuple[Array, ...]) -> GatheredConv:
-        return GatheredConv(coefficients[0], None, self.window, self.groups, self.in_channels)
 
 
 class Scale(AffineOperator):
