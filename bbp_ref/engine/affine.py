@@ -171,6 +171,10 @@ class GatheredConv(Conv):
             return [Conv.linear(op, operands) if isinstance(op, GatheredConv) else
                     op.linear(operands) for op in operators]
         (u,) = operands
+        if self._pointwise():
+            columns = self._pointwise_columns(u)  # [N, G, Cg, P]
+            shape = (u.shape[0], self.weight.shape[0], *self.window.out_spatial)
+            return [(conv._kernel_matrix() @ columns).reshape(shape) for conv in convs]
         n = u.shape[0]
         g, out_per_group = self._grouped_kernel().shape[:2]
         weights = [conv._kernel_matrix() for conv in convs]
@@ -195,6 +199,10 @@ class GatheredConv(Conv):
         n = grads[0].shape[0]
         g, out_per_group = self._grouped_kernel().shape[:2]
         transposed = [np.swapaxes(conv._kernel_matrix(), 1, 2) for conv in convs]
+        if self._pointwise():
+            (summed,) = sum_parts([kernel_t @ grad.reshape(n, g, out_per_group, -1)]
+                                  for kernel_t, grad in zip(transposed, grads))
+            return [self._pointwise_scatter(summed, n)]
         spatial = self.window.out_spatial
         grads_cf = [np.moveaxis(grad, 1, 0).reshape(g, out_per_group, n, *spatial)
                     for grad in grads]
@@ -218,6 +226,28 @@ class GatheredConv(Conv):
         g, out_per_group, in_per_group, size = self._grouped_kernel().shape
         return np.ascontiguousarray(
             self._grouped_kernel().reshape(g, out_per_group, in_per_group * size))
+
+    def _pointwise(self) -> bool:
+        """A 1x1 kernel with no padding: the windows are (a strided view of) the input,
+        so each example's output is one matrix product, with nothing to gather."""
+        return self.window.size == 1 and not any(self.window.pads_begin) \
+            and self.window.padded_spatial == self.window.in_spatial
+
+    def _pointwise_columns(self, u: Array) -> Array:
+        """The windows of a pointwise convolution: [N, G, Cg, P] (a copy only if strided)."""
+        first = next(self.window.offsets())
+        windows = u[(slice(None),) * 2 + self.window.slices(first)]
+        return windows.reshape(u.shape[0], self.groups, self.in_channels // self.groups, -1)
+
+    def _pointwise_scatter(self, columns: Array, n: int) -> Array:
+        """The adjoint of `_pointwise_columns`: [N, C, *in_spatial] from [N, G, Cg, P]."""
+        spatial = self.window.out_spatial
+        values = columns.reshape(n, self.in_channels, *spatial)
+        if spatial == self.window.in_spatial:
+            return values
+        out = np.zeros((n, self.in_channels, *self.window.in_spatial))
+        out[(slice(None),) * 2 + self.window.slices(next(self.window.offsets()))] = values
+        return out
 
     def _depthwise(self) -> bool:
         """One input channel per group: the per-offset products are element-wise already."""
