@@ -73,7 +73,7 @@ def test_glibc_is_found_here_and_the_variable_turns_it_off(monkeypatch):
 
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert memory._glibc() is not None
-    monkeypatch.setenv("BBP_REF_KEEP_FREED_MEMORY", "0")
+    monkeypatch.setenv("BBP_KEEP_FREED_MEMORY", "0")
     assert memory._glibc() is None
 
 

@@ -7,7 +7,9 @@ contribution is `rows[p] * W_t[p, q] * u_t[q]` with `W_t = term.coefficients(W)`
 
 * ``abs``:     one term, `|W|` and `|u|` (`|z[p, q]|`);
 * ``signed``:  `max(0, sigma_p z)` split by sign: `W+ u+`, `W- u-` on rows with
-  `sigma_p > 0`, `W+ (-u-)`, `(-W-) u+` on rows with `sigma_p < 0`;
+  `sigma_p > 0`, `W+ (-u-)`, `(-W-) u+` on rows with `sigma_p < 0`; the four sum to `|z|`,
+  so rows with `sigma_p = 0`, and rows whose scores vanish, take all four: the fallback
+  ``abs`` in the same passes;
 * ``uniform``: ones for the coefficients and the operands (the node's connectivity),
   so the denominator counts `|RF(p)|`.
 

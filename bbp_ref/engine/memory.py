@@ -15,7 +15,7 @@ system (``malloc_trim``), so the process does not keep more memory after the cal
 would otherwise.
 
 Elsewhere than glibc (macOS, Windows, musl) it does nothing. Setting the environment
-variable ``BBP_REF_KEEP_FREED_MEMORY=0`` turns it off.
+variable ``BBP_KEEP_FREED_MEMORY=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ _depth = 0
 
 def _glibc() -> Any | None:
     """The C library if it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
-    if os.environ.get("BBP_REF_KEEP_FREED_MEMORY", "1") == "0":
+    if os.environ.get("BBP_KEEP_FREED_MEMORY", "1") == "0":
         return None
     try:
         libc = ctypes.CDLL(None)  # the process's own symbols: the C library it runs on

@@ -208,15 +208,15 @@ class AffineLocal(LocalMap):
 
 def sum_parts(parts: Iterable[Sequence[Array]]) -> list[Array]:
     """The element-wise sum of several vector-Jacobian products (one array per operand
-    each), in a new array per operand."""
-    total: list[Array] | None = None
-    for part in parts:
-        if total is None:
-            total = [np.array(p) for p in part]
-        else:
-            for acc, p in zip(total, part):
-                acc += p
-    assert total is not None
+    each). One product is returned as it is; for several, the sum is a new array per
+    operand (the first product is copied, not added into)."""
+    products = [list(part) for part in parts]
+    if len(products) == 1:
+        return products[0]
+    total = [np.array(p) for p in products[0]]
+    for part in products[1:]:
+        for acc, p in zip(total, part):
+            acc += p
     return total
 
 
