@@ -10,9 +10,9 @@ import numpy as np
 
 from .attribution.baselines import loaded_for
 from .attribution.bbp import bias_backpropagations
-from .attribution.rules import resolve_rule
+from .attribution.rules import Rule, resolve_rule
 from .attribution.targets import resolve_target_sets
-from .binding import Binding, for_each_example, needs_binding, pick_example
+from .binding import Binding, for_each_example, needs_binding, pick_example, stack
 from .checks.onnxruntime_check import check_output
 from .checks.residuals import Checks, check_mode, relative_residual
 from .engine.memory import keeps_freed_memory
@@ -20,6 +20,7 @@ from .engine.repeat import one_hot_seeds, repeat_trace
 from .engine.trace import Trace, linear_parts
 from .errors import InputError
 from .graph import Graph
+from .model import Model
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,60 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
             lambda m, xi, i: explain(m, xi, pick_example(target, i), rule, layers, check),
             lambda e, value: replace(e, wrt_value=value))
     batch, single = loaded.prepare(x)
+    step = _examples_per_chunk(loaded, batch)
+    n = batch.shape[0]
+    if single or step >= n or not _per_example(target, n):
+        explanations = _explain_batch(loaded, batch, single, target, rules, layers, mode)
+    else:  # in chunks of examples, the onnxruntime check once for the whole batch
+        chunks = [_explain_batch(loaded, batch[start:start + step], False,
+                                 _target_slice(target, start, step), rules, layers,
+                                 mode, onnxruntime=False) for start in range(0, n, step)]
+        explanations = [stack(list(parts)) for parts in zip(*chunks)]
+        if mode != "off":
+            comparison = check_output(loaded, batch, explanations[0].logits)
+            explanations = [replace(e, checks=replace(e.checks, onnxruntime=comparison))
+                            for e in explanations]
+    return tuple(explanations) if several_rules else explanations[0]
+
+
+# A batch is explained in chunks of examples whose largest node holds at most this many
+# values (float64: 8 MiB; at least one example per chunk): an explanation's element-wise
+# passes then run over arrays that stay in cache, memory is that of one chunk, and the
+# matrix products lose nothing (one 224x224 image already gives them thousands of
+# columns; docs/math.md §8, "Batches and memory").
+CHUNK_VALUES = 2**20
+
+
+def _examples_per_chunk(loaded: Model, batch: np.ndarray) -> int:
+    graph = loaded.graph_for(tuple(batch.shape[1:]))
+    largest = max((int(np.prod(node.shape, dtype=np.int64)) for node in graph), default=1)
+    return max(1, CHUNK_VALUES // max(largest, 1))
+
+
+def _per_example(target: object, n: int) -> bool:
+    """Whether ``target`` holds for every example alike (None, an index, "all") or has one
+    row per example of a batch of ``n`` (so that it can be sliced by chunk); anything else
+    is left to the whole batch's target check, which names the problem."""
+    if target is None or isinstance(target, str):
+        return True
+    try:
+        array = np.asarray(target)
+    except (TypeError, ValueError):
+        return False
+    return array.ndim == 0 or array.shape[0] == n
+
+
+def _target_slice(target: object, start: int, step: int) -> object:
+    if target is None or isinstance(target, str) or np.ndim(np.asarray(target)) == 0:
+        return target
+    return np.asarray(target)[start:start + step]
+
+
+def _explain_batch(loaded: Model, batch: np.ndarray, single: bool, target: object,
+                   rules: list[Rule], layers: object, mode: str,
+                   onnxruntime: bool = True) -> list[Explanation]:
+    """One explanation per rule of a prepared batch (without the onnxruntime check if
+    ``onnxruntime`` is False)."""
     trace = loaded.trace(batch)
     logits, n = trace.output, batch.shape[0]
     flat = logits.reshape(n, -1)
@@ -151,7 +206,8 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
                                     one_hot_seeds(targets, logits.shape[1:]), rules, selected)
     chosen = flat[np.arange(n)[:, None], targets]  # f_t(x) for every target
     linear_passes = _linear_pass_residual(trace, batch, logits) if mode == "full" else None
-    onnxruntime = check_output(loaded, batch, logits) if mode != "off" else None
+    comparison = check_output(loaded, batch, logits) if mode != "off" and onnxruntime \
+        else None
 
     def per_target(a: np.ndarray) -> np.ndarray:
         """[N * T, ...] -> [N, T, ...] (or [N, ...] without a target axis)."""
@@ -172,7 +228,7 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
             completeness=per_target(relative_residual(
                 result.bias_attribution.reshape(n * count, -1).sum(axis=1), injected,
                 magnitude)),
-            linear_passes=linear_passes, onnxruntime=onnxruntime, strict=mode == "strict")
+            linear_passes=linear_passes, onnxruntime=comparison, strict=mode == "strict")
         explanation = Explanation(
             output=per_target(chosen.ravel()), target=per_target(targets.ravel()),
             gradient=per_target(result.gradient), bias=per_target(bias),
@@ -182,7 +238,7 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
             piecewise_linear=trace.graph.piecewise_linear,
             tangent_nodes=trace.graph.tangent_nodes)
         explanations.append(_unbatched(explanation) if single else explanation)
-    return tuple(explanations) if several_rules else explanations[0]
+    return explanations
 
 
 def _layers(graph: Graph, layers: object) -> set[str] | None:
