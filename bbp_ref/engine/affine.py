@@ -242,11 +242,13 @@ class Conv(AffineOperator):
         return GatheredConv(coefficients[0], None, self.window, self.groups, self.in_channels)
 
 
-# A gathered convolution's window matrix holds at most this many elements (float64: 1 MiB),
-# or MIN_POSITIONS output positions if that is more (the matrix products stay wide): a
-# batch, or one large example, is processed in slices of examples or of output rows.
-COLUMN_ELEMENTS = 2**17
-MIN_POSITIONS = 256
+# A gathered convolution's window matrix holds at most this many elements (float64: 4 MiB),
+# or MIN_POSITIONS output positions if that is more (the matrix products stay wide; VGG-16's
+# 512-channel layers: 18 MiB): a batch, or one large example, is processed in slices of
+# examples or of output rows. Chosen by timing VGG-16's and ResNet's 3x3 layers (the
+# products with 512 columns are 5-8 % faster than with 256, docs/math.md §8).
+COLUMN_ELEMENTS = 2**19
+MIN_POSITIONS = 512
 
 
 class GatheredConv(Conv):
