@@ -22,8 +22,14 @@ from bbp_ref.engine.sparse import (
     SparseConv,
     columns_to_dense,
     conv_vjp_columns,
+    distinct,
+    distinct_inverse,
+    distinct_sorted,
     from_dense,
+    nonzero_rows,
+    run_starts,
     to_dense,
+    union,
     window_table,
 )
 from bbp_ref.engine.trace import forward
@@ -78,6 +84,36 @@ def test_sparse_conv_matches_the_dense_operator(dense_fraction, rng, monkeypatch
             back = conv_vjp_columns(sparse, (index, columns.reshape(3, -1)[:, index].T))
             np.testing.assert_allclose(columns_to_dense(back, u.shape[1:]),
                                        op.vjp(columns)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_index_set_helpers_equal_numpy(rng):
+    """The walk's replacements of `np.unique` / `np.union1d` / `np.any(axis=1)` give the
+    same arrays as NumPy's own (empty, single, repeated, negative and 2-D inputs)."""
+    draws = [np.zeros(0, dtype=np.int64), np.array([7]), np.array([3, 3, 3]),
+             np.array([5, -2, 5, 0, -2, 9])]
+    draws += [rng.integers(-50, 50, size=int(n)) for n in rng.integers(2, 300, 30)]
+    draws += [rng.integers(0, 20, size=(int(n), 4)) for n in rng.integers(1, 30, 5)]
+    for values in draws:
+        unique, inverse = np.unique(values, return_inverse=True)
+        np.testing.assert_array_equal(distinct(values), unique)
+        np.testing.assert_array_equal(distinct_sorted(np.sort(values, axis=None)), unique)
+        got_unique, got_inverse = distinct_inverse(values)
+        np.testing.assert_array_equal(got_unique, unique)
+        np.testing.assert_array_equal(got_inverse, inverse.ravel())
+        ordered = np.sort(values, axis=None)
+        np.testing.assert_array_equal(run_starts(ordered),
+                                      np.r_[True, ordered[1:] != ordered[:-1]][:ordered.size])
+        other = np.unique(rng.integers(-60, 60, size=int(rng.integers(0, 40))))
+        if values.ndim == 1:
+            np.testing.assert_array_equal(union(np.unique(values), other),
+                                          np.union1d(values, other))
+    times = np.sort(np.r_[rng.random(20), 0.5, 0.5, 0.0, 0.0])  # floats, repeated
+    np.testing.assert_array_equal(distinct_sorted(times), np.unique(times))
+    for columns in (1, 2, 5):
+        dense = np.where(rng.random((200, columns)) < 0.2, rng.normal(size=(200, columns)), 0)
+        dense[3] = [np.nan] + [0.0] * (columns - 1)  # (NaN is not zero)
+        np.testing.assert_array_equal(nonzero_rows(dense),
+                                      np.flatnonzero(np.any(dense != 0, axis=1)))
 
 
 def test_window_table_reads_what_maxpool_reads(rng):

@@ -68,6 +68,10 @@ from ..engine.sparse import (
     conv_vjp_columns,
     dense_apply,
     dense_vjp_columns,
+    distinct,
+    distinct_sorted,
+    run_starts,
+    union,
     window_table,
 )
 from ..engine.trace import Trace, backward, forward
@@ -90,7 +94,7 @@ class Schedule:
 
     def set(self, index: Array, times: Array) -> None:
         self.times[index] = times
-        blocks = np.unique(index // self.BLOCK)
+        blocks = distinct(index // self.BLOCK)
         self.minima[blocks] = self.times.reshape(-1, self.BLOCK)[blocks].min(axis=1)
 
     def earliest(self) -> float:
@@ -297,7 +301,7 @@ class _MaxPool(_Gate):
         return MaxPoolLocal(local_index.reshape((1, *out_shape)), (1, *in_shape))
 
     def touched(self, index: Array) -> Array:
-        return np.unique(self.inverse.pairs(index)[1])
+        return distinct(self.inverse.pairs(index)[1])
 
     def event(self, elements: Array, t: Array) -> tuple[Sparse, Sparse]:
         old = self.winner[elements]
@@ -521,8 +525,8 @@ class EventWalk:
         keep = time < 1.0
         order = np.argsort(time[keep], kind="stable")
         gate_of, element, time = gate_of[keep][order], element[keep][order], time[keep][order]
-        distinct, group = np.unique(time, return_inverse=True)
-        groups = distinct.size
+        group = np.cumsum(run_starts(time)) - 1  # (`time` is sorted)
+        groups = int(group[-1]) + 1
         if limit is not None:
             groups = min(groups, limit)
         if time.size > count:  # whole groups (equal times) up to the count-th element
@@ -539,7 +543,7 @@ class EventWalk:
             if mine.size:
                 elements[name] = np.sort(element[mine])
         single = group[labels[-1]] == 0  # one event time: no cones needed
-        return _Batch(elements, time, np.unique(time[labels]),
+        return _Batch(elements, time, distinct_sorted(time[labels]),
                       None if single else self.labels, self.positions)
 
     def _independent(self, names: list[str], gate_of: Array, element: Array,
@@ -581,12 +585,12 @@ class EventWalk:
                 continue
             if index.size == 0:
                 continue
-            key = np.unique(index * count + label)
+            key = distinct(index * count + label)
             index, label = key // count, key % count
             cones[name] = (index, label)
             # sorted by element, then label (so then time): the first of a run is earliest
-            first = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
-            run = np.repeat(first, np.diff(np.r_[first, index.size]))
+            starts = run_starts(index)
+            run = np.flatnonzero(starts)[np.cumsum(starts) - 1]
             blocked[label[group[label] > group[label[run]]]] = True
         waiting = np.zeros(int(group.max()) + 1, dtype=bool)
         waiting[group[blocked]] = True
@@ -608,7 +612,7 @@ class EventWalk:
         if sparse is not None and incoming[0] is not None:
             entry, output, _ = sparse.inverse.pairs(incoming[0][0])
             return output, incoming[0][1][entry]
-        present = np.unique(np.concatenate([c[1] for c in incoming if c is not None]))
+        present = distinct(np.concatenate([c[1] for c in incoming if c is not None]))
         size = max(int(np.prod(self.shapes[name])) for name in (*node.inputs, node.name))
         if present.size * size > self.DENSE_REACH_LIMIT:
             return None
@@ -645,7 +649,7 @@ class EventWalk:
             elements = batch.elements.get(node.name, EMPTY_INDEX)
             if change is not None:
                 gate.move(change, batch.time_at(node.inputs[0], change[0]))
-                elements = np.union1d(elements, gate.touched(change[0]))
+                elements = union(elements, gate.touched(change[0]))
             if elements.size == 0:
                 continue
             out_change, seed = gate.event(elements, batch.time_at(node.name, elements))

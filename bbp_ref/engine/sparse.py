@@ -31,6 +31,50 @@ def empty() -> Sparse:
     return EMPTY_INDEX, np.zeros(0)
 
 
+# -- index sets ------------------------------------------------------------------------
+# `np.unique` on the small index sets of one event costs tens of microseconds of Python
+# per call (and hashes, then sorts); these are the same results from one sort and one
+# comparison.
+
+
+def run_starts(ordered: Array) -> Array:
+    """``[n]`` bool: where a run of equal values of a sorted array begins."""
+    starts = np.empty(ordered.size, dtype=bool)
+    if ordered.size:
+        starts[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    return starts
+
+
+def distinct_sorted(ordered: Array) -> Array:
+    """The distinct values of an already sorted array (`np.unique` of it)."""
+    return ordered[run_starts(ordered)]
+
+
+def distinct(values: Array) -> Array:
+    """The distinct values of an array, sorted (`np.unique`)."""
+    return distinct_sorted(np.sort(values, axis=None))
+
+
+def union(a: Array, b: Array) -> Array:
+    """The sorted union of two arrays of distinct values (`np.union1d`)."""
+    if b.size == 0:
+        return distinct(a)
+    return distinct(np.concatenate([a, b]))
+
+
+def distinct_inverse(values: Array) -> tuple[Array, Array]:
+    """`np.unique(values, return_inverse=True)` of a flattened array: the sorted distinct
+    values and, per element, the position of its value among them."""
+    flat = values.ravel()
+    order = np.argsort(flat, kind="stable")
+    ordered = flat[order]
+    starts = run_starts(ordered)
+    inverse = np.empty(flat.size, dtype=np.intp)
+    inverse[order] = np.cumsum(starts) - 1
+    return ordered[starts], inverse
+
+
 def aggregate(index: Array, value: Array, size: int) -> Sparse:
     """Sum the values of repeated indices into a tensor of ``size`` elements (sorted by
     index; summed densely when the entries are not few compared with ``size``)."""
@@ -40,8 +84,8 @@ def aggregate(index: Array, value: Array, size: int) -> Sparse:
         dense = np.bincount(index.ravel(), weights=value.ravel(), minlength=size)
         unique = np.flatnonzero(dense)
         return unique, dense[unique]
-    unique, inverse = np.unique(index, return_inverse=True)
-    return unique, np.bincount(inverse.ravel(), weights=value.ravel(), minlength=unique.size)
+    unique, inverse = distinct_inverse(index)
+    return unique, np.bincount(inverse, weights=value.ravel(), minlength=unique.size)
 
 
 def concatenate(parts: Sequence[Sparse], size: int) -> Sparse:
@@ -136,6 +180,12 @@ class SparseConv:
         self.out_per_group = self.out_channels // op.groups
         self.in_channels = op.in_channels
         self.kernel = op.weight.reshape(self.out_channels, self.in_per_group, window.size)
+        # the same weights laid out so that one (channel, offset) pair reads a contiguous
+        # row: ``[in_per_group, K, groups, out_per_group]`` for `apply`,
+        # ``[out_channels, K, in_per_group]`` for `windows_of`
+        self.kernel_forward = np.ascontiguousarray(self.kernel.reshape(
+            op.groups, self.out_per_group, self.in_per_group, window.size).transpose(2, 3, 0, 1))
+        self.kernel_backward = np.ascontiguousarray(self.kernel.transpose(0, 2, 1))
         self.table = window_table(window)
         self.in_size = int(np.prod(window.in_spatial))
         self.out_size = self.table.shape[0]
@@ -152,7 +202,7 @@ class SparseConv:
         source = channel[owner]
         group, within = np.divmod(source, self.in_per_group)
         out_channel = group[:, None] * self.out_per_group + np.arange(self.out_per_group)
-        value = u[1][owner, None] * self.kernel[out_channel, within[:, None], offset[:, None]]
+        value = u[1][owner, None] * self.kernel_forward[within, offset, group]
         return aggregate(out_channel * self.out_size + position[:, None], value,
                          self.out_channels * self.out_size)
 
@@ -177,7 +227,7 @@ class SparseConv:
         group = out_channel // self.out_per_group
         within = np.arange(self.in_per_group)
         in_channel = group[:, None] * self.in_per_group + within
-        weight = self.kernel[out_channel[:, None], within, offset[:, None]]
+        weight = self.kernel_backward[out_channel, offset]
         return owner, in_channel * self.in_size + read[owner, offset][:, None], weight
 
 
@@ -197,9 +247,9 @@ def aggregate_columns(index: Array, value: Array, size: int) -> Sparse:
     if index.size * 16 >= size:
         dense = np.stack([np.bincount(index, weights=value[:, k], minlength=size)
                           for k in range(value.shape[1])], axis=1)
-        unique = np.flatnonzero(np.any(dense != 0, axis=1))
+        unique = nonzero_rows(dense)
         return unique, dense[unique]
-    unique, position = np.unique(index, return_inverse=True)
+    unique, position = distinct_inverse(index)
     summed = np.stack([np.bincount(position, weights=value[:, k], minlength=unique.size)
                        for k in range(value.shape[1])], axis=1)
     return unique, summed
@@ -211,6 +261,15 @@ def concatenate_columns(parts: Sequence[Sparse], size: int) -> Sparse:
         return parts[0]
     return aggregate_columns(np.concatenate([p[0] for p in parts]),
                              np.concatenate([p[1] for p in parts]), size)
+
+
+def nonzero_rows(dense: Array) -> Array:
+    """The rows of ``[n, k]`` values with a non-zero entry, sorted (`np.any` along a short
+    axis is slow: one comparison per column instead)."""
+    nonzero = dense[:, 0] != 0
+    for k in range(1, dense.shape[1]):
+        nonzero |= dense[:, k] != 0
+    return np.flatnonzero(nonzero)
 
 
 def columns_to_dense(vector: Sparse, shape: tuple[int, ...]) -> Array:
@@ -252,6 +311,6 @@ def conv_vjp_columns(conv: SparseConv, g: Sparse) -> Sparse:
     # one contiguous product and one dense sum per column
     dense = np.stack([np.bincount(index, weights=(values[:, k, None] * weight).ravel(),
                                   minlength=size) for k in range(columns)], axis=1)
-    unique = np.flatnonzero(np.any(dense != 0, axis=1))
+    unique = nonzero_rows(dense)
     return unique, dense[unique]
 
