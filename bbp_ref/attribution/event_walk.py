@@ -94,7 +94,7 @@ class Schedule:
 
     def set(self, index: Array, times: Array) -> None:
         self.times[index] = times
-        blocks = distinct(index // self.BLOCK)
+        blocks = distinct_sorted(index // self.BLOCK)  # (all of them, if not sorted)
         self.minima[blocks] = self.times.reshape(-1, self.BLOCK)[blocks].min(axis=1)
 
     def earliest(self) -> float:
@@ -105,6 +105,42 @@ class Schedule:
         blocks = np.flatnonzero(self.minima <= t)
         rows, columns = np.nonzero(self.times.reshape(-1, self.BLOCK)[blocks] <= t)
         return blocks[rows] * self.BLOCK + columns
+
+    def adopt(self, times: Array, minima: Array) -> None:
+        """Keep the times in ``times`` and ``minima`` (views of a `Timetable`'s arrays,
+        of this schedule's sizes) from now on."""
+        times[:], minima[:] = self.times, self.minima
+        self.times, self.minima = times, minima
+
+
+class Timetable:
+    """The `Schedule`s of all gates in one pair of arrays (each gate's segment a whole
+    number of blocks, in the order given), so the earliest time and the due elements of
+    every gate are found with a few array operations instead of a few per gate."""
+
+    def __init__(self, schedules: Sequence[Schedule]) -> None:
+        sizes = [schedule.times.size for schedule in schedules]
+        block = Schedule.BLOCK
+        self.times = np.full(sum(sizes), np.inf)
+        self.minima = np.full(sum(sizes) // block, np.inf)
+        self.starts = np.cumsum([0, *sizes[:-1]], dtype=np.int64)  # each gate's first slot
+        for schedule, start, size in zip(schedules, self.starts, sizes):
+            schedule.adopt(self.times[start:start + size],
+                           self.minima[start // block:(start + size) // block])
+
+    def earliest(self) -> float:
+        return float(self.minima.min(initial=np.inf))
+
+    def due(self, t: float) -> tuple[Array, Array, Array]:
+        """The elements whose time is ``t`` or earlier: their gates (positions in the
+        order given), their flat indices in their gates and their times, by gate, then
+        by element (`Schedule.due` of each gate, concatenated)."""
+        block = Schedule.BLOCK
+        blocks = np.flatnonzero(self.minima <= t)
+        rows, columns = np.nonzero(self.times.reshape(-1, block)[blocks] <= t)
+        slot = blocks[rows] * block + columns
+        gate = np.searchsorted(self.starts, slot, side="right") - 1
+        return gate, slot - self.starts[gate], self.times[slot]
 
 
 class _Gate(ABC):
@@ -194,6 +230,8 @@ class _Elementwise(_Gate):
             self.slopes = np.stack([negative, np.ones(size)])
         self.region = np.zeros(size, dtype=np.int64)
         self.slope = np.zeros(size)
+        self.upper = np.array([*self.breakpoints, np.inf])  # each region's bounds
+        self.lower = np.array([-np.inf, *self.breakpoints])
 
     def decide(self, index: Array, t: Array | float) -> Array:
         """Right-limit regions at ``t`` of elements ``index``; returns the new slopes and
@@ -238,15 +276,13 @@ class _Elementwise(_Gate):
         return index, self.slope[index, None] * value
 
     def _time(self, region: Array, u: Array, du: Array) -> Array:
-        time = np.full(u.shape, np.inf)
-        points = np.array(self.breakpoints + [np.inf])
-        lower = np.array([-np.inf] + self.breakpoints)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            up = (points[region] - u) / du
-            down = (lower[region] - u) / du
-        np.copyto(time, up, where=(du > 0) & np.isfinite(up))
-        np.copyto(time, down, where=(du < 0) & np.isfinite(down))
-        return np.maximum(time, 0.0)
+        """Time from `u` to the breakpoint ``du`` moves it to (its region's upper one
+        when rising, lower one when falling); inf where there is none or ``du = 0``."""
+        bound = np.where(du > 0, self.upper[region], self.lower[region])
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            time = (bound - u) / du
+        time[~np.isfinite(time)] = np.inf
+        return np.maximum(time, 0.0, out=time)
 
 
 class _MaxPool(_Gate):
@@ -350,7 +386,7 @@ class _Batch:
         if self.labels is None:
             return np.full(index.size, self.times[0])
         labels = self.labels[name][index % self.positions[name]]
-        if (labels < 0).any():
+        if labels.size and labels.min() < 0:
             raise BBpError(f"exact integrated gradients: an event reached node {name!r} outside "
                            "its predicted cone (an internal error of the several-kinks sweep, "
                            "docs/math.md §6; please report it with the model)")
@@ -412,6 +448,7 @@ class EventWalk:
         self._random = np.random.default_rng(0)
         self._recorded: list[tuple[str, Array]] = []
         self._sync(decide=True)
+        self.timetable = Timetable([gate.exit for gate in self.gates.values()])
         self.integral = {name: grad.copy() for name, grad in self.frontier.items()}
 
     @property
@@ -479,7 +516,7 @@ class EventWalk:
     # -- events ------------------------------------------------------------------------
 
     def next_time(self) -> float:
-        return min((g.exit.earliest() for g in self.gates.values()), default=np.inf)
+        return self.timetable.earliest()
 
     def run(self, max_pieces: int | None) -> None:
         since_sync = 0
@@ -510,18 +547,11 @@ class EventWalk:
         elements, and of them the events this sweep processes: every one whose cone meets
         no earlier one's."""
         names = list(self.gates)
-        minima = np.concatenate([self.gates[n].exit.minima for n in names])
+        minima = self.timetable.minima
         count = min(1 if in_order else self.batch_events, minima.size)
         horizon = min(float(np.partition(minima, count - 1)[count - 1]),
                       float(np.nextafter(1.0, 0.0)))  # (only times before 1 are events)
-        which, index, times = [], [], []
-        for k, name in enumerate(names):
-            due = self.gates[name].exit.due(horizon)
-            which.append(np.full(due.size, k))
-            index.append(due)
-            times.append(self.gates[name].exit.times[due])
-        gate_of, element, time = (np.concatenate(which), np.concatenate(index),
-                                  np.concatenate(times))
+        gate_of, element, time = self.timetable.due(horizon)
         keep = time < 1.0
         order = np.argsort(time[keep], kind="stable")
         gate_of, element, time = gate_of[keep][order], element[keep][order], time[keep][order]
@@ -554,7 +584,7 @@ class EventWalk:
         event of an earlier time, and so does every event of its time. The cones of the
         events kept are recorded in ``self.labels`` (which event reaches each element)."""
         count = element.size
-        blocked = np.zeros(count, dtype=bool)
+        waiting = np.zeros(int(group[-1]) + 1, dtype=bool)
         cones: dict[str, Sparse] = {}
         global_group = np.inf
         for node in self.reach_nodes:
@@ -588,12 +618,11 @@ class EventWalk:
             key = distinct(index * count + label)
             index, label = key // count, key % count
             cones[name] = (index, label)
-            # sorted by element, then label (so then time): the first of a run is earliest
-            starts = run_starts(index)
-            run = np.flatnonzero(starts)[np.cumsum(starts) - 1]
-            blocked[label[group[label] > group[label[run]]]] = True
-        waiting = np.zeros(int(group.max()) + 1, dtype=bool)
-        waiting[group[blocked]] = True
+            # sorted by element, then label (so then time): a time later than the one
+            # before it at the same element meets the cone of an earlier time
+            time_group = group[label]
+            later = (index[1:] == index[:-1]) & (time_group[1:] > time_group[:-1])
+            waiting[time_group[1:][later]] = True
         if global_group < np.inf:
             waiting[int(global_group) + (1 if global_group == 0 else 0):] = True
         included = ~waiting[group]
