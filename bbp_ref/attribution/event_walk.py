@@ -299,6 +299,7 @@ class _MaxPool(_Gate):
         self.inverse = Inverse(self.table, channels * self.spatial)
         self.spatial_inverse = Inverse(table.reshape(-1, window.size), self.spatial)
         self.winner = np.zeros(self.table.shape[0], dtype=np.int64)
+        self.padded = bool((self.table < 0).any())  # some window reads padding
         self.channel_start = np.repeat(np.arange(channels) * self.spatial,
                                        self.table.shape[0] // channels)
 
@@ -306,20 +307,22 @@ class _MaxPool(_Gate):
         """Right-limit winners at ``t`` of ``windows`` (or, with ``keep``, the current
         winners); sets winners and exit times, returns the winners."""
         read = self.table[windows]
-        valid = read >= 0
-        safe = np.where(valid, read, 0)
-        u = np.where(valid, self.value(safe, np.reshape(t, (-1, 1))), -np.inf)
-        du = np.where(valid, self.du[safe], 0.0)
+        t_column = np.reshape(t, (-1, 1))
+        if self.padded:
+            valid = read >= 0
+            safe = np.where(valid, read, 0)
+            u = np.where(valid, self.value(safe, t_column), -np.inf)
+            du = np.where(valid, self.du[safe], 0.0)
+        else:  # (the same, without the padding's entries)
+            du = self.du[read]
+            u = self.u[read] + (t_column - self.since[read]) * du
         if keep:
             which = np.argmax(read == self.winner[windows, None], axis=1)
         else:
+            # of the elements within the tolerance of the maximum, the first of the
+            # largest `du`
             threshold = u.max(axis=1) - self.tol
-            which = np.zeros(windows.size, dtype=np.int64)
-            best_slope = np.full(windows.size, -np.inf)
-            for k in range(read.shape[1]):
-                better = (u[:, k] >= threshold) & (du[:, k] > best_slope)
-                which = np.where(better, k, which)
-                best_slope = np.where(better, du[:, k], best_slope)
+            which = np.argmax(np.where(u >= threshold[:, None], du, -np.inf), axis=1)
         rows = np.arange(windows.size)
         best, best_slope = u[rows, which], du[rows, which]
         rate = du - best_slope[:, None]

@@ -151,12 +151,25 @@ class Inverse:
         rows, columns = np.nonzero(table >= 0)
         read = table[rows, columns]
         order = np.argsort(read, kind="stable")
-        self.pointer = np.concatenate(([0], np.cumsum(np.bincount(read, minlength=targets))))
+        counts = np.bincount(read, minlength=targets)
+        self.pointer = np.concatenate(([0], np.cumsum(counts)))
         self.rows = rows[order]
         self.columns = columns[order]
+        # every target read by the same number of pairs (a pool with stride = kernel,
+        # no padding): the pairs as ``[targets, width]`` tables, a few whole-row gathers
+        self.width = int(counts.max(initial=0))
+        self.full = bool(np.all(counts == self.width))
+        if self.full:
+            self.rows_by_target = self.rows.reshape(targets, self.width)
+            self.columns_by_target = self.columns.reshape(targets, self.width)
 
     def pairs(self, targets: Array) -> tuple[Array, Array, Array]:
-        """For targets ``t_i``: ``(i, row, column)`` of every pair that reads one."""
+        """For targets ``t_i``: ``(i, row, column)`` of every pair that reads one (by
+        ``i``, then in the table's row-major order)."""
+        if self.full:
+            owner = np.repeat(np.arange(targets.size), self.width)
+            return (owner, self.rows_by_target[targets].ravel(),
+                    self.columns_by_target[targets].ravel())
         starts = self.pointer[targets]
         counts = self.pointer[targets + 1] - starts
         owner = np.repeat(np.arange(targets.size), counts)
@@ -190,6 +203,18 @@ class SparseConv:
         self.in_size = int(np.prod(window.in_spatial))
         self.out_size = self.table.shape[0]
         self.inverse = Inverse(self.table, self.in_size)
+        # flat indices by output position: ``outputs_at[p, j]`` the output of channel
+        # ``j`` of group 0 at ``p``; ``reads_at[p, k, i]`` what ``p`` reads at offset ``k``
+        # in input channel ``i`` of group 0 (garbage where the table is -1); other groups
+        # add a whole group of channels. (`reads_at` only up to `READS_LIMIT` entries.)
+        self.outputs_at = (np.arange(self.out_per_group) * self.out_size
+                           + np.arange(self.out_size)[:, None])
+        self.reads_at = None
+        if self.table.size * self.in_per_group <= self.READS_LIMIT:
+            self.reads_at = (np.arange(self.in_per_group) * self.in_size
+                             + self.table[:, :, None])
+
+    READS_LIMIT = 1 << 21
 
     def apply(self, u: Sparse) -> Sparse:
         """`W * du`: each changed input element reaches the output positions whose
@@ -201,10 +226,11 @@ class SparseConv:
         owner, position, offset = self.inverse.pairs(spatial)
         source = channel[owner]
         group, within = np.divmod(source, self.in_per_group)
-        out_channel = group[:, None] * self.out_per_group + np.arange(self.out_per_group)
         value = u[1][owner, None] * self.kernel_forward[within, offset, group]
-        return aggregate(out_channel * self.out_size + position[:, None], value,
-                         self.out_channels * self.out_size)
+        index = self.outputs_at[position]
+        if self.op.groups > 1:
+            index = index + (group * (self.out_per_group * self.out_size))[:, None]
+        return aggregate(index, value, self.out_channels * self.out_size)
 
     def vjp(self, g: Sparse) -> Sparse:
         """`W^T g`: each changed output gradient reaches its window's in-bounds inputs,
@@ -224,11 +250,15 @@ class SparseConv:
         read = self.table[position]
         owner, offset = np.nonzero(read >= 0)
         out_channel = channel[owner]
-        group = out_channel // self.out_per_group
-        within = np.arange(self.in_per_group)
-        in_channel = group[:, None] * self.in_per_group + within
         weight = self.kernel_backward[out_channel, offset]
-        return owner, in_channel * self.in_size + read[owner, offset][:, None], weight
+        group = out_channel // self.out_per_group
+        if self.reads_at is None:
+            in_channel = group[:, None] * self.in_per_group + np.arange(self.in_per_group)
+            return owner, in_channel * self.in_size + read[owner, offset][:, None], weight
+        index = self.reads_at[position[owner], offset]
+        if self.op.groups > 1:
+            index = index + (group * (self.in_per_group * self.in_size))[:, None]
+        return owner, index, weight
 
 
 # -- several columns -------------------------------------------------------------------
