@@ -199,6 +199,8 @@ class SparseConv:
         self.kernel_forward = np.ascontiguousarray(self.kernel.reshape(
             op.groups, self.out_per_group, self.in_per_group, window.size).transpose(2, 3, 0, 1))
         self.kernel_backward = np.ascontiguousarray(self.kernel.transpose(0, 2, 1))
+        # ``[K, out_channels, in_per_group]``: one matrix per offset (`conv_vjp_columns`)
+        self.kernel_by_offset = np.ascontiguousarray(self.kernel.transpose(2, 0, 1))
         self.table = window_table(window)
         self.in_size = int(np.prod(window.in_spatial))
         self.out_size = self.table.shape[0]
@@ -268,6 +270,9 @@ class SparseConv:
 
 
 COLUMNS_DENSE_FRACTION = 1 / 16
+BY_OFFSET_MIN = 16  # `conv_vjp_columns` of a one-group conv from this many outputs on:
+# one matrix product per kernel offset (faster than the products per element from about
+# 20 outputs, and than the dense operator until the vector is nearly full)
 
 
 def aggregate_columns(index: Array, value: Array, size: int) -> Sparse:
@@ -275,14 +280,27 @@ def aggregate_columns(index: Array, value: Array, size: int) -> Sparse:
     if index.size == 0:
         return EMPTY_INDEX, np.zeros((0, value.shape[1]))
     if index.size * 16 >= size:
-        dense = np.stack([np.bincount(index, weights=value[:, k], minlength=size)
-                          for k in range(value.shape[1])], axis=1)
+        dense = _sum_rows(index, value, size)
         unique = nonzero_rows(dense)
         return unique, dense[unique]
-    unique, position = distinct_inverse(index)
-    summed = np.stack([np.bincount(position, weights=value[:, k], minlength=unique.size)
-                       for k in range(value.shape[1])], axis=1)
-    return unique, summed
+    order = np.argsort(index, kind="stable")
+    ordered = index[order]
+    starts = run_starts(ordered)
+    unique = ordered[starts]
+    if unique.size == index.size:  # no index repeats: the rows, sorted
+        return unique, value[order]
+    position = np.empty(index.size, dtype=np.intp)
+    position[order] = np.cumsum(starts) - 1
+    return unique, _sum_rows(position, value, unique.size)
+
+
+def _sum_rows(index: Array, value: Array, size: int) -> Array:
+    """``[size, k]``: the rows of ``value`` ``[n, k]`` summed by ``index`` (in the rows'
+    order, as one `np.bincount` per column would: one bincount over row x column)."""
+    columns = value.shape[1]
+    key = (index[:, None] * columns + np.arange(columns)).ravel()
+    return np.bincount(key, weights=value.ravel(), minlength=size * columns).reshape(
+        size, columns)
 
 
 def concatenate_columns(parts: Sequence[Sparse], size: int) -> Sparse:
@@ -328,6 +346,8 @@ def dense_vjp_columns(pullback: Pullback, grad: Sparse,
 def conv_vjp_columns(conv: SparseConv, g: Sparse) -> Sparse:
     """`SparseConv.vjp` for values ``[n, k]``."""
     columns = g[1].shape[1]
+    if conv.op.groups == 1 and g[0].size >= BY_OFFSET_MIN:
+        return _conv_vjp_by_offset(conv, g)
     if g[0].size > COLUMNS_DENSE_FRACTION * conv.out_channels * conv.out_size:
         shape = (conv.out_channels, *conv.op.window.out_spatial)
         return columns_from_dense(conv.op.vjp(columns_to_dense(g, shape))[0])
@@ -344,3 +364,32 @@ def conv_vjp_columns(conv: SparseConv, g: Sparse) -> Sparse:
     unique = nonzero_rows(dense)
     return unique, dense[unique]
 
+
+
+def _conv_vjp_by_offset(conv: SparseConv, g: Sparse) -> Sparse:
+    """`conv_vjp_columns` of a one-group conv as one matrix product per kernel offset:
+    the gradient at the output positions ``g`` touches, ``[positions, k, out_channels]``,
+    times that offset's ``[out_channels, in_channels]`` weights, added at the input
+    positions the offset reads (one per output position, so no two rows of one product
+    land on the same input). The same sums as the per-element products, in another order
+    (equal up to rounding); every input element the windows reach is listed, also one
+    whose sum is zero."""
+    index, value = g
+    columns = value.shape[1]
+    channel, position = np.divmod(index, conv.out_size)
+    positions, slot = distinct_inverse(position)
+    grad = np.zeros((positions.size, columns, conv.out_channels))
+    grad[slot, :, channel] = value
+    read = conv.table[positions]  # [positions, K]
+    valid = read >= 0
+    inputs, where = distinct_inverse(read[valid])
+    read_slot = np.zeros(read.shape, dtype=np.intp)
+    read_slot[valid] = where
+    total = np.zeros((inputs.size, columns, conv.in_channels))
+    for k in range(read.shape[1]):
+        rows = np.flatnonzero(valid[:, k])
+        if rows.size:
+            part = grad[rows].reshape(-1, conv.out_channels) @ conv.kernel_by_offset[k]
+            total[read_slot[rows, k]] += part.reshape(rows.size, columns, -1)
+    flat = np.arange(conv.in_channels)[:, None] * conv.in_size + inputs
+    return flat.ravel(), total.transpose(2, 0, 1).reshape(-1, columns)
