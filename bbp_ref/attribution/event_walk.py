@@ -236,7 +236,8 @@ class _Elementwise(_Gate):
     def decide(self, index: Array, t: Array | float) -> Array:
         """Right-limit regions at ``t`` of elements ``index``; returns the new slopes and
         sets the regions and exit times."""
-        u, du = self.value(index, t), self.du[index]
+        du = self.du[index]
+        u = self.u[index] + (t - self.since[index]) * du  # (`value`)
         region = np.zeros(index.size, dtype=np.int64)
         rising = du > 0
         for c in self.breakpoints:
@@ -590,21 +591,30 @@ class EventWalk:
         waiting = np.zeros(int(group[-1]) + 1, dtype=bool)
         cones: dict[str, Sparse] = {}
         global_group = np.inf
+        by_gate = np.argsort(gate_of, kind="stable")  # each gate's candidates, in order
+        bounds = np.searchsorted(gate_of[by_gate], np.arange(len(names) + 1))
         for node in self.reach_nodes:
             name = node.name
             incoming = [cones.get(source) for source in node.inputs]
             gate = self.gates.get(name)
             if gate is not None:
+                k = names.index(name)
+                mine = by_gate[bounds[k]:bounds[k + 1]]
                 parts = []
                 if incoming[0] is not None:
                     index, label = incoming[0]
                     if isinstance(gate, _MaxPool):
                         owner, window, _ = gate.spatial_inverse.pairs(index)
                         parts.append((window, label[owner]))
+                    elif mine.size == 0:  # the cone of its input, tested there already
+                        cones[name] = incoming[0]
+                        continue
                     else:
                         parts.append((index, label))
-                mine = np.flatnonzero(gate_of == names.index(name))
-                parts.append((element[mine] % self.positions[name], mine))
+                if mine.size:
+                    parts.append((element[mine] % self.positions[name], mine))
+                if not parts:
+                    continue
                 index = np.concatenate([p[0] for p in parts])
                 label = np.concatenate([p[1] for p in parts])
             elif any(c is not None for c in incoming):

@@ -226,6 +226,8 @@ class SparseConv:
             return from_dense(self.op.linear([to_dense(u, shape)]))
         channel, spatial = np.divmod(u[0], self.in_size)
         owner, position, offset = self.inverse.pairs(spatial)
+        if self.op.groups == 1:
+            return self._apply_by_position(u[1][owner], channel[owner], position, offset)
         source = channel[owner]
         group, within = np.divmod(source, self.in_per_group)
         value = u[1][owner, None] * self.kernel_forward[within, offset, group]
@@ -233,6 +235,25 @@ class SparseConv:
         if self.op.groups > 1:
             index = index + (group * (self.out_per_group * self.out_size))[:, None]
         return aggregate(index, value, self.out_channels * self.out_size)
+
+    def _apply_by_position(self, u: Array, channel: Array, position: Array,
+                           offset: Array) -> Sparse:
+        """`apply` of a one-group conv for its (input element, output position, offset)
+        pairs, values ``u``: the outputs numbered by position first (a sort of the pairs,
+        not of pairs x output channels), then summed as `aggregate` sums them (the same
+        entries in the same order: equal sums, the same elements)."""
+        value = u[:, None] * self.kernel_forward[channel, offset, 0]  # [pairs, out]
+        positions, slot = distinct_inverse(position)
+        channels = self.out_channels
+        key = (slot[:, None] * channels + np.arange(channels)).ravel()
+        summed = np.bincount(key, weights=value.ravel(), minlength=positions.size * channels)
+        index = (np.arange(channels)[:, None] * self.out_size + positions).ravel()
+        value = summed.reshape(positions.size, channels).T.ravel()
+        if u.size * channels * 16 >= channels * self.out_size:  # (`aggregate` sums
+            # these densely, and drops zeros)
+            nonzero = value != 0
+            index, value = index[nonzero], value[nonzero]
+        return index, value
 
     def vjp(self, g: Sparse) -> Sparse:
         """`W^T g`: each changed output gradient reaches its window's in-bounds inputs,
