@@ -164,9 +164,10 @@ class _Gate(ABC):
     def move(self, change: Sparse, t: Array | float) -> None:
         """Add ``change`` to `du`, first carrying `u` to ``t`` where it changes."""
         index, value = change
-        self.u[index] = self.value(index, t)
+        du = self.du[index]
+        self.u[index] = self.u[index] + (t - self.since[index]) * du  # (`value`)
         self.since[index] = t
-        self.du[index] += value
+        self.du[index] = du + value
 
     def sync(self, u: Array, du: Array, t: float, rtol: float, decide: bool) -> None:
         """Take the input's values and `du` from full passes at ``t``; with ``decide``
@@ -324,14 +325,15 @@ class _MaxPool(_Gate):
             # largest `du`
             threshold = u.max(axis=1) - self.tol
             which = np.argmax(np.where(u >= threshold[:, None], du, -np.inf), axis=1)
-        rows = np.arange(windows.size)
-        best, best_slope = u[rows, which], du[rows, which]
-        rate = du - best_slope[:, None]
+        which = which[:, None]
+        best = np.take_along_axis(u, which, axis=1)
+        rate = du - np.take_along_axis(du, which, axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            time = np.where(rate > 0, (best[:, None] - u) / rate, np.inf)
+            time = np.where(rate > 0, (best - u) / rate, np.inf)
         self.exit.set(windows, t + np.maximum(time.min(axis=1), 0.0))
-        self.winner[windows] = read[rows, which]
-        return self.winner[windows]
+        winners = np.take_along_axis(read, which, axis=1)[:, 0]
+        self.winner[windows] = winners
+        return winners
 
     def sync_states(self, t: float, decide: bool) -> None:
         self.decide(np.arange(self.winner.size), t, keep=not decide)

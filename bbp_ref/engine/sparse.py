@@ -97,7 +97,7 @@ def concatenate(parts: Sequence[Sparse], size: int) -> Sparse:
 
 
 def _unique(index: Array) -> bool:
-    return index.size < 2 or bool(np.all(index[1:] > index[:-1]))
+    return index.size < 2 or bool((index[1:] > index[:-1]).all())
 
 
 def to_dense(vector: Sparse, shape: tuple[int, ...]) -> Array:
