@@ -245,7 +245,7 @@ class _Elementwise(_Gate):
             region += above(u, du, c, self.tol, rising)
         self.region[index] = region
         self.exit.set(index, t + self._time(region, u, du))
-        return self.slopes[region, index]
+        return self.slopes.ravel()[region * self.region.size + index]  # ([region, index])
 
     def sync_states(self, t: float, decide: bool) -> None:
         index = np.arange(self.region.size)
@@ -325,13 +325,13 @@ class _MaxPool(_Gate):
             # largest `du`
             threshold = u.max(axis=1) - self.tol
             which = np.argmax(np.where(u >= threshold[:, None], du, -np.inf), axis=1)
-        which = which[:, None]
-        best = np.take_along_axis(u, which, axis=1)
-        rate = du - np.take_along_axis(du, which, axis=1)
+        rows = np.arange(windows.size)
+        best, best_slope = u[rows, which], du[rows, which]
+        rate = du - best_slope[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
-            time = np.where(rate > 0, (best - u) / rate, np.inf)
+            time = np.where(rate > 0, (best[:, None] - u) / rate, np.inf)
         self.exit.set(windows, t + np.maximum(time.min(axis=1), 0.0))
-        winners = np.take_along_axis(read, which, axis=1)[:, 0]
+        winners = read[rows, which]
         self.winner[windows] = winners
         return winners
 

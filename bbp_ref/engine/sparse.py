@@ -57,9 +57,12 @@ def distinct(values: Array) -> Array:
 
 
 def union(a: Array, b: Array) -> Array:
-    """The sorted union of two arrays of distinct values (`np.union1d`)."""
+    """The union of two sorted arrays of distinct values, sorted (`np.union1d`; one of
+    them itself when the other is empty)."""
     if b.size == 0:
-        return distinct(a)
+        return a
+    if a.size == 0:
+        return b
     return distinct(np.concatenate([a, b]))
 
 
