@@ -15,6 +15,7 @@ from .attribution.targets import resolve_target_sets
 from .binding import Binding, for_each_example, needs_binding, pick_example
 from .checks.onnxruntime_check import check_output
 from .checks.residuals import Checks, check_mode, relative_residual
+from .engine.memory import keeps_freed_memory
 from .engine.repeat import one_hot_seeds, repeat_trace
 from .engine.trace import Trace, linear_parts
 from .errors import InputError
@@ -98,6 +99,7 @@ def explain(model: object, x: object, target: object = None, rule: object = "abs
             ) -> Explanation: ...
 
 
+@keeps_freed_memory
 def explain(model: object, x: object, target: object = None, rule: object = "abs",
             layers: object = None, check: object = True, output: str | None = None, *,
             wrt: str | None = None, inputs: Mapping[str, object] | None = None) -> Any:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from . import budget
+from .engine.memory import keeps_freed_memory
 from .engine.repeat import one_hot_seeds, repeat_trace
 from .engine.trace import Trace, forward, input_gradient, linear_parts
 from .errors import InputError
@@ -179,6 +180,7 @@ class Model:
         _check_finite_values(trace)
         return trace
 
+    @keeps_freed_memory
     def forward(self, x: object, *, inputs: Mapping[str, object] | None = None,
                 wrt: str | None = None) -> np.ndarray:
         """The float64 output `f(x)` (the logits, if a final Softmax was stripped);
@@ -189,6 +191,7 @@ class Model:
         out = self.trace(batch, linearize=False).output
         return out[0] if single else out
 
+    @keeps_freed_memory
     def decompose(self, x: object) -> tuple[np.ndarray, np.ndarray]:
         """`(W^x x, b^x)` for every output at once (shaped like `forward(x)`), from the two
         linear passes of docs/math.md §3; their sum is `f(x)` up to rounding."""
@@ -197,6 +200,7 @@ class Model:
         weights_times_x, bias = linear_parts(trace, batch)
         return (weights_times_x[0], bias[0]) if single else (weights_times_x, bias)
 
+    @keeps_freed_memory
     def jacobian(self, x: object, *, inputs: Mapping[str, object] | None = None,
                  wrt: str | None = None) -> np.ndarray:
         """`W^x` for every output: shape ``[*output_shape, *input_shape]`` for one

@@ -201,3 +201,20 @@ def test_float64_model_wider_type_is_not_loosened() -> None:
     from bbp_ref.checks.onnxruntime_check import ATOL, RTOL, tolerances
 
     assert tolerances(proto) == tolerances(double) == (RTOL, ATOL)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.01, "per channel"])
+def test_a_relu_gate_value_is_the_where_form_bitwise(slope):
+    """The gate computes its value as `d u` from its slope `d`: the same numbers as
+    `where(u > 0, u, a u)`, the sign of every zero included (an input of -0.0 or a
+    negative one gives -0.0 on the off side, as PyTorch's and NumPy's `a u` do)."""
+    from bbp_ref.engine.gates import PiecewiseLinear
+
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(3, 4, 5))
+    u[0, 0] = [0.0, -0.0, 1e-300, -1e-300, 0.0]
+    a = rng.uniform(size=(4, 1)) if slope == "per channel" else slope
+    expected = np.where(u > 0, u, np.asarray(a) * u)
+    for value in (PiecewiseLinear(a).evaluate([u])[0], PiecewiseLinear(a).forward([u])):
+        assert np.array_equal(value, expected)
+        assert np.array_equal(np.signbit(value), np.signbit(expected))

@@ -26,6 +26,9 @@ CASES = {
     "1-D": ((12,), 2, 3, (4,), (2,), (1,), (1,), (2,), 1),
     "3-D": ((5, 4, 6), 2, 2, (2, 3, 2), (1, 2, 1), (1, 1, 2), (1, 0, 1), (0, 1, 1), 1),
     "1x1": ((6, 5), 4, 3, (1, 1), (1, 1), (1, 1), (0, 0), (0, 0), 1),
+    "1x1 strided, 2 groups": ((7, 6), 4, 6, (1, 1), (2, 3), (1, 1), (0, 0), (0, 0), 2),
+    "1x1 1-D strided": ((9,), 3, 5, (1,), (2,), (1,), (0,), (0,), 1),
+    "1x1 padded": ((5, 4), 3, 2, (1, 1), (1, 1), (1, 1), (1, 0), (0, 2), 1),
 }
 # Output positions per slice: the default; one output row per slice; a few (slices of rows,
 # or of several examples, ending mid-example or mid-row-block).
@@ -86,6 +89,32 @@ def test_gathered_vjp_is_the_transpose_of_the_reference_matrix(name, slicing, mo
     (back,) = GatheredConv(weight, None, window, groups, channels).vjp(grad)
     expected = grad.reshape(2, -1) @ dense
     np.testing.assert_allclose(back.reshape(2, -1), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("slicing", SLICINGS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_several_kernels_at_once_equal_the_reference(name, slicing, monkeypatch):
+    """`linear_many` (the windows gathered once for several kernels) gives each kernel's
+    convolution, and `vjp_sum` the sum of their transposes, against onnx.reference."""
+    window, weight, groups, channels = _geometry(CASES[name])
+    if slicing is not None:
+        _slice_by(monkeypatch, slicing)
+    rng = np.random.default_rng(4)
+    weights = [weight, np.abs(rng.normal(size=weight.shape))]
+    convs = [GatheredConv(w, None, window, groups, channels) for w in weights]
+    x = rng.normal(size=(3, channels, *window.in_spatial))
+    for out, w in zip(convs[0].linear_many(convs, [x]), weights):
+        np.testing.assert_allclose(out, _onnx_conv(window, w, groups, x), rtol=1e-12,
+                                   atol=1e-12)
+    in_shape = (channels, *window.in_spatial)
+    size = int(np.prod(in_shape))
+    eye = np.eye(size).reshape(size, *in_shape)
+    dense = [_onnx_conv(window, w, groups, eye).reshape(size, -1).T for w in weights]
+    grads = [rng.normal(size=(3, *_onnx_conv(window, weight, groups, x).shape[1:]))
+             for _ in weights]
+    (back,) = convs[0].vjp_sum(convs, grads)
+    expected = sum(g.reshape(3, -1) @ d for g, d in zip(grads, dense))
+    np.testing.assert_allclose(back.reshape(3, -1), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_gathered_and_per_offset_convolutions_agree_to_rounding():

@@ -119,3 +119,37 @@ def test_signed_rule_on_a_residual_sum_by_hand():
     np.testing.assert_allclose(e.bias_attribution, [1.0, -0.5], atol=1e-12)
     several = bbp_ref.explain(proto, X, target=[0, 1], rule="signed")  # the shared path
     np.testing.assert_allclose(several.bias_attribution[0], [1.0, -0.5], atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["residual", "conv_variants", "mlp"])
+def test_signed_fallback_rows_served_in_the_same_pass_equal_a_separate_abs_pass(name):
+    """`signed` serves its fallback rows (sigma = 0, or no input pushing with the mass)
+    with its own four terms, all selected (they sum to |z|); the same rule with the
+    fallback as a separate `abs` pass over those rows gives the same attribution."""
+    from architectures import ARCHITECTURES
+
+    from bbp_ref.attribution import rules
+
+    rng = np.random.default_rng(5)
+    proto, shape = ARCHITECTURES[name](rng)
+    x = rng.normal(size=(4, *shape)).astype(np.float32)
+    separate = bbp_ref.Rule("signed", rules._signed_terms, rules.ABS, builtin=True)
+    assert not separate.fallback_sums_terms and rules.SIGNED.fallback_sums_terms
+    calls = []
+    original = rules.distribute
+
+    def counting(local, view, rule):
+        calls.append(rule.name)
+        return original(local, view, rule)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rules, "distribute", counting)
+        one_pass = bbp_ref.explain(proto, x, rule="signed", check=False)
+        in_one_pass = list(calls)
+        calls.clear()
+        two_passes = bbp_ref.explain(proto, x, target=one_pass.target, rule=separate,
+                                     check=False)
+    assert "abs" in calls, "the case has no fallback rows"
+    assert "abs" not in in_one_pass
+    np.testing.assert_allclose(one_pass.bias_attribution, two_passes.bias_attribution,
+                               rtol=1e-12, atol=1e-12 * np.abs(two_passes.bias).max())

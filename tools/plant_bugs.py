@@ -37,8 +37,8 @@ BUGS = [
         "s = gamma / np.sqrt(var + epsilon)", "s = gamma / np.sqrt(var)"),
     Bug("signed rule's fallback dropped (its empty rows lose their mass)",
         "bbp_ref/attribution/rules.py",
-        "pending = empty & (view.mass != 0)",
-        "pending = empty & (view.mass != 0) & (rule.name != 'signed')"),
+        "selected[id(term)] = np.maximum(selected[id(term)], pending)",
+        "selected[id(term)] = selected[id(term)]"),
     Bug("Conv vector-Jacobian product off by one in padding", "bbp_ref/engine/affine.py",
         "return [np.moveaxis(self.window.crop(padded), 0, 1)]",
         "return [np.moveaxis(padded[(slice(None), slice(None)) + tuple(slice(b + 1, b + 1 + n) "
@@ -48,8 +48,8 @@ BUGS = [
         "while tensor in producers and producers[tensor].op_type in HEAD_OPS + _PASS_THROUGH:",
         "while tensor in producers and producers[tensor].op_type in _PASS_THROUGH:"),
     Bug("a bias added twice in a residual Add", "bbp_ref/engine/affine.py",
-        "            out = out + c * u\n        return out",
-        "            out = out + c * u\n        return out if self.bias is None else "
+        "            out = out + _times_sign(c, u)\n        return out",
+        "            out = out + _times_sign(c, u)\n        return out if self.bias is None else "
         "out + self.bias"),
 ]
 

@@ -39,9 +39,9 @@ BUGS = [
         ['tests/test_torch_module.py']),
     Bug('--out through numpy.savez(path) (adds .npz)',
         'bbp_ref/cli.py',
-        '        with open(path, "wb") as stream:\n'
-        '            np.savez(stream, **arrays)  # type: ignore[arg-type]',
-        '        np.savez(path, **arrays)  # type: ignore[arg-type]',
+        '    write_atomically(path, lambda stream: np.savez(stream, **safe))'
+        '  # type: ignore[arg-type]',
+        '    np.savez(path, **safe)  # type: ignore[arg-type]',
         ['tests/test_cli.py']),
     Bug('compare ignores meta/layers',
         'bbp_ref/checks/oracle.py',

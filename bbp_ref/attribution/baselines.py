@@ -57,6 +57,7 @@ from ..binding import Binding, for_each_example, needs_binding, pick_baseline, p
 from ..engine.affine import Sum
 from ..engine.einsum import BilinearEinsum, EinsumProduct
 from ..engine.gates import ElementwiseLocal, MaxPool, MaxPoolLocal
+from ..engine.memory import keeps_freed_memory
 from ..engine.operator import GATE, PRODUCT, SMOOTH, AffineLocal, Array, Pullback
 from ..engine.products import BilinearMatMul, MatMulProduct, Product
 from ..engine.trace import Trace, forward, input_gradient
@@ -229,6 +230,7 @@ def bound_call(model: object, x: object, wrt: str | None, inputs: object,
                             lambda a, value: replace(a, wrt_value=value))
 
 
+@keeps_freed_memory
 def gradient(model: object, x: object, target: object = None, *, wrt: str | None = None,
              inputs: Mapping[str, object] | None = None) -> Attribution:
     """`W^x[t]`, the gradient of `f_t` at `x` (Captum's ``Saliency(abs=False)``);
@@ -236,6 +238,7 @@ def gradient(model: object, x: object, target: object = None, *, wrt: str | None
     return _gradient_method(model, x, target, wrt, inputs, "gradient")
 
 
+@keeps_freed_memory
 def gradient_x_input(model: object, x: object, target: object = None, *,
                      wrt: str | None = None,
                      inputs: Mapping[str, object] | None = None) -> Attribution:
@@ -277,6 +280,7 @@ def with_delta(s: Setup, attribution: Array, baseline_logits: Array, method: str
                        n_steps=n_steps, n_pieces=n_pieces)
 
 
+@keeps_freed_memory
 def deeplift(model: object, x: object, baselines: object = 0.0, target: object = None,
              eps: float = DEEPLIFT_EPS, *, wrt: str | None = None,
              inputs: Mapping[str, object] | None = None) -> Attribution:

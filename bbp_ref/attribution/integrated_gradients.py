@@ -43,6 +43,7 @@ import numpy as np
 from .. import budget
 from ..binding import pick_baseline, pick_example
 from ..engine.gates import MaxPool, PiecewiseLinear
+from ..engine.memory import keeps_freed_memory
 from ..engine.operator import ROUTE, AffineOperator
 from ..engine.trace import forward, input_gradient
 from ..errors import InputError, UnsupportedOpError
@@ -85,6 +86,7 @@ def approximation_parameters(method: str, n_steps: int) -> tuple[np.ndarray, np.
     raise InputError(f"unknown integration method {method!r}; choose from {list(METHODS)}")
 
 
+@keeps_freed_memory
 def integrated_gradients(model: object, x: object, baselines: object = 0.0,
                          target: object = None, method: str = "exact", n_steps: int = 50,
                          internal_batch_size: int | None = None,

@@ -7,7 +7,9 @@ contribution is `rows[p] * W_t[p, q] * u_t[q]` with `W_t = term.coefficients(W)`
 
 * ``abs``:     one term, `|W|` and `|u|` (`|z[p, q]|`);
 * ``signed``:  `max(0, sigma_p z)` split by sign: `W+ u+`, `W- u-` on rows with
-  `sigma_p > 0`, `W+ (-u-)`, `(-W-) u+` on rows with `sigma_p < 0`;
+  `sigma_p > 0`, `W+ (-u-)`, `(-W-) u+` on rows with `sigma_p < 0`; the four sum to `|z|`,
+  so rows with `sigma_p = 0`, and rows whose scores vanish, take all four: the fallback
+  ``abs`` in the same passes;
 * ``uniform``: ones for the coefficients and the operands (the node's connectivity),
   so the denominator counts `|RF(p)|`.
 
@@ -81,12 +83,17 @@ class NodeView:
 
 @dataclass(frozen=True)
 class Rule:
-    """A named attribution rule; rows whose scores all vanish go to ``fallback``."""
+    """A named attribution rule; rows whose scores all vanish go to ``fallback``.
+    ``fallback_sums_terms``: the fallback's scores are the sum of this rule's terms with
+    every row selected (``signed``: its four sign terms sum to `|z|`, the scores of
+    ``abs``), so the fallback rows are served by the same forwards and vector-Jacobian
+    products, not by a second pass."""
 
     name: str
     terms: Callable[[NodeView], Sequence[Term]]
     fallback: Rule | None = None
     builtin: bool = False
+    fallback_sums_terms: bool = False
 
 
 def _uniform_terms(view: NodeView) -> list[Term]:
@@ -98,8 +105,10 @@ def _abs_terms(view: NodeView) -> list[Term]:
 
 
 def _signed_terms(view: NodeView) -> list[Term]:
-    sigma = np.sign(view.mass * view.gradient)
-    up, down = (sigma > 0).astype(float), (sigma < 0).astype(float)
+    # rows with sigma = 0 are selected by all four terms, whose sum is |z|: there the rule
+    # is `abs`, its fallback, without a second pass (docs/math.md §4.1)
+    direction = view.mass * view.gradient
+    up, down = direction >= 0, direction <= 0
     pos, neg = (list(parts) for parts in zip(*(_parts(u) for u in view.operands)))
     return [Term(_positive, pos, up), Term(_negative, neg, up),
             Term(_positive, neg, down), Term(_negative, pos, down)]
@@ -107,7 +116,7 @@ def _signed_terms(view: NodeView) -> list[Term]:
 
 UNIFORM = Rule("uniform", _uniform_terms, None, builtin=True)
 ABS = Rule("abs", _abs_terms, UNIFORM, builtin=True)
-SIGNED = Rule("signed", _signed_terms, ABS, builtin=True)
+SIGNED = Rule("signed", _signed_terms, ABS, builtin=True, fallback_sums_terms=True)
 RULES = {rule.name: rule for rule in (ABS, SIGNED, UNIFORM)}
 
 
@@ -134,7 +143,10 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
     operands [N, ...] and mass [N * T, ...], a built-in rule's forward runs once per example
     and is shared by its T rows; a user rule sees the operands repeated. Terms that vanish
     (an all-zero operand factor, e.g. `u-` after a Relu, or no selected row) are skipped:
-    they add exact zeros."""
+    they add exact zeros. Terms with the same operand factors (``signed``'s `W+ u+` and
+    `W- u+`) share them: their forwards are one call (`AffineOperator.linear_many`, which
+    a convolution answers with one gathering of its windows), and their vector-Jacobian
+    products are summed before the factor multiplies them (`vjp_sum`)."""
     repeats = view.mass.shape[0] // view.operands[0].shape[0]
     if repeats > 1 and not rule.builtin:
         view = NodeView(view.name, view.op, [np.repeat(u, repeats, axis=0)
@@ -145,8 +157,18 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
     else:
         terms = _user_call(rule, view, lambda: rule.terms(view))
         _check_terms(view, rule, terms)
+    shapes = [u.shape for u in view.operands]
+    n = shapes[0][0]
+    # the distinct operand factors (a factor object may enter several terms), with the
+    # largest element of each per example: all factors are >= 0, so a factor whose largest
+    # element is 0 everywhere is all zero and its terms vanish
+    largest = {(id(f), len(s)): _row_max(f, len(s), n)
+               for term in terms for f, s in zip(term.operands, shapes)}
+    # terms with an all-zero factor add exact zeros; so do terms that select no row, unless
+    # the rule's fallback rows may need them
+    kept = [term for term in terms if not _vanishes(term, shapes, largest)
+            and (rule.fallback_sums_terms or term.rows is None or np.any(term.rows))]
     operator = local.operator.rule_view()
-    kept = [term for term in terms if not _vanishes(term)]
     by_map: dict[CoefficientMap, AffineOperator] = {}
     for term in kept:
         if term.coefficients not in by_map:
@@ -157,50 +179,107 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
                                     for c in op.coefficients):
         raise RuleError(f"rule {rule.name!r} maps the coefficients of node {view.name!r} "
                         "to negative values (or NaN); scores must be non-negative numbers")
-    shapes = [u.shape for u in view.operands]
-    exponent = _largest_exponent([f for term in kept for f in term.operands], shapes[0][0])
-    factors = [[np.broadcast_to(_scaled(f, exponent, len(s)), s)
-                for f, s in zip(term.operands, shapes)] for term in kept]
+    # one power of two per example brings the largest factor to [0.5, 1): `alpha` does not
+    # change (numerator and denominator scale alike, exactly), but tiny inputs no longer
+    # make the denominator subnormal
+    exponent = np.frexp(np.max([np.zeros(n)] + [largest[id(f), len(s)] for term in kept
+                                                for f, s in zip(term.operands, shapes)],
+                               axis=0))[1]
+    scaled = {(id(f), j): np.broadcast_to(_scaled(f, exponent, len(s)), s)
+              for term in kept for j, (f, s) in enumerate(zip(term.operands, shapes))}
     rows_of = partial(_by_example, repeats=repeats)
     selected = {id(term): rows_of(np.broadcast_to(term.rows, view.mass.shape))
                 for term in kept if term.rows is not None}
+    # the terms with a selected row; the others matter only to fallback rows
+    active = [term for term in kept if term.rows is None or np.any(term.rows)]
+    forwards = partial(_forwards, by_map, scaled)
     mass, mass_exponent = _normalised(view.mass)
     # [N, 1, ...] (one per example, shared by its targets) unless a term selects rows
     examples = view.mass.shape[0] // repeats
-    denominator = np.zeros((examples, repeats if selected else 1, *view.mass.shape[1:]))
-    for term, operands in zip(kept, factors):
-        part = by_map[term.coefficients].linear(operands)[:, None]
-        denominator += part if term.rows is None else part * selected[id(term)]
+    den_shape = (examples, repeats if selected else 1, *view.mass.shape[1:])
+    parts = forwards(active)
+    denominator = np.zeros(den_shape)
+    for term in active:
+        denominator += parts[id(term)] if term.rows is None \
+            else parts[id(term)] * selected[id(term)]
     # a row whose scores vanish, or are too small to divide by (subnormal), has none
     empty = denominator < np.finfo(float).tiny
-    ratio = np.zeros(rows_of(mass).shape)
-    np.divide(rows_of(mass), denominator, out=ratio, where=~empty)
-    shares = [np.zeros((view.mass.shape[0], *s[1:])) for s in shapes]
-    for term, operands in zip(kept, factors):
-        grad = ratio if term.rows is None else ratio * selected[id(term)]
-        back = by_map[term.coefficients].vjp(grad.reshape(view.mass.shape))
-        for share, factor, part in zip(shares, operands, back):
-            rows_of(share)[...] += factor[:, None] * rows_of(part)
+    some_empty = bool(empty.any())
+    if some_empty and rule.fallback_sums_terms:
+        # the fallback's rows: every term selected, the denominator the sum of all of them
+        pending = empty & rows_of(view.mass != 0)
+        if pending.any():
+            parts.update(forwards([term for term in kept if id(term) not in parts]))
+            for term in kept:
+                if term.rows is not None:
+                    selected[id(term)] = np.maximum(selected[id(term)], pending)
+            denominator = np.where(pending, sum(parts[id(term)] for term in kept), denominator)
+            empty = denominator < np.finfo(float).tiny
+            some_empty = bool(empty.any())
+            active = kept
+            rule = rule.fallback if rule.fallback is not None else rule
+    del parts
+    ratio = np.divide(rows_of(mass), denominator, out=np.zeros(rows_of(mass).shape),
+                      where=~empty) if some_empty else rows_of(mass) / denominator
+    shares: list[Array | None] = [None] * len(shapes)
+    for factors, members in _by_factors(active):
+        maps = [by_map[term.coefficients] for term in members]
+        grads = [(ratio if term.rows is None else ratio * selected[id(term)])
+                 .reshape(view.mass.shape) for term in members]
+        back = maps[0].vjp_sum(maps, grads)
+        for j, (factor, part) in enumerate(zip((scaled[id(f), j] for j, f in
+                                                enumerate(factors)), back)):
+            product = factor[:, None] * rows_of(part)
+            share = shares[j]
+            if share is None:
+                shares[j] = product.reshape(view.mass.shape[0], *shapes[j][1:])
+            else:
+                rows_of(share)[...] += product
+    result = [np.zeros((view.mass.shape[0], *s[1:])) if share is None else share
+              for share, s in zip(shares, shapes)]
     with np.errstate(over="ignore"):
-        for share in shares:
+        for share in result:
             np.ldexp(share, _per_example(mass_exponent, share.ndim), out=share)
-    pending = (empty & rows_of(view.mass != 0)).reshape(view.mass.shape)
-    if pending.any():
-        if rule.fallback is None:
-            raise RuleError(f"rule {rule.name!r} gives node {view.name!r} ({view.op}) output "
-                            "elements that carry bias mass but have no score")
-        rest = NodeView(view.name, view.op, view.operands, view.gradient,
-                        np.where(pending, view.mass, 0.0))
-        for j, part in enumerate(distribute(local, rest, rule.fallback)):
-            shares[j] += part
-    return shares
+    if some_empty:
+        pending = (empty & rows_of(view.mass != 0)).reshape(view.mass.shape)
+        if pending.any():
+            if rule.fallback is None:
+                raise RuleError(f"rule {rule.name!r} gives node {view.name!r} ({view.op}) "
+                                "output elements that carry bias mass but have no score")
+            rest = NodeView(view.name, view.op, view.operands, view.gradient,
+                            np.where(pending, view.mass, 0.0))
+            for j, part in enumerate(distribute(local, rest, rule.fallback)):
+                result[j] += part
+    return result
 
 
-def _vanishes(term: Term) -> bool:
-    """Whether a term's scores are all zero: no row selected, or every factor zero."""
-    if term.rows is not None and not np.any(term.rows):
-        return True
-    return not any(np.any(f) for f in term.operands)
+def _by_factors(terms: list[Term]) -> list[tuple[Sequence[Array], list[Term]]]:
+    """The terms grouped by their operand factors (the same objects), in order."""
+    groups: dict[tuple[int, ...], tuple[Sequence[Array], list[Term]]] = {}
+    for term in terms:
+        key = tuple(id(f) for f in term.operands)
+        groups.setdefault(key, (term.operands, []))[1].append(term)
+    return list(groups.values())
+
+
+def _forwards(by_map: dict[CoefficientMap, AffineOperator],
+              scaled: dict[tuple[int, int], Array],
+              terms: list[Term]) -> dict[int, Array]:
+    """Each term's forward `A_t(u_t)` [N, 1, ...] by ``id(term)``; terms with the same
+    factors in one call (`AffineOperator.linear_many`)."""
+    parts = {}
+    for factors, members in _by_factors(terms):
+        maps = [by_map[term.coefficients] for term in members]
+        outputs = maps[0].linear_many(maps, [scaled[id(f), j] for j, f in enumerate(factors)])
+        parts.update({id(term): out[:, None] for term, out in zip(members, outputs)})
+    return parts
+
+
+def _vanishes(term: Term, shapes: Sequence[tuple[int, ...]],
+              largest: dict[tuple[int, int], Array]) -> bool:
+    """Whether a term's factors are all zero (``largest``: each factor's largest element
+    per example; factors are >= 0)."""
+    return not any(largest[id(f), len(s)].any() for f, s in zip(term.operands, shapes))
 
 
 def _by_example(a: Array, repeats: int) -> Array:
@@ -210,18 +289,12 @@ def _by_example(a: Array, repeats: int) -> Array:
     return a.reshape(a.shape[0] // repeats, repeats, *a.shape[1:])
 
 
-def _largest_exponent(factors: list[Array], n: int) -> Array:
-    """Per example, the binary exponent of the largest operand factor: scaling every
-    factor by `2^-exponent` brings the largest to [0.5, 1). `alpha` does not change
-    (numerator and denominator scale alike, exactly), but tiny inputs no longer make the
-    denominator subnormal."""
-    largest = np.zeros(n)
-    for f in factors:
-        f = np.asarray(f, dtype=float)
-        row_max = np.abs(f).max(axis=tuple(range(1, f.ndim)), initial=0.0) \
-            if f.ndim > 1 else np.abs(f)
-        largest = np.maximum(largest, row_max)
-    return np.frexp(largest)[1]
+def _row_max(f: Array, ndim: int, n: int) -> Array:
+    """The largest element per example, [n], of a factor (>= 0) broadcastable to a batched
+    operand of ``ndim`` axes and ``n`` examples."""
+    f = np.asarray(f, dtype=float)
+    f = f.reshape((1,) * (ndim - f.ndim) + f.shape)
+    return np.broadcast_to(f.max(axis=tuple(range(1, ndim)), initial=0.0), (n,))
 
 
 def _scaled(f: Array, exponent: Array, ndim: int) -> Array:
@@ -241,7 +314,9 @@ def _normalised(mass: Array) -> tuple[Array, Array]:
     [0.5, 1), and the exponent that undoes it. Exact; it keeps `beta / den` finite for
     masses near the float64 limit (a bias of 1.5e308) and for subnormal ones."""
     n = mass.shape[0]
-    _, exponent = np.frexp(np.abs(mass).reshape(n, -1).max(axis=1, initial=0.0))
+    rows = mass.reshape(n, -1)
+    largest = np.maximum(rows.max(axis=1, initial=0.0), -rows.min(axis=1, initial=0.0))
+    _, exponent = np.frexp(largest)
     return np.ldexp(mass, _per_example(-exponent, mass.ndim)), exponent
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .operator import AffineOperator, Array, reduce_to_shape
+from .operator import AffineOperator, Array, reduce_to_shape, sum_parts
 from .windows import Window
 
 
@@ -157,31 +157,66 @@ class GatheredConv(Conv):
     values, and another rounding moves near-tie kinks (docs/math.md §8)."""
 
     def linear(self, operands: Sequence[Array]) -> Array:
-        (u,) = operands
-        if self._depthwise():
-            return super().linear(operands)
-        n = u.shape[0]
-        g, out_per_group = self._grouped_kernel().shape[:2]
-        weights = self._kernel_matrix()
-        padded = np.ascontiguousarray(np.moveaxis(self.window.pad(u), 1, 0))  # [C, N, *P]
-        out = np.empty((g, out_per_group, n, *self.window.out_spatial))
-        for examples, rows in self._slices(n):
-            columns = self._gather(padded, examples, rows)  # [G, Cg K, P]
-            block = out[:, :, examples][(slice(None),) * 3 + (rows,)]
-            block[...] = (weights @ columns).reshape(block.shape)
-        return np.moveaxis(out.reshape(g * out_per_group, n, *self.window.out_spatial), 0, 1)
+        return self.linear_many([self], operands)[0]
 
     def vjp(self, grad: Array) -> list[Array]:
-        if self._depthwise():
-            return super().vjp(grad)
-        n = grad.shape[0]
+        return self.vjp_sum([self], [grad])
+
+    def linear_many(self, operators: Sequence[AffineOperator],
+                    operands: Sequence[Array]) -> list[Array]:
+        """Each convolution's output, the windows of ``operands`` gathered once per slice
+        of positions for all of them (``operators``: this convolution with other kernels)."""
+        convs = _gathered(self, operators)
+        if convs is None or self._depthwise():
+            return [Conv.linear(op, operands) if isinstance(op, GatheredConv) else
+                    op.linear(operands) for op in operators]
+        (u,) = operands
+        if self._pointwise():
+            columns = self._pointwise_columns(u)  # [N, G, Cg, P]
+            shape = (u.shape[0], self.weight.shape[0], *self.window.out_spatial)
+            return [(conv._kernel_matrix() @ columns).reshape(shape) for conv in convs]
+        n = u.shape[0]
         g, out_per_group = self._grouped_kernel().shape[:2]
-        weights_t = np.swapaxes(self._kernel_matrix(), 1, 2)
-        grad_cf = np.moveaxis(grad, 1, 0).reshape(g, out_per_group, n, *self.window.out_spatial)
+        weights = [conv._kernel_matrix() for conv in convs]
+        padded = np.ascontiguousarray(np.moveaxis(self.window.pad(u), 1, 0))  # [C, N, *P]
+        outs = [np.empty((g, out_per_group, n, *self.window.out_spatial)) for _ in convs]
+        for examples, rows in self._slices(n):
+            columns = self._gather(padded, examples, rows)  # [G, Cg K, P]
+            for out, kernel in zip(outs, weights):
+                block = out[:, :, examples][(slice(None),) * 3 + (rows,)]
+                block[...] = (kernel @ columns).reshape(block.shape)
+        return [np.moveaxis(out.reshape(g * out_per_group, n, *self.window.out_spatial), 0, 1)
+                for out in outs]
+
+    def vjp_sum(self, operators: Sequence[AffineOperator],
+                grads: Sequence[Array]) -> list[Array]:
+        """`sum_i W_i^T g_i`: per slice of positions the products are summed as columns
+        [G, Cg K, P] and added back window by window once."""
+        convs = _gathered(self, operators)
+        if convs is None or self._depthwise():
+            return sum_parts(Conv.vjp(op, grad) if isinstance(op, GatheredConv) else
+                             op.vjp(grad) for op, grad in zip(operators, grads))
+        n = grads[0].shape[0]
+        g, out_per_group = self._grouped_kernel().shape[:2]
+        transposed = [np.swapaxes(conv._kernel_matrix(), 1, 2) for conv in convs]
+        if self._pointwise():
+            (summed,) = sum_parts([kernel_t @ grad.reshape(n, g, out_per_group, -1)]
+                                  for kernel_t, grad in zip(transposed, grads))
+            return [self._pointwise_scatter(summed, n)]
+        spatial = self.window.out_spatial
+        grads_cf = [np.moveaxis(grad, 1, 0).reshape(g, out_per_group, n, *spatial)
+                    for grad in grads]
         padded = np.zeros((self.in_channels, n) + self.window.padded_spatial)
         for examples, rows in self._slices(n):
-            block = grad_cf[:, :, examples][(slice(None),) * 3 + (rows,)]
-            columns = weights_t @ block.reshape(g, out_per_group, -1)  # [G, Cg K, P]
+            columns = None
+            for kernel_t, grad_cf in zip(transposed, grads_cf):
+                block = grad_cf[:, :, examples][(slice(None),) * 3 + (rows,)]
+                part = kernel_t @ block.reshape(g, out_per_group, -1)  # [G, Cg K, P]
+                if columns is None:
+                    columns = part
+                else:
+                    columns += part
+            assert columns is not None
             self._scatter(padded, columns, examples, rows)
         return [np.moveaxis(self.window.crop(padded), 0, 1)]
 
@@ -191,6 +226,28 @@ class GatheredConv(Conv):
         g, out_per_group, in_per_group, size = self._grouped_kernel().shape
         return np.ascontiguousarray(
             self._grouped_kernel().reshape(g, out_per_group, in_per_group * size))
+
+    def _pointwise(self) -> bool:
+        """A 1x1 kernel with no padding: the windows are (a strided view of) the input,
+        so each example's output is one matrix product, with nothing to gather."""
+        return self.window.size == 1 and not any(self.window.pads_begin) \
+            and self.window.padded_spatial == self.window.in_spatial
+
+    def _pointwise_columns(self, u: Array) -> Array:
+        """The windows of a pointwise convolution: [N, G, Cg, P] (a copy only if strided)."""
+        first = next(self.window.offsets())
+        windows = u[(slice(None),) * 2 + self.window.slices(first)]
+        return windows.reshape(u.shape[0], self.groups, self.in_channels // self.groups, -1)
+
+    def _pointwise_scatter(self, columns: Array, n: int) -> Array:
+        """The adjoint of `_pointwise_columns`: [N, C, *in_spatial] from [N, G, Cg, P]."""
+        spatial = self.window.out_spatial
+        values = columns.reshape(n, self.in_channels, *spatial)
+        if spatial == self.window.in_spatial:
+            return values
+        out = np.zeros((n, self.in_channels, *self.window.in_spatial))
+        out[(slice(None),) * 2 + self.window.slices(next(self.window.offsets()))] = values
+        return out
 
     def _depthwise(self) -> bool:
         """One input channel per group: the per-offset products are element-wise already."""
@@ -234,6 +291,15 @@ class GatheredConv(Conv):
         parts = columns.reshape(self.in_channels, len(windows), *windows[0].shape[1:])
         for k, window in enumerate(windows):
             window += parts[:, k]
+
+
+def _gathered(first: GatheredConv,
+              operators: Sequence[AffineOperator]) -> list[GatheredConv] | None:
+    """``operators`` if they are all gathered convolutions of ``first``'s geometry."""
+    convs = [op for op in operators if isinstance(op, GatheredConv)
+             and op.window is first.window and op.groups == first.groups
+             and op.in_channels == first.in_channels]
+    return convs if len(convs) == len(operators) else None
 
 
 class Scale(AffineOperator):

@@ -68,19 +68,32 @@ class PiecewiseLinear(Operator):
             if self.upper is not None:
                 out = np.minimum(out, self.upper)
             return np.array(out, dtype=float)
-        return np.where(u > 0, u, self.negative_slope * u)
+        return self._value(u, self._slope(u))
 
     def linearize(self, operands: Sequence[Array]) -> LocalMap:
         return self._freeze(operands[0], None)
 
     def evaluate(self, operands: Sequence[Array]) -> tuple[Array, LocalMap]:
-        value = self.forward(operands)
-        return value, self._freeze(operands[0], value)
+        if self.is_clip:
+            value = self.forward(operands)
+            return value, self._freeze(operands[0], value)
+        (u,) = operands
+        slope = self._slope(u)
+        return self._value(u, slope), ElementwiseLocal(slope, None)
+
+    def _slope(self, u: Array) -> Array:
+        """`d`: 1 above 0, the negative slope at and below it."""
+        return np.where(u > 0, 1.0, self.negative_slope)
+
+    def _value(self, u: Array, slope: Array) -> Array:
+        """`d u`: the same numbers as ``where(u > 0, u, negative_slope * u)``, the sign of a
+        zero included (`u * 1 = u`, and below 0 `u * a = a * u`)."""
+        return u * slope
 
     def _freeze(self, u: Array, value: Array | None) -> LocalMap:
         """The local map at ``u``; ``value`` is the forward output if already known."""
         if not self.is_clip:
-            return ElementwiseLocal(np.where(u > 0, 1.0, self.negative_slope), None)
+            return ElementwiseLocal(self._slope(u), None)
         inside = np.ones(u.shape, dtype=bool)
         if self.lower is not None:
             inside &= u > self.lower

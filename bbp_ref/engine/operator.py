@@ -12,7 +12,7 @@ transformed coefficients (|W|, max(W, 0), a 0/1 connectivity kernel, ...).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -164,6 +164,19 @@ class AffineOperator(Operator):
         mapped copy of a large layer lives only while its node hands out mass."""
         return self.with_coefficients(tuple(np.asarray(fn(c)) for c in self.coefficients))
 
+    def linear_many(self, operators: Sequence[AffineOperator],
+                    operands: Sequence[Array]) -> list[Array]:
+        """`A_i(u)` for several copies of this operator with other coefficients
+        (``map_coefficients``) on the same operands; a subclass may share the work that
+        does not depend on the coefficients (a convolution gathers its windows once)."""
+        return [op.linear(operands) for op in operators]
+
+    def vjp_sum(self, operators: Sequence[AffineOperator],
+                grads: Sequence[Array]) -> list[Array]:
+        """`sum_i A_i^T g_i` for several copies of this operator with other coefficients,
+        one array per operand."""
+        return sum_parts(op.vjp(grad) for op, grad in zip(operators, grads))
+
     def forward(self, operands: Sequence[Array]) -> Array:
         out = self.linear(operands)
         return out if self.bias is None else out + self.bias
@@ -191,6 +204,20 @@ class AffineLocal(LocalMap):
 
     def vjp(self, grad: Array) -> list[Array]:
         return self.operator.vjp(grad)
+
+
+def sum_parts(parts: Iterable[Sequence[Array]]) -> list[Array]:
+    """The element-wise sum of several vector-Jacobian products (one array per operand
+    each). One product is returned as it is; for several, the sum is a new array per
+    operand (the first product is copied, not added into)."""
+    products = [list(part) for part in parts]
+    if len(products) == 1:
+        return products[0]
+    total = [np.array(p) for p in products[0]]
+    for part in products[1:]:
+        for acc, p in zip(total, part):
+            acc += p
+    return total
 
 
 def reduce_to_shape(grad: Array, shape: tuple[int, ...]) -> Array:
