@@ -9,7 +9,8 @@ differs is the bookkeeping, for one example at a time:
 * every gate keeps, per element of its input, the value `u` at a reference time, the
   directional derivative `du` (constant inside a piece), its state, and the *absolute*
   time of its next breakpoint; MaxPool keeps these per window. The next event is the
-  smallest of these times.
+  smallest of these times (every gate's times in one `Timetable`, so the due elements of all
+  gates are found in a few array operations).
 * At an event at `t`, a forward sweep re-decides the state of the elements whose time
   has come and carries the change of their output's `du` to the nodes it reaches, as a
   sparse vector (`bbp_ref.engine.sparse`): a changed `du` moves the gate elements it
@@ -93,8 +94,10 @@ class Schedule:
         self.minima = np.full(blocks, np.inf)
 
     def set(self, index: Array, times: Array) -> None:
+        """New times of elements ``index`` (sorted: otherwise a block's minimum may be
+        recomputed more than once, with the same result)."""
         self.times[index] = times
-        blocks = distinct_sorted(index // self.BLOCK)  # (all of them, if not sorted)
+        blocks = distinct_sorted(index // self.BLOCK)
         self.minima[blocks] = self.times.reshape(-1, self.BLOCK)[blocks].min(axis=1)
 
     def earliest(self) -> float:

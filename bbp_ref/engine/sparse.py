@@ -10,6 +10,13 @@ no repeated index once `aggregate`d. `Conv` has its own products (a changed inpu
 reaches the outputs whose windows contain it, `O(kernel x output channels)` of them);
 every other map is applied densely to the scattered vector (`dense_apply`, `dense_vjp`),
 exact but proportional to the node's size.
+
+The event walk makes many small calls, so the per-call overhead counts: index sets are
+deduplicated by one sort (`distinct`, `union`, `distinct_inverse`) instead of `np.unique`,
+a conv keeps its weights and index tables laid out by output position and kernel offset,
+and a one-group conv sums its sparse product by output position (the same sums as
+`aggregate`, bitwise) and its several-column vector-Jacobian product as one matrix product
+per kernel offset (the same sums in another order; docs/math.md §6).
 """
 
 from __future__ import annotations
