@@ -39,7 +39,10 @@ def _positive(w: Array) -> Array:
 
 
 def _negative(w: Array) -> Array:
-    return np.maximum(-w, 0.0)
+    """`max(-w, 0)` with one temporary: `0 - min(w, 0)` (the same numbers, +0.0 where
+    `w >= 0`)."""
+    out = np.asarray(np.minimum(w, 0.0), dtype=float)
+    return np.subtract(0.0, out, out=out)
 
 
 def _parts(u: Array) -> tuple[Array, Array]:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .operator import AffineOperator, Array, reduce_to_shape, sum_parts
+from .operator import AffineOperator, Array, CoefficientMap, reduce_to_shape, sum_parts
 from .windows import Window
 
 
@@ -38,6 +38,116 @@ class MatMul(AffineOperator):
 
     def with_coefficients(self, coefficients: tuple[Array, ...]) -> MatMul:
         return MatMul(coefficients[0], None, self.operand_shape, self.side)
+
+    def map_coefficients(self, fn: CoefficientMap) -> AffineOperator:
+        """A large matrix's mapped copy (the rules' `|W|`, `W+`, `W-`) is not built: a
+        `MappedMatMul` maps it block by block of rows as it multiplies."""
+        if np.ndim(self.weight) == 2 and np.size(self.weight) >= MAPPED_BLOCKWISE:
+            return MappedMatMul(self.weight, fn, self.operand_shape, self.side)
+        return super().map_coefficients(fn)
+
+
+# A matrix of at least this many elements is mapped block by block (`MappedMatMul`), each
+# block holding at most MAPPED_BLOCK elements (float64: 2 MiB, so it stays in cache).
+MAPPED_BLOCKWISE = 2**20
+MAPPED_BLOCK = 2**18
+
+
+class MappedMatMul(MatMul):
+    """`h = u @ fn(W)` (or `fn(W) @ u`) for an element-wise coefficient map ``fn``, with
+    `fn(W)` applied to one block of rows of `W` at a time and never held whole: VGG-16's
+    first Gemm has 102 M weights, whose `W+` and `W-` copies would take 1.6 GB and most of
+    the rule's time, spent in fresh memory. The products are summed block after block (the
+    same sums as `MatMul`'s in another order). ``coefficients`` builds `fn(W)` whole; only
+    the checks of a user rule's mapped coefficients read it."""
+
+    def __init__(self, source: Array, fn: CoefficientMap, operand_shape: tuple[int, ...],
+                 side: str) -> None:
+        self.source = source
+        self.fn = fn
+        self.bias = None
+        self.operand_shape = operand_shape
+        self.side = side
+
+    @property
+    def weight(self) -> Array:  # type: ignore[override]
+        return np.asarray(self.fn(self.source))
+
+    @property
+    def coefficients(self) -> tuple[Array, ...]:  # type: ignore[override]
+        return (self.weight,)
+
+    def _blocks(self) -> list[slice]:
+        """Row blocks of `W` (`[K, M]`, rows `K` for ``side="right"``; `[M, K]`, rows `M`
+        for ``side="left"``)."""
+        rows, columns = self.source.shape
+        step = max(1, MAPPED_BLOCK // max(columns, 1))
+        return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+    def linear(self, operands: Sequence[Array]) -> Array:
+        return self.linear_many([self], operands)[0]
+
+    def vjp(self, grad: Array) -> list[Array]:
+        return self.vjp_sum([self], [grad])
+
+    def linear_many(self, operators: Sequence[AffineOperator],
+                    operands: Sequence[Array]) -> list[Array]:
+        """Each map's product, every block of `W` read once for all of them."""
+        fns = _mapped_fns(self, operators)
+        if fns is None:
+            return super().linear_many(operators, operands)
+        (u,) = operands
+        rows, columns = self.source.shape
+        outs: list[Array] = []
+        for i, block in enumerate(self._blocks()):
+            source = self.source[block]
+            for j, fn in enumerate(fns):
+                mapped = np.asarray(fn(source), dtype=float)
+                if self.side == "right":  # u @ W: sum over W's rows
+                    part = u[..., block] @ mapped
+                    if i == 0:
+                        outs.append(part)
+                    else:
+                        outs[j] += part
+                else:  # W @ u: W's rows are output rows
+                    if i == 0:
+                        outs.append(np.empty((*u.shape[:-2], rows, u.shape[-1])))
+                    outs[j][..., block, :] = mapped @ u
+        return outs
+
+    def vjp_sum(self, operators: Sequence[AffineOperator],
+                grads: Sequence[Array]) -> list[Array]:
+        """`sum_i fn_i(W)^T g_i`, every block of `W` read once for all maps."""
+        fns = _mapped_fns(self, operators)
+        if fns is None:
+            return super().vjp_sum(operators, grads)
+        rows, columns = self.source.shape
+        total: Array | None = None
+        for block in self._blocks():
+            source = self.source[block]
+            for fn, grad in zip(fns, grads):
+                mapped = np.asarray(fn(source), dtype=float)
+                if self.side == "right":  # g @ W^T: W's rows are the operand's last axis
+                    if total is None:
+                        total = np.zeros((*grad.shape[:-1], rows))
+                    total[..., block] += grad @ mapped.T
+                else:  # W^T @ g: sum over W's rows
+                    part = mapped.T @ grad[..., block, :]
+                    if total is None:
+                        total = part
+                    else:
+                        total += part
+        assert total is not None
+        return [reduce_to_shape(total, _batched(self.operand_shape, grads[0].shape[0]))]
+
+
+def _mapped_fns(first: MappedMatMul,
+                operators: Sequence[AffineOperator]) -> list[CoefficientMap] | None:
+    """The maps of ``operators`` if they all map ``first``'s matrix, else None."""
+    if all(isinstance(op, MappedMatMul) and op.source is first.source and op.side == first.side
+           for op in operators):
+        return [op.fn for op in operators]  # type: ignore[attr-defined]
+    return None
 
 
 # A window op's batch is processed in groups of examples whose output holds at most this
