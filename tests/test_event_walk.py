@@ -13,17 +13,26 @@ from builders import f32, model, node
 
 import bbp_ref
 from bbp_ref.attribution.baselines import baseline_batch, setup
-from bbp_ref.attribution.event_walk import EventWalk
+from bbp_ref.attribution.event_walk import EventWalk, Schedule, Timetable
 from bbp_ref.attribution.path_walk import BOUNDARY_RTOL, PathWalk
 from bbp_ref.engine import sparse as sparse_module
 from bbp_ref.engine.affine import Conv
 from bbp_ref.engine.gates import MaxPool
 from bbp_ref.engine.sparse import (
+    Inverse,
     SparseConv,
+    aggregate,
+    aggregate_columns,
     columns_to_dense,
     conv_vjp_columns,
+    distinct,
+    distinct_inverse,
+    distinct_sorted,
     from_dense,
+    nonzero_rows,
+    run_starts,
     to_dense,
+    union,
     window_table,
 )
 from bbp_ref.engine.trace import forward
@@ -78,6 +87,149 @@ def test_sparse_conv_matches_the_dense_operator(dense_fraction, rng, monkeypatch
             back = conv_vjp_columns(sparse, (index, columns.reshape(3, -1)[:, index].T))
             np.testing.assert_allclose(columns_to_dense(back, u.shape[1:]),
                                        op.vjp(columns)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_index_set_helpers_equal_numpy(rng):
+    """The walk's replacements of `np.unique` / `np.union1d` / `np.any(axis=1)` give the
+    same arrays as NumPy's own (empty, single, repeated, negative and 2-D inputs)."""
+    draws = [np.zeros(0, dtype=np.int64), np.array([7]), np.array([3, 3, 3]),
+             np.array([5, -2, 5, 0, -2, 9])]
+    draws += [rng.integers(-50, 50, size=int(n)) for n in rng.integers(2, 300, 30)]
+    draws += [rng.integers(0, 20, size=(int(n), 4)) for n in rng.integers(1, 30, 5)]
+    for values in draws:
+        unique, inverse = np.unique(values, return_inverse=True)
+        np.testing.assert_array_equal(distinct(values), unique)
+        np.testing.assert_array_equal(distinct_sorted(np.sort(values, axis=None)), unique)
+        got_unique, got_inverse = distinct_inverse(values)
+        np.testing.assert_array_equal(got_unique, unique)
+        np.testing.assert_array_equal(got_inverse, inverse.ravel())
+        ordered = np.sort(values, axis=None)
+        np.testing.assert_array_equal(run_starts(ordered),
+                                      np.r_[True, ordered[1:] != ordered[:-1]][:ordered.size])
+        other = np.unique(rng.integers(-60, 60, size=int(rng.integers(0, 40))))
+        if values.ndim == 1:
+            np.testing.assert_array_equal(union(np.unique(values), other),
+                                          np.union1d(values, other))
+    times = np.sort(np.r_[rng.random(20), 0.5, 0.5, 0.0, 0.0])  # floats, repeated
+    np.testing.assert_array_equal(distinct_sorted(times), np.unique(times))
+    for columns in (1, 2, 5):
+        dense = np.where(rng.random((200, columns)) < 0.2, rng.normal(size=(200, columns)), 0)
+        dense[3] = [np.nan] + [0.0] * (columns - 1)  # (NaN is not zero)
+        np.testing.assert_array_equal(nonzero_rows(dense),
+                                      np.flatnonzero(np.any(dense != 0, axis=1)))
+
+
+def test_one_group_conv_products_sum_as_the_per_element_ones(rng, monkeypatch):
+    """`SparseConv.apply` of a one-group conv (outputs numbered by position) gives the
+    same elements and bitwise the same sums as `aggregate` of the per-element products
+    (the forward sweep's kink times depend on it); its vjp by kernel offset equals the
+    per-element vjp to rounding, and `windows_of` is the same with or without its index
+    table."""
+    for window in _geometries(rng, 30):
+        cin, cout = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        op = Conv(rng.standard_normal((cout, cin, *window.kernel)), None, window, 1, cin)
+        sparse = SparseConv(op)
+        for density in (0.05, 0.3, 0.9):
+            u = from_dense(_sparse_tensor(rng, (1, cin, *window.in_spatial), density))
+            if u[0].size > SparseConv.DENSE_FRACTION * cin * sparse.in_size:
+                continue  # (the dense operator's path)
+            channel, spatial = np.divmod(u[0], sparse.in_size)
+            owner, position, offset = sparse.inverse.pairs(spatial)
+            out_channel = np.arange(cout)
+            value = u[1][owner, None] * sparse.kernel[out_channel, channel[owner, None],
+                                                     offset[:, None]]
+            expected = aggregate(out_channel * sparse.out_size + position[:, None], value,
+                                 cout * sparse.out_size)
+            got = sparse.apply(u)
+            np.testing.assert_array_equal(got[0], expected[0])
+            np.testing.assert_array_equal(got[1], expected[1])
+            g = from_dense(_sparse_tensor(rng, (cout, *window.out_spatial), density))
+            columns = (g[0], np.stack([g[1], -2.0 * g[1]], axis=1))
+            monkeypatch.setattr(sparse_module, "BY_OFFSET_MIN", 0)
+            by_offset = conv_vjp_columns(sparse, columns)
+            monkeypatch.setattr(sparse_module, "BY_OFFSET_MIN", 10**9)
+            monkeypatch.setattr(sparse_module, "COLUMNS_DENSE_FRACTION", np.inf)
+            per_element = conv_vjp_columns(sparse, columns)
+            monkeypatch.undo()
+            shape = (cin, *window.in_spatial)
+            np.testing.assert_allclose(columns_to_dense(by_offset, shape),
+                                       columns_to_dense(per_element, shape),
+                                       rtol=1e-13, atol=1e-13)
+            with_table = sparse.windows_of(g[0])
+            monkeypatch.setattr(sparse, "reads_at", None)
+            without_table = sparse.windows_of(g[0])
+            monkeypatch.undo()
+            for a, b in zip(with_table, without_table):
+                np.testing.assert_array_equal(a, b)
+    # a sum that cancels exactly where `aggregate` sums densely (and drops it) and where
+    # it sums by sorting (and keeps it)
+    for size in (4, 8):
+        window = Window((size, size), (1, 1), (1, 1), (1, 1), (0, 0), (0, 0))
+        sparse = SparseConv(Conv(np.ones((4, 2, 1, 1)), None, window, 1, 2))
+        u = (np.array([5, size * size + 5]), np.array([1.5, -1.5]))
+        index, value = sparse.apply(u)
+        cancelled = [] if size == 4 else 5 + size * size * np.arange(4)
+        np.testing.assert_array_equal(index, cancelled)
+        np.testing.assert_array_equal(value, np.zeros(len(cancelled)))
+
+
+def test_inverse_pairs_of_uniform_tables_equal_the_general_ones(rng):
+    """A table whose targets are all read the same number of times (a pool with stride
+    = kernel) takes `Inverse`'s row-table path: the same pairs, in the same order, as
+    the general path, which another table (a 3x3 conv's) takes."""
+    pool = Window((6, 8), (2, 2), (2, 2), (1, 1), (0, 0), (0, 0))
+    conv = Window((6, 8), (3, 3), (1, 1), (1, 1), (1, 1), (1, 1))
+    for window, full in ((pool, True), (conv, False)):
+        inverse = Inverse(window_table(window), 48)
+        assert inverse.full == full
+        targets = np.unique(rng.integers(0, 48, 20))
+        general = Inverse(window_table(window), 48)
+        general.full = False
+        for a, b in zip(inverse.pairs(targets), general.pairs(targets)):
+            np.testing.assert_array_equal(a, b)
+        owner, row, column = inverse.pairs(targets)  # each pair reads its target
+        np.testing.assert_array_equal(window_table(window)[row, column], targets[owner])
+
+
+def test_timetable_due_is_every_schedule_due(rng):
+    """The gates' schedules in one `Timetable`: `due` gives each gate's `Schedule.due`
+    elements and times, by gate then element, and `earliest` the minimum; setting times
+    through a gate's schedule is seen by the timetable."""
+    sizes = [1, 300, 256, 700]
+    schedules = [Schedule(n) for n in sizes]
+    for schedule, n in zip(schedules, sizes):
+        schedule.set(np.arange(n), rng.random(n))
+    table = Timetable(schedules)
+    for _ in range(5):
+        k = int(rng.integers(len(sizes)))
+        index = np.unique(rng.integers(0, sizes[k], 40))
+        schedules[k].set(index, rng.random(index.size))
+        t = float(rng.random()) * 0.3
+        gate, element, times = table.due(t)
+        expected = [schedule.due(t) for schedule in schedules]
+        np.testing.assert_array_equal(gate, np.repeat(np.arange(len(sizes)),
+                                                      [e.size for e in expected]))
+        np.testing.assert_array_equal(element, np.concatenate(expected))
+        np.testing.assert_array_equal(times, np.concatenate(
+            [s.times[e] for s, e in zip(schedules, expected)]))
+        assert table.earliest() == min(s.times.min() for s in schedules)
+
+
+def test_aggregate_columns_sums_repeated_rows(rng):
+    """`aggregate_columns` against a dense sum: with and without repeated indices (the
+    unrepeated ones are only sorted), in its sparse and dense regimes."""
+    for n, size in ((1, 100), (30, 1000), (30, 40), (200, 1000)):
+        for repeats in (False, True):
+            index = (rng.integers(0, size, n) if repeats
+                     else rng.choice(size, min(n, size), replace=False))
+            value = rng.normal(size=(index.size, 3))
+            expected = np.zeros((size, 3))
+            np.add.at(expected, index, value)
+            got_index, got_value = aggregate_columns(index, value, size)
+            assert np.all(np.diff(got_index) > 0)
+            dense = np.zeros((size, 3))
+            dense[got_index] = got_value
+            np.testing.assert_allclose(dense, expected, rtol=1e-14, atol=1e-14)
 
 
 def test_window_table_reads_what_maxpool_reads(rng):

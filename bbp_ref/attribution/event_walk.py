@@ -9,7 +9,8 @@ differs is the bookkeeping, for one example at a time:
 * every gate keeps, per element of its input, the value `u` at a reference time, the
   directional derivative `du` (constant inside a piece), its state, and the *absolute*
   time of its next breakpoint; MaxPool keeps these per window. The next event is the
-  smallest of these times.
+  smallest of these times (every gate's times in one `Timetable`, so the due elements of all
+  gates are found in a few array operations).
 * At an event at `t`, a forward sweep re-decides the state of the elements whose time
   has come and carries the change of their output's `du` to the nodes it reaches, as a
   sparse vector (`bbp_ref.engine.sparse`): a changed `du` moves the gate elements it
@@ -68,6 +69,10 @@ from ..engine.sparse import (
     conv_vjp_columns,
     dense_apply,
     dense_vjp_columns,
+    distinct,
+    distinct_sorted,
+    run_starts,
+    union,
     window_table,
 )
 from ..engine.trace import Trace, backward, forward
@@ -89,8 +94,10 @@ class Schedule:
         self.minima = np.full(blocks, np.inf)
 
     def set(self, index: Array, times: Array) -> None:
+        """New times of elements ``index`` (sorted: otherwise a block's minimum may be
+        recomputed more than once, with the same result)."""
         self.times[index] = times
-        blocks = np.unique(index // self.BLOCK)
+        blocks = distinct_sorted(index // self.BLOCK)
         self.minima[blocks] = self.times.reshape(-1, self.BLOCK)[blocks].min(axis=1)
 
     def earliest(self) -> float:
@@ -101,6 +108,42 @@ class Schedule:
         blocks = np.flatnonzero(self.minima <= t)
         rows, columns = np.nonzero(self.times.reshape(-1, self.BLOCK)[blocks] <= t)
         return blocks[rows] * self.BLOCK + columns
+
+    def adopt(self, times: Array, minima: Array) -> None:
+        """Keep the times in ``times`` and ``minima`` (views of a `Timetable`'s arrays,
+        of this schedule's sizes) from now on."""
+        times[:], minima[:] = self.times, self.minima
+        self.times, self.minima = times, minima
+
+
+class Timetable:
+    """The `Schedule`s of all gates in one pair of arrays (each gate's segment a whole
+    number of blocks, in the order given), so the earliest time and the due elements of
+    every gate are found with a few array operations instead of a few per gate."""
+
+    def __init__(self, schedules: Sequence[Schedule]) -> None:
+        sizes = [schedule.times.size for schedule in schedules]
+        block = Schedule.BLOCK
+        self.times = np.full(sum(sizes), np.inf)
+        self.minima = np.full(sum(sizes) // block, np.inf)
+        self.starts = np.cumsum([0, *sizes[:-1]], dtype=np.int64)  # each gate's first slot
+        for schedule, start, size in zip(schedules, self.starts, sizes):
+            schedule.adopt(self.times[start:start + size],
+                           self.minima[start // block:(start + size) // block])
+
+    def earliest(self) -> float:
+        return float(self.minima.min(initial=np.inf))
+
+    def due(self, t: float) -> tuple[Array, Array, Array]:
+        """The elements whose time is ``t`` or earlier: their gates (positions in the
+        order given), their flat indices in their gates and their times, by gate, then
+        by element (`Schedule.due` of each gate, concatenated)."""
+        block = Schedule.BLOCK
+        blocks = np.flatnonzero(self.minima <= t)
+        rows, columns = np.nonzero(self.times.reshape(-1, block)[blocks] <= t)
+        slot = blocks[rows] * block + columns
+        gate = np.searchsorted(self.starts, slot, side="right") - 1
+        return gate, slot - self.starts[gate], self.times[slot]
 
 
 class _Gate(ABC):
@@ -124,9 +167,10 @@ class _Gate(ABC):
     def move(self, change: Sparse, t: Array | float) -> None:
         """Add ``change`` to `du`, first carrying `u` to ``t`` where it changes."""
         index, value = change
-        self.u[index] = self.value(index, t)
+        du = self.du[index]
+        self.u[index] = self.u[index] + (t - self.since[index]) * du  # (`value`)
         self.since[index] = t
-        self.du[index] += value
+        self.du[index] = du + value
 
     def sync(self, u: Array, du: Array, t: float, rtol: float, decide: bool) -> None:
         """Take the input's values and `du` from full passes at ``t``; with ``decide``
@@ -190,18 +234,21 @@ class _Elementwise(_Gate):
             self.slopes = np.stack([negative, np.ones(size)])
         self.region = np.zeros(size, dtype=np.int64)
         self.slope = np.zeros(size)
+        self.upper = np.array([*self.breakpoints, np.inf])  # each region's bounds
+        self.lower = np.array([-np.inf, *self.breakpoints])
 
     def decide(self, index: Array, t: Array | float) -> Array:
         """Right-limit regions at ``t`` of elements ``index``; returns the new slopes and
         sets the regions and exit times."""
-        u, du = self.value(index, t), self.du[index]
+        du = self.du[index]
+        u = self.u[index] + (t - self.since[index]) * du  # (`value`)
         region = np.zeros(index.size, dtype=np.int64)
         rising = du > 0
         for c in self.breakpoints:
             region += above(u, du, c, self.tol, rising)
         self.region[index] = region
         self.exit.set(index, t + self._time(region, u, du))
-        return self.slopes[region, index]
+        return self.slopes.ravel()[region * self.region.size + index]  # ([region, index])
 
     def sync_states(self, t: float, decide: bool) -> None:
         index = np.arange(self.region.size)
@@ -234,15 +281,13 @@ class _Elementwise(_Gate):
         return index, self.slope[index, None] * value
 
     def _time(self, region: Array, u: Array, du: Array) -> Array:
-        time = np.full(u.shape, np.inf)
-        points = np.array(self.breakpoints + [np.inf])
-        lower = np.array([-np.inf] + self.breakpoints)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            up = (points[region] - u) / du
-            down = (lower[region] - u) / du
-        np.copyto(time, up, where=(du > 0) & np.isfinite(up))
-        np.copyto(time, down, where=(du < 0) & np.isfinite(down))
-        return np.maximum(time, 0.0)
+        """Time from `u` to the breakpoint ``du`` moves it to (its region's upper one
+        when rising, lower one when falling); inf where there is none or ``du = 0``."""
+        bound = np.where(du > 0, self.upper[region], self.lower[region])
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            time = (bound - u) / du
+        time[~np.isfinite(time)] = np.inf
+        return np.maximum(time, 0.0, out=time)
 
 
 class _MaxPool(_Gate):
@@ -259,6 +304,7 @@ class _MaxPool(_Gate):
         self.inverse = Inverse(self.table, channels * self.spatial)
         self.spatial_inverse = Inverse(table.reshape(-1, window.size), self.spatial)
         self.winner = np.zeros(self.table.shape[0], dtype=np.int64)
+        self.padded = bool((self.table < 0).any())  # some window reads padding
         self.channel_start = np.repeat(np.arange(channels) * self.spatial,
                                        self.table.shape[0] // channels)
 
@@ -266,28 +312,31 @@ class _MaxPool(_Gate):
         """Right-limit winners at ``t`` of ``windows`` (or, with ``keep``, the current
         winners); sets winners and exit times, returns the winners."""
         read = self.table[windows]
-        valid = read >= 0
-        safe = np.where(valid, read, 0)
-        u = np.where(valid, self.value(safe, np.reshape(t, (-1, 1))), -np.inf)
-        du = np.where(valid, self.du[safe], 0.0)
+        t_column = np.reshape(t, (-1, 1))
+        if self.padded:
+            valid = read >= 0
+            safe = np.where(valid, read, 0)
+            u = np.where(valid, self.value(safe, t_column), -np.inf)
+            du = np.where(valid, self.du[safe], 0.0)
+        else:  # (the same, without the padding's entries)
+            du = self.du[read]
+            u = self.u[read] + (t_column - self.since[read]) * du
         if keep:
             which = np.argmax(read == self.winner[windows, None], axis=1)
         else:
+            # of the elements within the tolerance of the maximum, the first of the
+            # largest `du`
             threshold = u.max(axis=1) - self.tol
-            which = np.zeros(windows.size, dtype=np.int64)
-            best_slope = np.full(windows.size, -np.inf)
-            for k in range(read.shape[1]):
-                better = (u[:, k] >= threshold) & (du[:, k] > best_slope)
-                which = np.where(better, k, which)
-                best_slope = np.where(better, du[:, k], best_slope)
+            which = np.argmax(np.where(u >= threshold[:, None], du, -np.inf), axis=1)
         rows = np.arange(windows.size)
         best, best_slope = u[rows, which], du[rows, which]
         rate = du - best_slope[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             time = np.where(rate > 0, (best[:, None] - u) / rate, np.inf)
         self.exit.set(windows, t + np.maximum(time.min(axis=1), 0.0))
-        self.winner[windows] = read[rows, which]
-        return self.winner[windows]
+        winners = read[rows, which]
+        self.winner[windows] = winners
+        return winners
 
     def sync_states(self, t: float, decide: bool) -> None:
         self.decide(np.arange(self.winner.size), t, keep=not decide)
@@ -297,7 +346,7 @@ class _MaxPool(_Gate):
         return MaxPoolLocal(local_index.reshape((1, *out_shape)), (1, *in_shape))
 
     def touched(self, index: Array) -> Array:
-        return np.unique(self.inverse.pairs(index)[1])
+        return distinct(self.inverse.pairs(index)[1])
 
     def event(self, elements: Array, t: Array) -> tuple[Sparse, Sparse]:
         old = self.winner[elements]
@@ -346,7 +395,7 @@ class _Batch:
         if self.labels is None:
             return np.full(index.size, self.times[0])
         labels = self.labels[name][index % self.positions[name]]
-        if (labels < 0).any():
+        if labels.size and labels.min() < 0:
             raise BBpError(f"exact integrated gradients: an event reached node {name!r} outside "
                            "its predicted cone (an internal error of the several-kinks sweep, "
                            "docs/math.md §6; please report it with the model)")
@@ -408,6 +457,7 @@ class EventWalk:
         self._random = np.random.default_rng(0)
         self._recorded: list[tuple[str, Array]] = []
         self._sync(decide=True)
+        self.timetable = Timetable([gate.exit for gate in self.gates.values()])
         self.integral = {name: grad.copy() for name, grad in self.frontier.items()}
 
     @property
@@ -475,7 +525,7 @@ class EventWalk:
     # -- events ------------------------------------------------------------------------
 
     def next_time(self) -> float:
-        return min((g.exit.earliest() for g in self.gates.values()), default=np.inf)
+        return self.timetable.earliest()
 
     def run(self, max_pieces: int | None) -> None:
         since_sync = 0
@@ -506,23 +556,16 @@ class EventWalk:
         elements, and of them the events this sweep processes: every one whose cone meets
         no earlier one's."""
         names = list(self.gates)
-        minima = np.concatenate([self.gates[n].exit.minima for n in names])
+        minima = self.timetable.minima
         count = min(1 if in_order else self.batch_events, minima.size)
         horizon = min(float(np.partition(minima, count - 1)[count - 1]),
                       float(np.nextafter(1.0, 0.0)))  # (only times before 1 are events)
-        which, index, times = [], [], []
-        for k, name in enumerate(names):
-            due = self.gates[name].exit.due(horizon)
-            which.append(np.full(due.size, k))
-            index.append(due)
-            times.append(self.gates[name].exit.times[due])
-        gate_of, element, time = (np.concatenate(which), np.concatenate(index),
-                                  np.concatenate(times))
+        gate_of, element, time = self.timetable.due(horizon)
         keep = time < 1.0
         order = np.argsort(time[keep], kind="stable")
         gate_of, element, time = gate_of[keep][order], element[keep][order], time[keep][order]
-        distinct, group = np.unique(time, return_inverse=True)
-        groups = distinct.size
+        group = np.cumsum(run_starts(time)) - 1  # (`time` is sorted)
+        groups = int(group[-1]) + 1
         if limit is not None:
             groups = min(groups, limit)
         if time.size > count:  # whole groups (equal times) up to the count-th element
@@ -539,7 +582,7 @@ class EventWalk:
             if mine.size:
                 elements[name] = np.sort(element[mine])
         single = group[labels[-1]] == 0  # one event time: no cones needed
-        return _Batch(elements, time, np.unique(time[labels]),
+        return _Batch(elements, time, distinct_sorted(time[labels]),
                       None if single else self.labels, self.positions)
 
     def _independent(self, names: list[str], gate_of: Array, element: Array,
@@ -550,24 +593,33 @@ class EventWalk:
         event of an earlier time, and so does every event of its time. The cones of the
         events kept are recorded in ``self.labels`` (which event reaches each element)."""
         count = element.size
-        blocked = np.zeros(count, dtype=bool)
+        waiting = np.zeros(int(group[-1]) + 1, dtype=bool)
         cones: dict[str, Sparse] = {}
         global_group = np.inf
+        by_gate = np.argsort(gate_of, kind="stable")  # each gate's candidates, in order
+        bounds = np.searchsorted(gate_of[by_gate], np.arange(len(names) + 1))
         for node in self.reach_nodes:
             name = node.name
             incoming = [cones.get(source) for source in node.inputs]
             gate = self.gates.get(name)
             if gate is not None:
+                k = names.index(name)
+                mine = by_gate[bounds[k]:bounds[k + 1]]
                 parts = []
                 if incoming[0] is not None:
                     index, label = incoming[0]
                     if isinstance(gate, _MaxPool):
                         owner, window, _ = gate.spatial_inverse.pairs(index)
                         parts.append((window, label[owner]))
+                    elif mine.size == 0:  # the cone of its input, tested there already
+                        cones[name] = incoming[0]
+                        continue
                     else:
                         parts.append((index, label))
-                mine = np.flatnonzero(gate_of == names.index(name))
-                parts.append((element[mine] % self.positions[name], mine))
+                if mine.size:
+                    parts.append((element[mine] % self.positions[name], mine))
+                if not parts:
+                    continue
                 index = np.concatenate([p[0] for p in parts])
                 label = np.concatenate([p[1] for p in parts])
             elif any(c is not None for c in incoming):
@@ -581,15 +633,14 @@ class EventWalk:
                 continue
             if index.size == 0:
                 continue
-            key = np.unique(index * count + label)
+            key = distinct(index * count + label)
             index, label = key // count, key % count
             cones[name] = (index, label)
-            # sorted by element, then label (so then time): the first of a run is earliest
-            first = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
-            run = np.repeat(first, np.diff(np.r_[first, index.size]))
-            blocked[label[group[label] > group[label[run]]]] = True
-        waiting = np.zeros(int(group.max()) + 1, dtype=bool)
-        waiting[group[blocked]] = True
+            # sorted by element, then label (so then time): a time later than the one
+            # before it at the same element meets the cone of an earlier time
+            time_group = group[label]
+            later = (index[1:] == index[:-1]) & (time_group[1:] > time_group[:-1])
+            waiting[time_group[1:][later]] = True
         if global_group < np.inf:
             waiting[int(global_group) + (1 if global_group == 0 else 0):] = True
         included = ~waiting[group]
@@ -608,7 +659,7 @@ class EventWalk:
         if sparse is not None and incoming[0] is not None:
             entry, output, _ = sparse.inverse.pairs(incoming[0][0])
             return output, incoming[0][1][entry]
-        present = np.unique(np.concatenate([c[1] for c in incoming if c is not None]))
+        present = distinct(np.concatenate([c[1] for c in incoming if c is not None]))
         size = max(int(np.prod(self.shapes[name])) for name in (*node.inputs, node.name))
         if present.size * size > self.DENSE_REACH_LIMIT:
             return None
@@ -645,7 +696,7 @@ class EventWalk:
             elements = batch.elements.get(node.name, EMPTY_INDEX)
             if change is not None:
                 gate.move(change, batch.time_at(node.inputs[0], change[0]))
-                elements = np.union1d(elements, gate.touched(change[0]))
+                elements = union(elements, gate.touched(change[0]))
             if elements.size == 0:
                 continue
             out_change, seed = gate.event(elements, batch.time_at(node.name, elements))
