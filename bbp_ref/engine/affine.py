@@ -15,6 +15,18 @@ def _batched(shape: tuple[int, ...], n: int) -> tuple[int, ...]:
     return (n, *shape)
 
 
+class ManyAtOnce(AffineOperator):
+    """An operator computed by its `linear_many` and `vjp_sum` (which share work between
+    copies with other coefficients): its own forward and vector-Jacobian product are those
+    with itself alone. Put it before the operator's class in the bases."""
+
+    def linear(self, operands: Sequence[Array]) -> Array:
+        return self.linear_many([self], operands)[0]
+
+    def vjp(self, grad: Array) -> list[Array]:
+        return self.vjp_sum([self], [grad])
+
+
 class MatMul(AffineOperator):
     """`h = u @ W + b` (``side="right"``, Gemm and torch Linear) or `h = W @ u + b`
     (``side="left"``), NumPy matmul semantics on the per-example tensor."""
@@ -53,7 +65,7 @@ MAPPED_BLOCKWISE = 2**20
 MAPPED_BLOCK = 2**18
 
 
-class MappedMatMul(MatMul):
+class MappedMatMul(ManyAtOnce, MatMul):
     """`h = u @ fn(W)` (or `fn(W) @ u`) for an element-wise coefficient map ``fn``, with
     `fn(W)` applied to one block of rows of `W` at a time and never held whole: VGG-16's
     first Gemm has 102 M weights, whose `W+` and `W-` copies would take 1.6 GB and most of
@@ -83,12 +95,6 @@ class MappedMatMul(MatMul):
         rows, columns = self.source.shape
         step = max(1, MAPPED_BLOCK // max(columns, 1))
         return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
-
-    def linear(self, operands: Sequence[Array]) -> Array:
-        return self.linear_many([self], operands)[0]
-
-    def vjp(self, grad: Array) -> list[Array]:
-        return self.vjp_sum([self], [grad])
 
     def linear_many(self, operators: Sequence[AffineOperator],
                     operands: Sequence[Array]) -> list[Array]:
@@ -251,7 +257,7 @@ COLUMN_ELEMENTS = 2**19
 MIN_POSITIONS = 512
 
 
-class GatheredConv(Conv):
+class GatheredConv(ManyAtOnce, Conv):
     """The convolution of `Conv` computed with gathered windows: for a slice of output
     positions, the windows are copied into one matrix `U` [G, Cg K, P] (channel-major,
     kernel offset second) and `h = W U` is one matrix product [Og, Cg K] x [Cg K, P] per
@@ -267,12 +273,6 @@ class GatheredConv(Conv):
     forward and vector-Jacobian product (the trace, `model.forward`, the integrated-gradients
     walks) keep `Conv`: the exact integrated-gradients walk finds its kinks from forward
     values, and another rounding moves near-tie kinks (docs/math.md §8)."""
-
-    def linear(self, operands: Sequence[Array]) -> Array:
-        return self.linear_many([self], operands)[0]
-
-    def vjp(self, grad: Array) -> list[Array]:
-        return self.vjp_sum([self], [grad])
 
     def linear_many(self, operators: Sequence[AffineOperator],
                     operands: Sequence[Array]) -> list[Array]:
