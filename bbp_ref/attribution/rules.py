@@ -201,6 +201,7 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
     examples = view.mass.shape[0] // repeats
     den_shape = (examples, repeats if selected else 1, *view.mass.shape[1:])
     parts = forwards(active)
+    served = rule  # the rule whose scores the rows now have (its fallback takes the rest)
     denominator = np.zeros(den_shape)
     for term in active:
         denominator += parts[id(term)] if term.rows is None \
@@ -220,7 +221,7 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
             empty = denominator < np.finfo(float).tiny
             some_empty = bool(empty.any())
             active = kept
-            rule = rule.fallback if rule.fallback is not None else rule
+            served = rule.fallback if rule.fallback is not None else rule
     del parts
     ratio = np.divide(rows_of(mass), denominator, out=np.zeros(rows_of(mass).shape),
                       where=~empty) if some_empty else rows_of(mass) / denominator
@@ -230,8 +231,8 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
         grads = [(ratio if term.rows is None else ratio * selected[id(term)])
                  .reshape(view.mass.shape) for term in members]
         back = maps[0].vjp_sum(maps, grads)
-        for j, (factor, part) in enumerate(zip((scaled[id(f), j] for j, f in
-                                                enumerate(factors)), back)):
+        values = [scaled[id(f), k] for k, f in enumerate(factors)]
+        for j, (factor, part) in enumerate(zip(values, back)):
             product = factor[:, None] * rows_of(part)
             share = shares[j]
             if share is None:
@@ -246,12 +247,12 @@ def distribute(local: AffineLocal, view: NodeView, rule: Rule) -> list[Array]:
     if some_empty:
         pending = (empty & rows_of(view.mass != 0)).reshape(view.mass.shape)
         if pending.any():
-            if rule.fallback is None:
-                raise RuleError(f"rule {rule.name!r} gives node {view.name!r} ({view.op}) "
+            if served.fallback is None:
+                raise RuleError(f"rule {served.name!r} gives node {view.name!r} ({view.op}) "
                                 "output elements that carry bias mass but have no score")
             rest = NodeView(view.name, view.op, view.operands, view.gradient,
                             np.where(pending, view.mass, 0.0))
-            for j, part in enumerate(distribute(local, rest, rule.fallback)):
+            for j, part in enumerate(distribute(local, rest, served.fallback)):
                 result[j] += part
     return result
 

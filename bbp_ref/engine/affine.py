@@ -103,7 +103,7 @@ class MappedMatMul(ManyAtOnce, MatMul):
         if fns is None:
             return super().linear_many(operators, operands)
         (u,) = operands
-        rows, columns = self.source.shape
+        rows = self.source.shape[0]
         outs: list[Array] = []
         for i, block in enumerate(self._blocks()):
             source = self.source[block]
@@ -127,7 +127,7 @@ class MappedMatMul(ManyAtOnce, MatMul):
         fns = _mapped_fns(self, operators)
         if fns is None:
             return super().vjp_sum(operators, grads)
-        rows, columns = self.source.shape
+        rows = self.source.shape[0]
         total: Array | None = None
         for block in self._blocks():
             source = self.source[block]
