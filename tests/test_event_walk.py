@@ -194,11 +194,16 @@ def test_inverse_pairs_of_uniform_tables_equal_the_general_ones(rng):
 def test_timetable_due_is_every_schedule_due(rng):
     """The gates' schedules in one `Timetable`: `due` gives each gate's `Schedule.due`
     elements and times, by gate then element, and `earliest` the minimum; setting times
-    through a gate's schedule is seen by the timetable."""
+    through a gate's schedule is seen by the timetable. Times are kept position-major:
+    `due` finds the elements whose times were set, in any layout."""
     sizes = [1, 300, 256, 700]
-    schedules = [Schedule(n) for n in sizes]
+    schedules = [Schedule(n, channels) for n, channels in zip(sizes, (1, 3, 16, 7))]
+    set_times = []
     for schedule, n in zip(schedules, sizes):
-        schedule.set(np.arange(n), rng.random(n))
+        set_times.append(rng.random(n))
+        schedule.set(np.arange(n), set_times[-1])
+        np.testing.assert_array_equal(schedule.time_of(np.arange(n)), set_times[-1])
+        np.testing.assert_array_equal(schedule.due(0.5), np.flatnonzero(set_times[-1] <= 0.5))
     table = Timetable(schedules)
     for _ in range(5):
         k = int(rng.integers(len(sizes)))
@@ -211,7 +216,7 @@ def test_timetable_due_is_every_schedule_due(rng):
                                                       [e.size for e in expected]))
         np.testing.assert_array_equal(element, np.concatenate(expected))
         np.testing.assert_array_equal(times, np.concatenate(
-            [s.times[e] for s, e in zip(schedules, expected)]))
+            [s.time_of(e) for s, e in zip(schedules, expected)]))
         assert table.earliest() == min(s.times.min() for s in schedules)
 
 
@@ -466,3 +471,98 @@ def test_integrated_gradients_takes_several_targets(rng):
     one = bbp_ref.integrated_gradients(m, x[0], target=[2, 5])
     assert one.attribution.shape == (2, 1, 8, 8) and one.target.tolist() == [2, 5]
     assert np.ndim(one.n_pieces) == 0
+
+
+def _cone_pairs(where, label):
+    return sorted(zip(where.tolist(), label.tolist()))
+
+
+def test_kept_cones_are_the_cones_carried_through_the_nodes(rng):
+    """`Cones` keeps the cone of each (gate, position) once it has carried it through
+    the nodes: for random candidates (repeated positions, other channels of a position
+    already kept) the kept cones gathered are the pairs `_propagate` gives for them,
+    and every one of them is kept."""
+    for name, m, shape in _models(rng):
+        cones = _event_walk(m, rng.normal(size=shape), 0.0, [0], batch_events=1).cones
+        sizes = [int(np.prod(cones.shapes[gate])) for gate in cones.gates]
+        for _ in range(3):
+            gate_of = np.sort(rng.integers(len(sizes), size=30))
+            element = np.array([rng.integers(sizes[k]) for k in gate_of])
+            element[-1] = element[0]  # (a repeated candidate)
+            gate_of[-1] = gate_of[0]
+            where, label, everything = cones._cones(gate_of, element)
+            position = element % cones.gate_positions[gate_of]
+            assert (cones.start[cones.gate_offsets[gate_of] + position] >= 0).all(), name
+            expected = cones._propagate(gate_of, position)
+            assert everything.size == 0 and expected[2].size == 0
+            assert _cone_pairs(where, label) == _cone_pairs(*expected[:2]), name
+
+
+@pytest.mark.parametrize("limit", [0, 300])
+def test_walks_without_kept_cones_are_the_same_walk(limit, rng, monkeypatch):
+    """With no cone kept (every sweep carries its candidates' cones through the nodes)
+    or with the cache full part way, the walk decides the same sweeps: the same
+    integrals, bitwise, the same pieces and sweeps."""
+    from bbp_ref.attribution.event_cones import Cones
+
+    for name, m, shape in _models(rng):
+        x, b = rng.normal(size=shape), 0.5 * rng.normal(size=shape)
+        kept = _event_walk(m, x, b, [0, 1])
+        monkeypatch.setattr(Cones, "CACHE_LIMIT", limit)
+        carried = _event_walk(m, x, b, [0, 1])
+        monkeypatch.undo()
+        assert carried.cones.used <= limit and (limit > 0 or carried.cones.used == 0)
+        np.testing.assert_array_equal(carried.total_gradient, kept.total_gradient,
+                                      err_msg=name)
+        assert (carried.pieces, carried.batches) == (kept.pieces, kept.batches), name
+
+
+def test_cones_through_dense_maps_too_large_to_follow(rng, monkeypatch):
+    """A cone that reaches a dense map too large to follow reaches everything after
+    it: such a kink is processed only first in its sweep, and the walk still equals
+    one kink time per sweep (1e-12), in more sweeps than with the dense maps followed."""
+    from bbp_ref.attribution.event_cones import Cones
+
+    dense_somewhere = more_sweeps = False
+    for name, m, shape in _models(rng):
+        x, b = rng.normal(size=shape), 0.5 * rng.normal(size=shape)
+        one = _event_walk(m, x, b, [0], batch_events=1)
+        followed = _event_walk(m, x, b, [0])
+        monkeypatch.setattr(Cones, "DENSE_REACH_LIMIT", 0)
+        unfollowed = _event_walk(m, x, b, [0])
+        monkeypatch.undo()
+        scale = np.abs(one.total_gradient).max()
+        np.testing.assert_allclose(unfollowed.total_gradient, one.total_gradient, rtol=0,
+                                   atol=1e-12 * scale, err_msg=name)
+        assert unfollowed.pieces == one.pieces, name
+        assert unfollowed.batches >= followed.batches, name
+        if unfollowed.cones.unkept.any():
+            dense_somewhere = True
+            more_sweeps |= unfollowed.batches > followed.batches
+    assert dense_somewhere and more_sweeps
+
+
+def test_is_distinct_finds_repeated_indices(rng):
+    """`is_distinct` against a sort, whatever the scratch array holds; and
+    `concatenate_columns` with a scratch array returns distinct rows as they are and
+    sums repeated ones."""
+    from bbp_ref.engine.sparse import concatenate_columns, is_distinct
+
+    scratch = rng.integers(-5, 50, 50)
+    for n in (0, 1, 2, 10, 40):
+        for _ in range(20):
+            index = rng.integers(0, 50, n)
+            assert is_distinct(index, scratch) == (np.unique(index).size == n)
+    index = rng.permutation(50)[:20]
+    value = rng.normal(size=(20, 2))
+    parts = [(index[:8], value[:8]), (index[8:], value[8:])]
+    got_index, got_value = concatenate_columns(parts, 50, scratch)
+    np.testing.assert_array_equal(got_index, index)
+    np.testing.assert_array_equal(got_value, value)
+    parts.append((index[:3], value[:3]))  # repeated: summed, sorted
+    got_index, got_value = concatenate_columns(parts, 50, scratch)
+    expected = np.zeros((50, 2))
+    np.add.at(expected, np.concatenate([index, index[:3]]),
+              np.concatenate([value, value[:3]]))
+    np.testing.assert_array_equal(got_index, np.sort(index))
+    np.testing.assert_allclose(got_value, expected[np.sort(index)], rtol=1e-15)

@@ -78,46 +78,80 @@ from ..engine.sparse import (
 from ..engine.trace import Trace, backward, forward
 from ..errors import BBpError
 from ..graph import Graph, Node
+from .event_cones import Cones
 from .path_walk import above
 
 
 class Schedule:
     """Absolute times of the next state change of a gate's elements, with the minimum
     of each block of `BLOCK` elements kept, so the earliest time and the elements due
-    are found without scanning every element at every event."""
+    are found without scanning every element at every event. A `set` only marks its
+    blocks *stale*; their minima are recomputed when next asked for (`refresh`), once
+    per block however many sets of a sweep touched it.
+
+    The times are kept *position-major*: element ``c * positions + p`` of a gate with
+    ``channels`` channels (flat, channel-major, as everywhere else) at slot
+    ``p * channels + c``, so that the elements of one position, which an event changes
+    in every channel at once, share blocks."""
 
     BLOCK = 256
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, channels: int = 1) -> None:
         blocks = -(-size // self.BLOCK)
+        self.channels, self.positions = channels, size // channels
         self.times = np.full(blocks * self.BLOCK, np.inf)
         self.minima = np.full(blocks, np.inf)
+        self.stale = np.zeros(blocks, dtype=bool)
+
+    def slot(self, index: Array) -> Array:
+        """Where the times of elements ``index`` are kept."""
+        if self.channels == 1:
+            return index
+        channel, position = np.divmod(index, self.positions)
+        return position * self.channels + channel
 
     def set(self, index: Array, times: Array) -> None:
-        """New times of elements ``index`` (sorted: otherwise a block's minimum may be
-        recomputed more than once, with the same result)."""
-        self.times[index] = times
-        blocks = distinct_sorted(index // self.BLOCK)
-        self.minima[blocks] = self.times.reshape(-1, self.BLOCK)[blocks].min(axis=1)
+        """New times of elements ``index`` (distinct)."""
+        slot = self.slot(index)
+        self.times[slot] = times
+        self.stale[slot // self.BLOCK] = True
+
+    def time_of(self, index: Array) -> Array:
+        return self.times[self.slot(index)]
+
+    def refresh(self) -> None:
+        """Recompute the minima of the stale blocks."""
+        _refresh(self.times, self.minima, self.stale)
 
     def earliest(self) -> float:
+        self.refresh()
         return float(self.minima.min(initial=np.inf))
 
     def due(self, t: float) -> Array:
-        """The elements whose time is ``t`` or earlier."""
+        """The elements whose time is ``t`` or earlier, sorted."""
+        self.refresh()
         blocks = np.flatnonzero(self.minima <= t)
         rows, columns = np.nonzero(self.times.reshape(-1, self.BLOCK)[blocks] <= t)
-        return blocks[rows] * self.BLOCK + columns
+        position, channel = np.divmod(blocks[rows] * self.BLOCK + columns, self.channels)
+        return np.sort(channel * self.positions + position)
 
-    def adopt(self, times: Array, minima: Array) -> None:
-        """Keep the times in ``times`` and ``minima`` (views of a `Timetable`'s arrays,
-        of this schedule's sizes) from now on."""
-        times[:], minima[:] = self.times, self.minima
-        self.times, self.minima = times, minima
+    def adopt(self, times: Array, minima: Array, stale: Array) -> None:
+        """Keep the times in ``times``, ``minima`` and ``stale`` (views of a `Timetable`'s
+        arrays, of this schedule's sizes) from now on."""
+        times[:], minima[:], stale[:] = self.times, self.minima, self.stale
+        self.times, self.minima, self.stale = times, minima, stale
+
+
+def _refresh(times: Array, minima: Array, stale: Array) -> None:
+    """The minima of the stale blocks of ``times`` recomputed (and no longer stale)."""
+    blocks = np.flatnonzero(stale)
+    if blocks.size:
+        minima[blocks] = times.reshape(-1, Schedule.BLOCK)[blocks].min(axis=1)
+        stale[blocks] = False
 
 
 class Timetable:
-    """The `Schedule`s of all gates in one pair of arrays (each gate's segment a whole
+    """The `Schedule`s of all gates in one set of arrays (each gate's segment a whole
     number of blocks, in the order given), so the earliest time and the due elements of
     every gate are found with a few array operations instead of a few per gate."""
 
@@ -125,11 +159,21 @@ class Timetable:
         sizes = [schedule.times.size for schedule in schedules]
         block = Schedule.BLOCK
         self.times = np.full(sum(sizes), np.inf)
-        self.minima = np.full(sum(sizes) // block, np.inf)
+        self._minima = np.full(sum(sizes) // block, np.inf)
+        self.stale = np.zeros(self._minima.size, dtype=bool)
         self.starts = np.cumsum([0, *sizes[:-1]], dtype=np.int64)  # each gate's first slot
+        self.channels = np.array([schedule.channels for schedule in schedules])
+        self.positions = np.array([schedule.positions for schedule in schedules])
         for schedule, start, size in zip(schedules, self.starts, sizes):
-            schedule.adopt(self.times[start:start + size],
-                           self.minima[start // block:(start + size) // block])
+            blocks = slice(start // block, (start + size) // block)
+            schedule.adopt(self.times[start:start + size], self._minima[blocks],
+                           self.stale[blocks])
+
+    @property
+    def minima(self) -> Array:
+        """The minimum time of each block (every gate's blocks, in order)."""
+        _refresh(self.times, self._minima, self.stale)
+        return self._minima
 
     def earliest(self) -> float:
         return float(self.minima.min(initial=np.inf))
@@ -143,7 +187,10 @@ class Timetable:
         rows, columns = np.nonzero(self.times.reshape(-1, block)[blocks] <= t)
         slot = blocks[rows] * block + columns
         gate = np.searchsorted(self.starts, slot, side="right") - 1
-        return gate, slot - self.starts[gate], self.times[slot]
+        position, channel = np.divmod(slot - self.starts[gate], self.channels[gate])
+        element = channel * self.positions[gate] + position
+        order = np.lexsort((element, gate))
+        return gate[order], element[order], self.times[slot[order]]
 
 
 class _Gate(ABC):
@@ -152,13 +199,13 @@ class _Gate(ABC):
     ``du_out``, the gradient ``grad`` (`lambda`, one column per target), the state, and
     its ``exit`` times. Times ``t`` of the methods are per element (or one number)."""
 
-    def __init__(self, in_size: int, out_size: int, targets: int) -> None:
+    def __init__(self, in_size: int, out_size: int, targets: int, channels: int) -> None:
         self.u = np.zeros(in_size)
         self.since = np.zeros(in_size)
         self.du = np.zeros(in_size)
         self.du_out = np.zeros(out_size)
         self.grad = np.zeros((out_size, targets))
-        self.exit = Schedule(out_size)
+        self.exit = Schedule(out_size, channels)
         self.tol = 0.0
 
     def value(self, index: Array, t: Array | float) -> Array:
@@ -218,7 +265,7 @@ class _Elementwise(_Gate):
 
     def __init__(self, op: PiecewiseLinear, shape: tuple[int, ...], targets: int) -> None:
         size = int(np.prod(shape))
-        super().__init__(size, size, targets)
+        super().__init__(size, size, targets, shape[0] if len(shape) > 1 else 1)
         if op.is_clip:
             lower, upper = op.lower, op.upper
             if lower is not None and upper is not None and lower >= upper:
@@ -300,7 +347,7 @@ class _MaxPool(_Gate):
         table = window_table(window)
         rows = np.arange(channels)[:, None, None] * self.spatial
         self.table = np.where(table >= 0, rows + table, -1).reshape(-1, window.size)
-        super().__init__(channels * self.spatial, self.table.shape[0], targets)
+        super().__init__(channels * self.spatial, self.table.shape[0], targets, channels)
         self.inverse = Inverse(self.table, channels * self.spatial)
         self.spatial_inverse = Inverse(table.reshape(-1, window.size), self.spatial)
         self.winner = np.zeros(self.table.shape[0], dtype=np.int64)
@@ -410,7 +457,6 @@ class EventWalk:
     ones among them are processed together); 1 processes one event time per sweep."""
 
     BATCH_EVENTS = 64
-    DENSE_REACH_LIMIT = 1 << 20  # elements of a dense reach computation (else: global)
 
     def __init__(self, graph: Graph, start: Array, end: Array, seed: Array, *,
                  rtol: float, resync_every: int = 4096,
@@ -425,6 +471,7 @@ class EventWalk:
         self.batch_events = self.BATCH_EVENTS if batch_events is None else batch_events
         self.nodes = [node for node in graph if node.operator is not None]
         self.shapes = {node.name: node.shape for node in graph}
+        self.sizes = {node.name: int(np.prod(node.shape)) for node in graph}
         self.gates: dict[str, _Gate] = {}
         self.sparse: dict[str, SparseConv] = {}
         self.maps: dict[str, LocalMap] = {}
@@ -442,9 +489,6 @@ class EventWalk:
         self.forward_needed = _reaching_gates(graph)
         self.reach_nodes = [node for node in self.nodes if node.name in self.forward_needed]
         self.positions = {node.name: _positions(node.shape) for node in graph}
-        self.labels: dict[str, Array] = {
-            node.name: np.full(self.positions[node.name], -1, dtype=np.int64)
-            for node in self.reach_nodes}
         self.prefix = _gate_free_prefix(graph)
         self.prefix_names = {node.name for node in self.prefix}
         consumers = graph.consumers()
@@ -454,9 +498,13 @@ class EventWalk:
                               if node.name not in self.prefix_names
                               or node.name in self.frontier_names]
         self.frontier: dict[str, Array] = {}
-        self._random = np.random.default_rng(0)
-        self._recorded: list[tuple[str, Array]] = []
+        # (`concatenate_columns`' scratch: the reverse sweep's indices need only be distinct)
+        self._scratch = np.empty(max(self.sizes.values()), dtype=np.intp)
         self._sync(decide=True)
+        self.cones = Cones(self.reach_nodes, list(self.gates),
+                           {name: gate.spatial_inverse for name, gate in self.gates.items()
+                            if isinstance(gate, _MaxPool)},
+                           self.sparse, self.maps, self.shapes, self.positions)
         self.timetable = Timetable([gate.exit for gate in self.gates.values()])
         self.integral = {name: grad.copy() for name, grad in self.frontier.items()}
 
@@ -504,7 +552,7 @@ class EventWalk:
                 self.gates[node.name].du_out = dvalues[node.name].reshape(-1).copy()
         # a frontier node keeps only the gradient its consumers past the frontier send it
         # (what its gate-free consumers send is added by `total_gradient`'s final pass)
-        frontier = {name: np.zeros((int(np.prod(self.shapes[name])), self.targets))
+        frontier = {name: np.zeros((self.sizes[name], self.targets))
                     for name in self.frontier_names}
         trace = Trace(self.graph, values, local)
         for k in range(self.targets):
@@ -574,7 +622,7 @@ class EventWalk:
         gate_of, element, time, group = (gate_of[chosen], element[chosen], time[chosen],
                                          group[chosen])
         included = (group == 0 if groups == 1
-                    else self._independent(names, gate_of, element, group))
+                    else self.cones.independent(gate_of, element, group))
         labels = np.flatnonzero(included)
         elements = {}
         for k, name in enumerate(names):
@@ -583,102 +631,7 @@ class EventWalk:
                 elements[name] = np.sort(element[mine])
         single = group[labels[-1]] == 0  # one event time: no cones needed
         return _Batch(elements, time, distinct_sorted(time[labels]),
-                      None if single else self.labels, self.positions)
-
-    def _independent(self, names: list[str], gate_of: Array, element: Array,
-                     group: Array) -> Array:
-        """Which candidate events to process now (docs/math.md §6): propagate each
-        one's *cone* (the elements its change can reach, whatever the values) through
-        the nodes that reach a gate; an event waits if its cone meets the cone of an
-        event of an earlier time, and so does every event of its time. The cones of the
-        events kept are recorded in ``self.labels`` (which event reaches each element)."""
-        count = element.size
-        waiting = np.zeros(int(group[-1]) + 1, dtype=bool)
-        cones: dict[str, Sparse] = {}
-        global_group = np.inf
-        by_gate = np.argsort(gate_of, kind="stable")  # each gate's candidates, in order
-        bounds = np.searchsorted(gate_of[by_gate], np.arange(len(names) + 1))
-        for node in self.reach_nodes:
-            name = node.name
-            incoming = [cones.get(source) for source in node.inputs]
-            gate = self.gates.get(name)
-            if gate is not None:
-                k = names.index(name)
-                mine = by_gate[bounds[k]:bounds[k + 1]]
-                parts = []
-                if incoming[0] is not None:
-                    index, label = incoming[0]
-                    if isinstance(gate, _MaxPool):
-                        owner, window, _ = gate.spatial_inverse.pairs(index)
-                        parts.append((window, label[owner]))
-                    elif mine.size == 0:  # the cone of its input, tested there already
-                        cones[name] = incoming[0]
-                        continue
-                    else:
-                        parts.append((index, label))
-                if mine.size:
-                    parts.append((element[mine] % self.positions[name], mine))
-                if not parts:
-                    continue
-                index = np.concatenate([p[0] for p in parts])
-                label = np.concatenate([p[1] for p in parts])
-            elif any(c is not None for c in incoming):
-                reached = self._reach(node, incoming, count)
-                if reached is None:  # too large to follow: reaches everything after it
-                    labels = np.concatenate([c[1] for c in incoming if c is not None])
-                    global_group = min(global_group, float(group[labels].min()))
-                    continue
-                index, label = reached
-            else:
-                continue
-            if index.size == 0:
-                continue
-            key = distinct(index * count + label)
-            index, label = key // count, key % count
-            cones[name] = (index, label)
-            # sorted by element, then label (so then time): a time later than the one
-            # before it at the same element meets the cone of an earlier time
-            time_group = group[label]
-            later = (index[1:] == index[:-1]) & (time_group[1:] > time_group[:-1])
-            waiting[time_group[1:][later]] = True
-        if global_group < np.inf:
-            waiting[int(global_group) + (1 if global_group == 0 else 0):] = True
-        included = ~waiting[group]
-        self._recorded = []
-        for name, (index, label) in cones.items():
-            kept = included[label]
-            self.labels[name][index[kept]] = label[kept]
-            self._recorded.append((name, index[kept]))
-        return included
-
-    def _reach(self, node: Node, incoming: Sequence[Sparse | None],
-               count: int) -> Sparse | None:
-        """``(element, label)`` pairs of the cones through a non-gate node; None if the
-        map is dense and too large to follow."""
-        sparse = self.sparse.get(node.name)
-        if sparse is not None and incoming[0] is not None:
-            entry, output, _ = sparse.inverse.pairs(incoming[0][0])
-            return output, incoming[0][1][entry]
-        present = distinct(np.concatenate([c[1] for c in incoming if c is not None]))
-        size = max(int(np.prod(self.shapes[name])) for name in (*node.inputs, node.name))
-        if present.size * size > self.DENSE_REACH_LIMIT:
-            return None
-        # one row per event, every channel of its positions: positive random values, so
-        # an output the event can reach is non-zero (an exact cancellation of random
-        # values has probability zero)
-        row = np.searchsorted(present, np.arange(count))
-        operands = []
-        for source, cone in zip(node.inputs, incoming):
-            dense = np.zeros((present.size, int(np.prod(self.shapes[source]))))
-            if cone is not None:
-                spread = dense.reshape(present.size, -1, self.positions[source])
-                spread[row[cone[1]], :, cone[0]] = (
-                    0.5 + self._random.random((cone[0].size, spread.shape[1])))
-            operands.append(dense.reshape((present.size, *self.shapes[source])))
-        out = self.maps[node.name].apply(operands).reshape(
-            present.size, -1, self.positions[node.name])
-        rows, index = np.nonzero(np.any(out != 0, axis=1))
-        return index, present[rows]
+                      None if single else self.cones.labels, self.positions)
 
     def _sweep(self, batch: _Batch) -> None:
         """One forward sweep through the nodes the batch's changes reach, then one
@@ -707,8 +660,7 @@ class EventWalk:
         if seeds:
             self._reverse(seeds)
         if batch.labels is not None:
-            for name, index in self._recorded:
-                self.labels[name][index] = -1
+            self.cones.clear()
 
     def _apply(self, node: Node, incoming: Sequence[Sparse | None]) -> Sparse:
         sparse = self.sparse.get(node.name)
@@ -724,7 +676,7 @@ class EventWalk:
             parts = pending.pop(node.name, None)
             if parts is None:
                 continue
-            index, value = concatenate_columns(parts, int(np.prod(node.shape)))
+            index, value = concatenate_columns(parts, self.sizes[node.name], self._scratch)
             if node.name in self.frontier_names:
                 self.frontier[node.name][index] += value[:, :targets]
                 self.integral[node.name][index] += value[:, targets:]

@@ -172,12 +172,16 @@ class Inverse:
         if self.full:
             self.rows_by_target = self.rows.reshape(targets, self.width)
             self.columns_by_target = self.columns.reshape(targets, self.width)
+            # `pairs`' owners of n targets: the first n * width entries
+            self.owners = np.repeat(np.arange(targets), self.width)
 
     def pairs(self, targets: Array) -> tuple[Array, Array, Array]:
         """For targets ``t_i``: ``(i, row, column)`` of every pair that reads one (by
         ``i``, then in the table's row-major order)."""
         if self.full:
-            owner = np.repeat(np.arange(targets.size), self.width)
+            pairs = targets.size * self.width
+            owner = (self.owners[:pairs] if pairs <= self.owners.size  # (targets may repeat)
+                     else np.repeat(np.arange(targets.size), self.width))
             return (owner, self.rows_by_target[targets].ravel(),
                     self.columns_by_target[targets].ravel())
         starts = self.pointer[targets]
@@ -334,12 +338,31 @@ def _sum_rows(index: Array, value: Array, size: int) -> Array:
         size, columns)
 
 
-def concatenate_columns(parts: Sequence[Sparse], size: int) -> Sparse:
-    """`concatenate` for values ``[n, k]``."""
+def concatenate_columns(parts: Sequence[Sparse], size: int,
+                        scratch: Array | None = None) -> Sparse:
+    """`concatenate` for values ``[n, k]``. With ``scratch`` (an integer array of at
+    least ``size`` elements, its content ignored) the result's indices are only
+    distinct, not necessarily sorted: rows whose indices do not repeat are returned as
+    they are, found without a sort (`is_distinct`)."""
     if len(parts) == 1 and _unique(parts[0][0]):
         return parts[0]
-    return aggregate_columns(np.concatenate([p[0] for p in parts]),
-                             np.concatenate([p[1] for p in parts]), size)
+    if len(parts) == 1:
+        index, value = parts[0]
+    else:
+        index = np.concatenate([p[0] for p in parts])
+        value = np.concatenate([p[1] for p in parts])
+    if scratch is not None and is_distinct(index, scratch):
+        return index, value
+    return aggregate_columns(index, value, size)
+
+
+def is_distinct(index: Array, scratch: Array) -> bool:
+    """Whether no value of ``index`` repeats, with a ``scratch`` array that the values
+    index (content ignored, overwritten): every value writes its position there, so a
+    repeated value's earlier position is overwritten by a later one."""
+    position = np.arange(index.size)
+    scratch[index] = position
+    return bool((scratch[index] == position).all())
 
 
 def nonzero_rows(dense: Array) -> Array:
@@ -382,6 +405,9 @@ def conv_vjp_columns(conv: SparseConv, g: Sparse) -> Sparse:
     if g[0].size > COLUMNS_DENSE_FRACTION * conv.out_channels * conv.out_size:
         shape = (conv.out_channels, *conv.op.window.out_spatial)
         return columns_from_dense(conv.op.vjp(columns_to_dense(g, shape))[0])
+    if not _unique(g[0]):  # (distinct, unsorted: sorted, so the sums keep their order)
+        order = np.argsort(g[0])
+        g = g[0][order], g[1][order]
     owner, reads, weight = conv.windows_of(g[0])
     index = reads.ravel()
     size = conv.in_channels * conv.in_size
@@ -417,7 +443,12 @@ def _conv_vjp_by_offset(conv: SparseConv, g: Sparse) -> Sparse:
     read_slot = np.zeros(read.shape, dtype=np.intp)
     read_slot[valid] = where
     total = np.zeros((inputs.size, columns, conv.in_channels))
+    inside = valid.all(axis=0)  # offsets that read no padding: every row, no gathering
     for k in range(read.shape[1]):
+        if inside[k]:
+            part = grad.reshape(-1, conv.out_channels) @ conv.kernel_by_offset[k]
+            total[read_slot[:, k]] += part.reshape(positions.size, columns, conv.in_channels)
+            continue
         rows = np.flatnonzero(valid[:, k])
         if rows.size:
             part = grad[rows].reshape(-1, conv.out_channels) @ conv.kernel_by_offset[k]
