@@ -375,13 +375,13 @@ class _MaxPool(_Gate):
             # largest `du`
             threshold = u.max(axis=1) - self.tol
             which = np.argmax(np.where(u >= threshold[:, None], du, -np.inf), axis=1)
-        rows = np.arange(windows.size)
-        best, best_slope = u[rows, which], du[rows, which]
+        pick = np.arange(0, read.size, read.shape[1]) + which  # (flat: row i, `which[i]`)
+        best, best_slope = u.reshape(-1)[pick], du.reshape(-1)[pick]
         rate = du - best_slope[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             time = np.where(rate > 0, (best[:, None] - u) / rate, np.inf)
         self.exit.set(windows, t + np.maximum(time.min(axis=1), 0.0))
-        winners = read[rows, which]
+        winners = read.reshape(-1)[pick]
         self.winner[windows] = winners
         return winners
 
