@@ -71,6 +71,7 @@ from ..engine.sparse import (
     dense_vjp_columns,
     distinct,
     distinct_sorted,
+    nonzero_rows,
     run_starts,
     union,
     window_table,
@@ -677,6 +678,13 @@ class EventWalk:
             if parts is None:
                 continue
             index, value = concatenate_columns(parts, self.sizes[node.name], self._scratch)
+            # rows that are 0 in every column add nothing here or upstream (a gate that is
+            # off, a pooled element that is not its window's winner): dropped
+            nonzero = nonzero_rows(value)
+            if nonzero.size < index.size:
+                if nonzero.size == 0:
+                    continue
+                index, value = index[nonzero], value[nonzero]
             if node.name in self.frontier_names:
                 self.frontier[node.name][index] += value[:, :targets]
                 self.integral[node.name][index] += value[:, targets:]
