@@ -31,9 +31,10 @@ kept as one column per target and the reverse sweep carries all of them at once.
 
 *Several kinks per sweep* (docs/math.md §6): a sweep takes the earliest due elements
 (`BATCH_EVENTS` of them, whole groups of equal time) and processes together those whose
-*cones* (the positions their change can reach, whatever the states; `_independent`) meet
-no cone of an earlier kink among them; each change carries the time of its kink, and the
-reverse sweep carries per element the change of `lambda` and that change times `1 - t`.
+*cones* (the positions their change can reach, whatever the states; `event_cones.Cones`,
+which keeps each cone once computed) meet no cone of an earlier kink among them; each change
+carries the time of its kink, and the reverse sweep carries per element the change of
+`lambda` and that change times `1 - t`.
 Kinks that meet an earlier one's cone wait for a later sweep. With ``batch_events=1`` a
 sweep is one kink time, as in time order.
 
@@ -660,8 +661,7 @@ class EventWalk:
                 seeds.setdefault(node.inputs[0], []).append(seed)
         if seeds:
             self._reverse(seeds)
-        if batch.labels is not None:
-            self.cones.clear()
+        self.cones.clear()  # (also after a sweep of one time that chose among cones)
 
     def _apply(self, node: Node, incoming: Sequence[Sparse | None]) -> Sparse:
         sparse = self.sparse.get(node.name)
