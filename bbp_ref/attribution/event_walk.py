@@ -100,6 +100,8 @@ class Schedule:
 
     def __init__(self, size: int, channels: int = 1) -> None:
         blocks = -(-size // self.BLOCK)
+        if size == 0 or channels < 1:  # (nothing to lay out)
+            channels = 1
         self.channels, self.positions = channels, size // channels
         self.times = np.full(blocks * self.BLOCK, np.inf)
         self.minima = np.full(blocks, np.inf)
