@@ -9,17 +9,27 @@ completeness error `|sum IG - (f(x) - f(0))|` relative to `sum |IG|`. Sizes up t
 per piece), the walk the event walk replaced, for comparison. With ``--resnet50 N`` the
 script also walks the first N kinks of ResNet-50 (``imagenet_models.resnet50``, built into
 ``benchmarks/.cache`` if missing) for one image and reports the time per kink and the `t`
-reached (a whole walk there is out of reach). Usage::
+reached (a whole walk there is out of reach).
+
+With ``--against TREE`` (another checkout of bbp_ref, e.g. ``git worktree add /tmp/old REV``)
+the script instead times the walk in both trees, ``--rounds`` times each, one fresh process at
+a time, the other tree first and then this one, alternating (the machine's speed drifts over
+minutes; side-by-side runs compete for memory bandwidth), and prints every run's CPU seconds,
+the medians and their ratio per size. Usage::
 
     python benchmarks/bench_exact_ig.py [--sizes 64,112,224] [--path-walk-up-to 64]
                                         [--resnet50 N] [--seed S] [--json FILE]
+                                        [--against TREE [--rounds N]]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -78,6 +88,46 @@ def resnet50_rate(kinks: int, seed: int) -> dict[str, Any]:
             "start_seconds": start_seconds, "seconds_per_kink": seconds / (walk.pieces - 1)}
 
 
+def compare(against: Path, sizes: list[int], seed: int, rounds: int) -> list[dict[str, Any]]:
+    """Time the walk at ``sizes`` in the tree ``against`` and in this one, alternating, one
+    process at a time (each tree's own script, so each imports its own bbp_ref)."""
+    trees = {"other": Path(against).resolve(), "this": HERE.parent}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory() as folder:
+        for k in range(rounds):
+            for name, tree in trees.items():
+                out = Path(folder) / f"{name}{k}.json"
+                subprocess.run([sys.executable, str(tree / "benchmarks" / "bench_exact_ig.py"),
+                                "--sizes", ",".join(map(str, sizes)), "--path-walk-up-to", "0",
+                                "--seed", str(seed), "--json", str(out)],
+                               check=True, stdout=subprocess.DEVNULL)
+                runs[name].append(json.loads(out.read_text()))
+                print(f"{name} ({tree}), round {k + 1}: " + ", ".join(
+                    f"{r['size']}x{r['size']} {r['cpu_seconds']:.1f} CPU-s"
+                    for r in runs[name][-1]), flush=True)
+    results = []
+    for i, size in enumerate(sizes):
+        summary = summarise([run[i]["cpu_seconds"] for run in runs["other"]],
+                            [run[i]["cpu_seconds"] for run in runs["this"]])
+        summary.update(size=size, other=str(trees["other"]),
+                       pieces={name: [run[i]["pieces"] for run in runs[name]] for name in runs})
+        results.append(summary)
+        print(f"{size}x{size}: other median {summary['other_median']:.2f} CPU-s, this "
+              f"median {summary['this_median']:.2f} CPU-s: {summary['speedup']:.2f}x "
+              f"({summary['slowest_pair']:.2f}x slowest of this against fastest of other)")
+    return results
+
+
+def summarise(other: list[float], this: list[float]) -> dict[str, Any]:
+    """Medians of two trees' CPU seconds, the speed-up of this tree (other median over
+    this median) and the least favourable pairing (this tree's slowest run against the
+    other's fastest)."""
+    return {"other_cpu_seconds": other, "this_cpu_seconds": this,
+            "other_median": statistics.median(other), "this_median": statistics.median(this),
+            "speedup": statistics.median(other) / statistics.median(this),
+            "slowest_pair": min(other) / max(this)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="64,112,224",
@@ -88,9 +138,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the first N kinks on ResNet-50 [%(default)s]")
     parser.add_argument("--seed", type=int, default=0, help="weights and image [%(default)s]")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--against", metavar="TREE",
+                        help="time this tree against another checkout, alternating runs")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="runs per tree with --against [%(default)s]")
     args = parser.parse_args(argv)
+    sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+    if args.against:
+        results = compare(Path(args.against), sizes, args.seed, args.rounds)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     results = []
-    for size in (int(v) for v in args.sizes.split(",") if v.strip()):
+    for size in sizes:
         r = measure(size, args.seed, size <= args.path_walk_up_to)
         results.append(r)
         line = (f"{size}x{size}: {r['pieces']:,} pieces, {r['seconds']:.1f} s "
