@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..engine.operator import Array, LocalMap
-from ..engine.sparse import EMPTY_INDEX, Inverse, Sparse, SparseConv, distinct
+from ..engine.sparse import EMPTY_INDEX, Inverse, Sparse, SparseConv, distinct, ranges
 from ..graph import Node
 
 
@@ -114,7 +114,7 @@ class Cones:
             local = ~np.isin(label, global_owners)
             self._keep(cones, where[local], label[local], global_owners)
         if (self.start[cone] >= 0).all():
-            owner, entry = _ranges(self.start[cone], self.length[cone])
+            owner, entry = ranges(self.start[cone], self.length[cone])
             return self.kept[entry], owner, EMPTY_INDEX
         return self._propagate(gate_of, position)
 
@@ -217,11 +217,3 @@ class Cones:
             present.size, -1, self.positions[node.name])
         rows, index = np.nonzero(np.any(out != 0, axis=1))
         return index, present[rows]
-
-
-def _ranges(start: Array, length: Array) -> tuple[Array, Array]:
-    """For ranges ``[start[i], start[i] + length[i])``: ``(i, entry)`` of every entry,
-    by ``i``, then in order."""
-    owner = np.repeat(np.arange(start.size), length)
-    first = np.cumsum(length) - length
-    return owner, start[owner] + np.arange(owner.size) - first[owner]

@@ -185,11 +185,16 @@ class Inverse:
             return (owner, self.rows_by_target[targets].ravel(),
                     self.columns_by_target[targets].ravel())
         starts = self.pointer[targets]
-        counts = self.pointer[targets + 1] - starts
-        owner = np.repeat(np.arange(targets.size), counts)
-        first = np.cumsum(counts) - counts
-        position = starts[owner] + np.arange(owner.size) - first[owner]
+        owner, position = ranges(starts, self.pointer[targets + 1] - starts)
         return owner, self.rows[position], self.columns[position]
+
+
+def ranges(start: Array, length: Array) -> tuple[Array, Array]:
+    """For the ranges ``[start[i], start[i] + length[i])``: ``(i, entry)`` of every entry,
+    by ``i``, then in order."""
+    owner = np.repeat(np.arange(start.size), length)
+    first = np.cumsum(length) - length
+    return owner, start[owner] + np.arange(owner.size) - first[owner]
 
 
 class SparseConv:
